@@ -1,0 +1,60 @@
+//! The `Engine` trait: the one seam between the relay (and later the server and trainer) and
+//! whatever runs a model. An engine owns *sequences*; each sequence owns its KV cache, which
+//! lives exactly as long as the sequence does.
+
+use crate::error::Result;
+
+/// Handle of one sequence (one request's view in one model). Cheap to copy; meaningless
+/// to any engine but the one that created it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct SeqId(pub u64);
+
+/// What callers need to know about the loaded model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    /// Short name, e.g. the GGUF `general.name` or the file stem.
+    pub name: String,
+    /// Architecture as read from the file (`qwen2`, `qwen3`).
+    pub architecture: String,
+    pub vocab_size: usize,
+    /// Maximum positions a sequence may hold.
+    pub context_length: usize,
+    /// Token ids that end generation.
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// A model runtime with per-sequence KV caches.
+///
+/// All methods take `&self`: engines use interior mutability so that one engine can be shared
+/// between requests (`Arc<dyn Engine>`). Logits are returned as plain `Vec<f32>` over the vocab.
+pub trait Engine: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+
+    /// Creates an empty sequence.
+    fn create_sequence(&self) -> Result<SeqId>;
+
+    /// Appends `tokens` to the sequence (which may already hold tokens: this is how one model's
+    /// tokens get into the other's cache) and returns the logits after the last of them.
+    /// `tokens` must be non-empty.
+    fn prefill(&self, seq: SeqId, tokens: &[u32]) -> Result<Vec<f32>>;
+
+    /// Appends one token to each listed sequence, computed as one batch, and returns the logits
+    /// after each, in the same order.
+    fn step(&self, batch: &[(SeqId, u32)]) -> Result<Vec<Vec<f32>>>;
+
+    /// Number of tokens the sequence holds.
+    fn seq_len(&self, seq: SeqId) -> Result<usize>;
+
+    /// Drops everything past the first `len` tokens.
+    fn truncate(&self, seq: SeqId, len: usize) -> Result<()>;
+
+    /// A new sequence with a copy of `seq`'s cache; the two evolve independently.
+    fn fork(&self, seq: SeqId) -> Result<SeqId>;
+
+    /// Frees the sequence and its cache. Freeing an unknown sequence is an error.
+    fn free(&self, seq: SeqId) -> Result<()>;
+
+    /// Log-probability of each of `tokens[1..]` given the tokens before it (length
+    /// `tokens.len() - 1`), computed without touching any sequence. Used by training.
+    fn score(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+}

@@ -1,0 +1,43 @@
+//! The engine crate's one error type.
+
+/// Everything that can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model file not found: {0}")]
+    NotFound(std::path::PathBuf),
+    #[error("unknown sequence {0:?}")]
+    UnknownSequence(crate::SeqId),
+    #[error("token id {id} is out of the vocabulary (size {vocab_size})")]
+    TokenOutOfVocab { id: u32, vocab_size: usize },
+    #[error("sequence would hold {len} tokens, past the context length {context_length}")]
+    ContextOverflow { len: usize, context_length: usize },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("malformed model file {path}: {reason}")]
+    Malformed { path: std::path::PathBuf, reason: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl EngineError {
+    /// Short machine label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::UnknownSequence(_) => "unknown_sequence",
+            Self::TokenOutOfVocab { .. } => "token_out_of_vocab",
+            Self::ContextOverflow { .. } => "context_overflow",
+            Self::InvalidInput(_) => "invalid_input",
+            Self::Unsupported(_) => "unsupported",
+            Self::Malformed { .. } => "malformed",
+            Self::Candle(_) => "candle",
+            Self::Io(_) => "io",
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! relay-engine: the `Engine` trait (sequences with owned KV caches: prefill, step, truncate,
+//! fork, score) and its implementations, plus tokenizers, chat templates and model loading.
+
+pub mod engine;
+pub mod error;
+
+pub use engine::{Engine, ModelInfo, SeqId};
+pub use error::{EngineError, Result};

@@ -1,0 +1,2 @@
+//! relayllm: the command-line interface that wires the crates together.
+fn main() {}
