@@ -1,4 +1,127 @@
 //! relay-grader: answer extraction and math equivalence, in pure Rust.
 //!
-//! Two modes: `mathruler` (the reward grader used in training) and `verify` (the evaluation
-//! grader, behaving like math-verify). Bounded work per answer; garbage in gives `false`.
+//! Two modes, chosen by [`GradeMode`]:
+//! - `mathruler`: the reward grader of the RelayLLM training code (`mathruler.grader`, i.e.
+//!   PRM800K's grader): last `\boxed{}`, MATH normalisation, strict rules for fractions and
+//!   integers, symbolic equality otherwise. See [`mathruler`](crate::mathruler).
+//! - `verify`: the evaluation grader, behaving like HF math-verify: lenient extraction,
+//!   units, percentages, sets, intervals, relations, matrices. See [`verify`](crate::verify).
+//!
+//! Both share one LaTeX/plain-text expression parser ([`expr`](crate::expr)) and one exact
+//! rational / complex-float evaluator ([`eval`](crate::eval)). Grading never panics and
+//! never hangs: inputs, nesting, numbers and exponents are capped, every call has a work
+//! budget, and the top level is wrapped in `catch_unwind` as a last guard. Garbage in
+//! gives `false`.
+
+pub mod eval;
+pub mod expr;
+pub mod extract;
+pub mod mathruler;
+pub mod verify;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::str::FromStr;
+
+/// Longest response we look at; a response's answer is near its end, so we keep the tail.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Longest extracted answer or gold answer we try to grade.
+const MAX_ANSWER_CHARS: usize = 1000;
+/// Work units per grading call (one unit is roughly one node evaluation).
+const WORK_BUDGET: u64 = 200_000;
+
+/// Which grader to behave like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GradeMode {
+    /// The training reward grader (`mathruler.grader.grade_answer`).
+    MathRuler,
+    /// The evaluation grader (math-verify).
+    Verify,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown grade mode {0:?}: expected \"mathruler\" or \"verify\"")]
+pub struct UnknownGradeMode(pub String);
+
+impl FromStr for GradeMode {
+    type Err = UnknownGradeMode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mathruler" => Ok(GradeMode::MathRuler),
+            "verify" => Ok(GradeMode::Verify),
+            _ => Err(UnknownGradeMode(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for GradeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GradeMode::MathRuler => "mathruler",
+            GradeMode::Verify => "verify",
+        })
+    }
+}
+
+/// The last `\boxed{...}` or `\fbox{...}` content, with nested braces counted. `None`
+/// when there is no box or the last box never closes.
+pub fn extract_boxed(text: &str) -> Option<String> {
+    guarded(|| extract::extract_boxed(tail(text))).flatten()
+}
+
+/// The answer a mode would grade in `text` (a full response or a bare answer).
+pub fn extract_answer(mode: GradeMode, text: &str) -> Option<String> {
+    guarded(|| extract_inner(mode, tail(text))).flatten()
+}
+
+fn extract_inner(mode: GradeMode, text: &str) -> Option<String> {
+    match mode {
+        GradeMode::MathRuler => {
+            if text.contains("\\boxed{") {
+                extract::extract_boxed_mathruler(text)
+            } else {
+                // A bare answer (no box at all) is graded as written.
+                let t = text.trim();
+                (!t.is_empty()).then(|| t.to_string())
+            }
+        }
+        GradeMode::Verify => extract::extract_verify(text),
+    }
+}
+
+/// Grade a prediction (full response or bare answer) against a bare gold answer.
+pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
+    guarded(|| {
+        eval::work::reset(WORK_BUDGET);
+        let Some(answer) = extract_inner(mode, tail(pred)) else {
+            return false;
+        };
+        let gold = gold.trim();
+        if gold.is_empty() || gold.chars().count() > MAX_ANSWER_CHARS || answer.chars().count() > MAX_ANSWER_CHARS {
+            return false;
+        }
+        match mode {
+            GradeMode::MathRuler => mathruler::grade_answer(&answer, gold),
+            GradeMode::Verify => verify::grade_extracted(gold, &answer),
+        }
+    })
+    .unwrap_or(false)
+}
+
+/// The last `MAX_RESPONSE_BYTES` of a response, cut at a character boundary.
+fn tail(text: &str) -> &str {
+    if text.len() <= MAX_RESPONSE_BYTES {
+        return text;
+    }
+    let mut start = text.len() - MAX_RESPONSE_BYTES;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// Run `f`, turning a panic into `None` (a last guard; the code paths do not panic by design).
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    // The panic hook is process-global, so we leave it alone (swapping it would race
+    // between grading threads); a panic here is a bug worth seeing on stderr anyway.
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}

@@ -1,0 +1,328 @@
+//! Finding the answer inside a model response.
+//!
+//! `mathruler` looks only at the last `\boxed{...}`. `verify` follows math-verify's order of
+//! preference: boxed answers (adjacent boxes joined, as `\boxed{1}, \boxed{2}`), then
+//! "final answer is ...", then "answer: ...", then the last `$...$`-style math, then the
+//! last number. Everything here is linear scanning over a length-capped input.
+
+/// Find the matching `}` for the `{` at byte index `open`; returns the content's end.
+fn matching_brace(s: &str, open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in s[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(open + i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The `(start of command, content)` of every `\boxed`/`\fbox` group, in text order.
+fn boxed_groups(text: &str) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(off) = text[i..].find('\\') {
+        let start = i + off;
+        let rest = &text[start..];
+        let cmd_len = if rest.starts_with("\\boxed") {
+            6
+        } else if rest.starts_with("\\fbox") {
+            5
+        } else {
+            i = start + 1;
+            continue;
+        };
+        let mut j = start + cmd_len;
+        while text[j..].starts_with(' ') {
+            j += 1;
+        }
+        if text[j..].starts_with('{') {
+            if let Some(end) = matching_brace(text, j) {
+                out.push((start, end + 1, text[j + 1..end].trim().to_string()));
+                i = end + 1;
+                continue;
+            }
+        }
+        i = start + cmd_len;
+    }
+    out
+}
+
+/// The content of the last `\boxed{}` or `\fbox{}`, with brace counting. `None` when
+/// there is no box or the last one is never closed.
+pub fn extract_boxed(text: &str) -> Option<String> {
+    let last_cmd = text.rfind("\\boxed").into_iter().chain(text.rfind("\\fbox")).max()?;
+    let groups = boxed_groups(text);
+    let (start, _, content) = groups.last()?;
+    // An unclosed box after the last closed one means the answer was cut off.
+    if *start != last_cmd {
+        return None;
+    }
+    Some(content.clone())
+}
+
+/// mathruler's extraction: only `\boxed{` (not `\fbox`), last occurrence, brace counted.
+pub fn extract_boxed_mathruler(text: &str) -> Option<String> {
+    let start = text.rfind("\\boxed{")?;
+    let open = start + "\\boxed".len();
+    let end = matching_brace(text, open)?;
+    Some(text[open + 1..end].trim().to_string())
+}
+
+/// math-verify joins the last boxes when they sit close together or are separated by
+/// "and"/"or"/","/";" (as in `\boxed{1} and \boxed{2}`).
+pub fn extract_boxed_joined(text: &str) -> Option<String> {
+    let groups = boxed_groups(text);
+    let last_cmd = text.rfind("\\boxed").into_iter().chain(text.rfind("\\fbox")).max()?;
+    let (last_start, _, _) = groups.last()?;
+    if *last_start != last_cmd {
+        return None;
+    }
+    let mut picked: Vec<&str> = vec![&groups[groups.len() - 1].2];
+    for w in groups.windows(2).rev() {
+        let (prev, next) = (&w[0], &w[1]);
+        let between = &text[prev.1..next.0];
+        let near = between.chars().count() < 10;
+        let separated = prev.2 != next.2
+            && between.chars().count() < 70
+            && (between.contains(',') || between.contains(';') || has_word(between, "and") || has_word(between, "or"));
+        if !(near || separated) {
+            break;
+        }
+        if picked.last() != Some(&prev.2.as_str()) {
+            picked.push(&prev.2);
+        }
+    }
+    picked.reverse();
+    Some(picked.join(","))
+}
+
+fn has_word(s: &str, w: &str) -> bool {
+    s.split(|c: char| !c.is_alphanumeric()).any(|t| t == w)
+}
+
+/// A math environment's content: `$...$`, `$$...$$`, `\(...\)`, `\[...\]`.
+fn math_envs(text: &str) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let (open, close): (&str, &str) = if text[i..].starts_with("$$") {
+            ("$$", "$$")
+        } else if b[i] == b'$' && (i == 0 || b[i - 1] != b'\\') {
+            ("$", "$")
+        } else if text[i..].starts_with("\\(") {
+            ("\\(", "\\)")
+        } else if text[i..].starts_with("\\[") {
+            ("\\[", "\\]")
+        } else {
+            i += 1;
+            continue;
+        };
+        let body_start = i + open.len();
+        let mut j = body_start;
+        let mut found = None;
+        while j < b.len() {
+            if text[j..].starts_with(close) && (j == 0 || b[j - 1] != b'\\' || close != "$") {
+                found = Some(j);
+                break;
+            }
+            // Inline `$` and `\(` do not span lines.
+            if b[j] == b'\n' && (open == "$" || open == "\\(") {
+                break;
+            }
+            j += 1;
+        }
+        match found {
+            Some(j) => {
+                let body = text[body_start..j].trim();
+                if !body.is_empty() {
+                    out.push((i, j + close.len(), body.to_string()));
+                }
+                i = j + close.len();
+            }
+            None => i = body_start,
+        }
+    }
+    out
+}
+
+/// The text right after `anchor` (case-insensitive, last occurrence), or `None`.
+fn after_last(text: &str, anchor: &str) -> Option<usize> {
+    let lower = text.to_ascii_lowercase();
+    lower.rfind(anchor).map(|i| i + anchor.len())
+}
+
+/// Read a math answer at the start of `s`: a math environment, or a number/expression
+/// token. Stops at sentence punctuation.
+fn answer_at(s: &str) -> Option<String> {
+    let t = s.trim_start_matches([' ', ':', '\t', '*']);
+    if let Some((start, _, body)) = math_envs(t).into_iter().next() {
+        if t[..start].trim().is_empty() {
+            return Some(body);
+        }
+    }
+    // A plain token: up to the end of the line or a sentence end.
+    let line = t.lines().next().unwrap_or("");
+    let mut end = line.len();
+    for (i, c) in line.char_indices() {
+        let next = line[i + c.len_utf8()..].chars().next();
+        if (c == '.' || c == ',') && next.is_none_or(|n| n.is_whitespace()) {
+            end = i;
+            break;
+        }
+        if c == ';' || c == '!' && next != Some('=') || c == '?' {
+            end = i;
+            break;
+        }
+    }
+    let tok = line[..end].trim().trim_end_matches("I hope").trim();
+    if tok.is_empty() || tok.chars().count() > 200 {
+        None
+    } else {
+        Some(tok.to_string())
+    }
+}
+
+/// The last number in the text, with thousands separators and percent kept.
+pub fn last_number(text: &str) -> Option<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = chars.len();
+    while i > 0 {
+        i -= 1;
+        if !chars[i].is_ascii_digit() {
+            continue;
+        }
+        let end = i + 1;
+        let mut start = i;
+        while start > 0 {
+            let c = chars[start - 1];
+            let digit_before = start >= 2 && chars[start - 2].is_ascii_digit();
+            if c.is_ascii_digit() || (c == '.' || c == ',') && digit_before {
+                start -= 1;
+            } else {
+                break;
+            }
+        }
+        if start > 0 && chars[start - 1] == '-' {
+            start -= 1;
+        }
+        // A word like "x2" or "XDY2K" is not a number.
+        if start > 0 && chars[start - 1].is_ascii_alphabetic() {
+            i = start;
+            continue;
+        }
+        let mut s: String = chars[start..end].iter().collect();
+        let rest: String = chars[end..chars.len().min(end + 12)].iter().collect();
+        let rest_t = rest.trim_start();
+        if rest_t.starts_with('%') || rest_t.starts_with("\\%") || rest_t.to_ascii_lowercase().starts_with("percent") {
+            s.push('%');
+        }
+        return Some(s);
+    }
+    None
+}
+
+/// math-verify-like extraction for `verify` mode.
+pub fn extract_verify(text: &str) -> Option<String> {
+    // "The final answer is $X$. I hope it is correct." outranks boxes in math-verify.
+    if let Some(i) = after_last(text, "final answer is") {
+        let tail = &text[i..];
+        if tail.len() < 400 && tail.contains("I hope") {
+            if let Some(a) = answer_at(tail) {
+                return Some(a);
+            }
+        }
+    }
+    if let Some(b) = extract_boxed_joined(text) {
+        return Some(b);
+    }
+    if let Some(i) = after_last(text, "final answer") {
+        let tail = &text[i..];
+        let window: String = tail.chars().take(110).collect();
+        if let Some(k) = window.find(" is") {
+            if let Some(a) = answer_at(&tail[k + 3..]) {
+                return Some(a);
+            }
+        }
+    }
+    for anchor in ["answer:", "answer is", "answer"] {
+        if let Some(i) = after_last(text, anchor) {
+            let tail = &text[i..];
+            // An answer word followed closely by math.
+            let envs = math_envs(tail);
+            if let Some((start, _, body)) = envs.first() {
+                if tail[..*start].chars().count() <= 50 {
+                    return Some(body.clone());
+                }
+            }
+            if let Some(n) = last_number(&tail.chars().take(60).collect::<String>()) {
+                return Some(n);
+            }
+        }
+    }
+    if let Some((_, _, body)) = math_envs(text).pop() {
+        return Some(body);
+    }
+    let t = text.trim();
+    if !t.is_empty() && t.chars().count() <= 200 && looks_like_bare_answer(t) {
+        return Some(t.to_string());
+    }
+    last_number(text)
+}
+
+/// A short text with no prose: a bare answer such as `3/4`, `\frac{\pi}{2}`, `(1, 2)`.
+pub fn looks_like_bare_answer(t: &str) -> bool {
+    let mut letters_run = 0;
+    let mut prev_backslash_word = false;
+    for c in t.chars() {
+        if c == '\\' {
+            prev_backslash_word = true;
+            letters_run = 0;
+            continue;
+        }
+        if c.is_alphabetic() {
+            if !prev_backslash_word {
+                letters_run += 1;
+                if letters_run > 4 {
+                    return false;
+                }
+            }
+        } else {
+            prev_backslash_word = false;
+            letters_run = 0;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxed_with_nested_braces() {
+        assert_eq!(extract_boxed(r"so \boxed{\frac{1}{2}} done").as_deref(), Some(r"\frac{1}{2}"));
+        assert_eq!(extract_boxed(r"\boxed{1} then \fbox{2}").as_deref(), Some("2"));
+        assert_eq!(extract_boxed(r"\boxed{1} then \boxed{2"), None);
+        assert_eq!(extract_boxed("none"), None);
+    }
+
+    #[test]
+    fn joined_boxes() {
+        assert_eq!(extract_boxed_joined(r"\boxed{1} and \boxed{2}").as_deref(), Some("1,2"));
+    }
+
+    #[test]
+    fn fallbacks() {
+        assert_eq!(extract_verify("The final answer is 18. I hope it is correct.").as_deref(), Some("18"));
+        assert_eq!(extract_verify("so the answer is $\\frac{1}{2}$.").as_deref(), Some("\\frac{1}{2}"));
+        assert_eq!(extract_verify("we get 1,234 apples").as_deref(), Some("1,234"));
+    }
+}
