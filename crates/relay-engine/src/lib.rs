@@ -1,8 +1,12 @@
 //! relay-engine: the `Engine` trait (sequences with owned KV caches: prefill, step, truncate,
 //! fork, score) and its implementations, plus tokenizers, chat templates and model loading.
 
+pub mod candle;
 pub mod engine;
 pub mod error;
+pub mod sampling;
+pub mod tiny;
 
+pub use candle::{CandleEngine, LoadOptions};
 pub use engine::{Engine, ModelInfo, SeqId};
 pub use error::{EngineError, Result};

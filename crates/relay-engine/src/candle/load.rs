@@ -1,0 +1,317 @@
+//! Loading Qwen2 / Qwen3 weights: GGUF (quantized, `QMatMul`) or an HF directory with
+//! `config.json` + `*.safetensors` (dense f32/f16/bf16, computed in f32).
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::model::{Arch, Embedding, Layer, Linear, Model, ModelConfig};
+use super::LoadOptions;
+use crate::error::{EngineError, Result};
+
+/// What a loader hands the engine besides the model.
+pub(crate) struct Loaded {
+    pub model: Model,
+    pub name: String,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn malformed(path: &Path, reason: impl std::fmt::Display) -> EngineError {
+    EngineError::Malformed { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+fn parse_arch(s: &str) -> Result<Arch> {
+    match s {
+        "qwen2" => Ok(Arch::Qwen2),
+        "qwen3" => Ok(Arch::Qwen3),
+        other => Err(EngineError::Unsupported(format!("architecture `{other}` (supported: qwen2, qwen3)"))),
+    }
+}
+
+// ---------------------------------------------------------------- GGUF
+
+pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => EngineError::NotFound(path.to_path_buf()),
+        _ => EngineError::Io(e),
+    })?;
+    let file_len = file.metadata()?.len();
+    let content = gguf_file::Content::read(&mut file).map_err(|e| malformed(path, format!("not a readable GGUF file: {e}")))?;
+    // A file cut short keeps a readable header; catch it before reading any tensor.
+    for (name, ti) in &content.tensor_infos {
+        let bytes = ti.shape.elem_count() / ti.ggml_dtype.block_size() * ti.ggml_dtype.type_size();
+        let end = content.tensor_data_offset + ti.offset + bytes as u64;
+        if end > file_len {
+            return Err(malformed(path, format!("truncated: tensor `{name}` ends at byte {end}, file has {file_len}")));
+        }
+    }
+    let md = &content.metadata;
+    let arch_name = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .ok_or_else(|| malformed(path, "missing general.architecture"))?
+        .clone();
+    let arch = parse_arch(&arch_name)?;
+    let p = arch.name();
+    let get = |key: &str| -> Result<&gguf_file::Value> {
+        md.get(&format!("{p}.{key}")).ok_or_else(|| malformed(path, format!("missing metadata {p}.{key}")))
+    };
+    let num = |key: &str| -> Result<usize> { value_usize(get(key)?).ok_or_else(|| malformed(path, format!("{p}.{key} is not an integer"))) };
+    let float = |key: &str, default: f64| -> f64 {
+        md.get(&format!("{p}.{key}")).and_then(value_f64).unwrap_or(default)
+    };
+
+    let hidden_size = num("embedding_length")?;
+    let num_heads = num("attention.head_count")?;
+    let num_kv_heads = num("attention.head_count_kv").unwrap_or(num_heads);
+    let head_dim = num("attention.key_length").unwrap_or(hidden_size / num_heads.max(1));
+    let num_layers = num("block_count")?;
+    let context_length = num("context_length")?;
+
+    let dev = Device::Cpu;
+    let tensor = |file: &mut std::fs::File, name: &str| -> Result<QTensor> {
+        content.tensor(file, name, &dev).map_err(|e| malformed(path, format!("tensor `{name}`: {e}")))
+    };
+    let vector = |file: &mut std::fs::File, name: &str| -> Result<Tensor> {
+        Ok(tensor(file, name)?.dequantize(&dev)?.to_dtype(DType::F32)?)
+    };
+    let linear = |file: &mut std::fs::File, name: &str, bias: bool| -> Result<Linear> {
+        let q = requantize(tensor(file, &format!("{name}.weight"))?, opts)?;
+        let b = if bias && content.tensor_infos.contains_key(&format!("{name}.bias")) {
+            Some(vector(file, &format!("{name}.bias"))?)
+        } else {
+            None
+        };
+        Ok(Linear { w: QMatMul::from_qtensor(q)?, b })
+    };
+
+    let embed_q = Arc::new(tensor(&mut file, "token_embd.weight")?);
+    let vocab_size = embed_q.shape().dims2()?.0;
+    let intermediate_size = num("feed_forward_length").unwrap_or(0);
+    let mut layers = Vec::with_capacity(num_layers);
+    for i in 0..num_layers {
+        let b = format!("blk.{i}");
+        let qwen3 = arch == Arch::Qwen3;
+        let head_norm = |file: &mut std::fs::File, n: &str| -> Result<Option<Vec<f32>>> {
+            if qwen3 {
+                Ok(Some(vector(file, &format!("{b}.{n}.weight"))?.to_vec1::<f32>()?))
+            } else {
+                Ok(None)
+            }
+        };
+        layers.push(Layer {
+            attn_norm: vector(&mut file, &format!("{b}.attn_norm.weight"))?,
+            q: linear(&mut file, &format!("{b}.attn_q"), true)?,
+            k: linear(&mut file, &format!("{b}.attn_k"), true)?,
+            v: linear(&mut file, &format!("{b}.attn_v"), true)?,
+            o: linear(&mut file, &format!("{b}.attn_output"), false)?,
+            q_norm: head_norm(&mut file, "attn_q_norm")?,
+            k_norm: head_norm(&mut file, "attn_k_norm")?,
+            ffn_norm: vector(&mut file, &format!("{b}.ffn_norm.weight"))?,
+            gate: linear(&mut file, &format!("{b}.ffn_gate"), false)?,
+            up: linear(&mut file, &format!("{b}.ffn_up"), false)?,
+            down: linear(&mut file, &format!("{b}.ffn_down"), false)?,
+        });
+    }
+    let norm = vector(&mut file, "output_norm.weight")?;
+    let lm_head = if content.tensor_infos.contains_key("output.weight") {
+        QMatMul::from_qtensor(requantize(tensor(&mut file, "output.weight")?, opts)?)?
+    } else {
+        QMatMul::from_arc(embed_q.clone())?
+    };
+    let dt = embed_q.dtype();
+    let embed = if matches!(dt, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) || hidden_size % dt.block_size() != 0 {
+        Embedding::Dense(embed_q.dequantize(&dev)?)
+    } else {
+        Embedding::Quantized(embed_q)
+    };
+
+    let cfg = ModelConfig {
+        arch,
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rope_theta: float("rope.freq_base", 10_000.0),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
+        context_length: opts.max_context.map_or(context_length, |m| m.min(context_length)),
+    };
+    let mut eos = Vec::new();
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
+        if let Some(id) = md.get(key).and_then(value_usize) {
+            if !eos.contains(&(id as u32)) {
+                eos.push(id as u32);
+            }
+        }
+    }
+    let name = md
+        .get("general.name")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    Ok(Loaded { model: Model::new(cfg, embed, layers, norm, lm_head), name, eos_token_ids: eos })
+}
+
+/// Re-quantizes weight types without a fast CPU kernel into Q8_0 (see `LoadOptions::requantize`).
+fn requantize(q: QTensor, opts: &LoadOptions) -> Result<QTensor> {
+    if !opts.requantize {
+        return Ok(q);
+    }
+    let slow = matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K);
+    let k = q.shape().dims().last().copied().unwrap_or(0);
+    if slow && k % 256 == 0 {
+        let t = q.dequantize(&Device::Cpu)?;
+        return Ok(QTensor::quantize(&t, GgmlDType::Q8_0)?);
+    }
+    Ok(q)
+}
+
+fn value_usize(v: &gguf_file::Value) -> Option<usize> {
+    use gguf_file::Value as V;
+    Some(match v {
+        V::U8(x) => *x as usize,
+        V::I8(x) => usize::try_from(*x).ok()?,
+        V::U16(x) => *x as usize,
+        V::I16(x) => usize::try_from(*x).ok()?,
+        V::U32(x) => *x as usize,
+        V::I32(x) => usize::try_from(*x).ok()?,
+        V::U64(x) => *x as usize,
+        V::I64(x) => usize::try_from(*x).ok()?,
+        _ => return None,
+    })
+}
+
+fn value_f64(v: &gguf_file::Value) -> Option<f64> {
+    use gguf_file::Value as V;
+    match v {
+        V::F32(x) => Some(*x as f64),
+        V::F64(x) => Some(*x),
+        other => value_usize(other).map(|x| x as f64),
+    }
+}
+
+// ---------------------------------------------------------------- safetensors
+
+pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(EngineError::NotFound(cfg_path));
+    }
+    let cfg_text = std::fs::read_to_string(&cfg_path)?;
+    let cj: serde_json::Value = serde_json::from_str(&cfg_text).map_err(|e| malformed(&cfg_path, e))?;
+    let model_type = cj
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| malformed(&cfg_path, "missing model_type"))?;
+    let arch = parse_arch(model_type)?;
+    let num = |key: &str| -> Result<usize> {
+        cj.get(key).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| malformed(&cfg_path, format!("missing {key}")))
+    };
+    let hidden_size = num("hidden_size")?;
+    let num_heads = num("num_attention_heads")?;
+    let num_kv_heads = num("num_key_value_heads").unwrap_or(num_heads);
+    let head_dim = num("head_dim").unwrap_or(hidden_size / num_heads.max(1));
+    let num_layers = num("num_hidden_layers")?;
+    let vocab_size = num("vocab_size")?;
+    let context_length = num("max_position_embeddings").unwrap_or(32768);
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(EngineError::NotFound(dir.join("*.safetensors")));
+    }
+    let mut ts: HashMap<String, Tensor> = HashMap::new();
+    for f in &files {
+        let part = candle_core::safetensors::load(f, &Device::Cpu).map_err(|e| malformed(f, e))?;
+        ts.extend(part);
+    }
+    let take_opt = |ts: &mut HashMap<String, Tensor>, name: &str| -> Result<Option<Tensor>> {
+        Ok(match ts.remove(name) {
+            Some(t) => Some(t.to_dtype(DType::F32)?),
+            None => None,
+        })
+    };
+    let take = |ts: &mut HashMap<String, Tensor>, name: &str| -> Result<Tensor> {
+        take_opt(ts, name)?.ok_or_else(|| malformed(dir, format!("missing tensor `{name}`")))
+    };
+    let embed_w = take(&mut ts, "model.embed_tokens.weight")?;
+    if embed_w.dims2()? != (vocab_size, hidden_size) {
+        return Err(malformed(dir, format!("embed_tokens has shape {:?}, config says ({vocab_size}, {hidden_size})", embed_w.dims())));
+    }
+    let mut layers = Vec::with_capacity(num_layers);
+    for i in 0..num_layers {
+        let b = format!("model.layers.{i}");
+        let mut lin = |name: &str, bias: bool| -> Result<Linear> {
+            let w = take(&mut ts, &format!("{b}.{name}.weight"))?;
+            let b = if bias { take_opt(&mut ts, &format!("{b}.{name}.bias"))? } else { None };
+            Ok(Linear { w: QMatMul::Tensor(w), b })
+        };
+        let qwen2 = arch == Arch::Qwen2;
+        let q = lin("self_attn.q_proj", qwen2)?;
+        let k = lin("self_attn.k_proj", qwen2)?;
+        let v = lin("self_attn.v_proj", qwen2)?;
+        let o = lin("self_attn.o_proj", false)?;
+        let gate = lin("mlp.gate_proj", false)?;
+        let up = lin("mlp.up_proj", false)?;
+        let down = lin("mlp.down_proj", false)?;
+        let (q_norm, k_norm) = if arch == Arch::Qwen3 {
+            (
+                Some(take(&mut ts, &format!("{b}.self_attn.q_norm.weight"))?.to_vec1::<f32>()?),
+                Some(take(&mut ts, &format!("{b}.self_attn.k_norm.weight"))?.to_vec1::<f32>()?),
+            )
+        } else {
+            (None, None)
+        };
+        layers.push(Layer {
+            attn_norm: take(&mut ts, &format!("{b}.input_layernorm.weight"))?,
+            q,
+            k,
+            v,
+            o,
+            q_norm,
+            k_norm,
+            ffn_norm: take(&mut ts, &format!("{b}.post_attention_layernorm.weight"))?,
+            gate,
+            up,
+            down,
+        });
+    }
+    let norm = take(&mut ts, "model.norm.weight")?;
+    let lm_head = QMatMul::Tensor(take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone()));
+    let cfg = ModelConfig {
+        arch,
+        vocab_size,
+        hidden_size,
+        intermediate_size: num("intermediate_size").unwrap_or(0),
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rope_theta: cj.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+        rms_norm_eps: cj.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6),
+        context_length: opts.max_context.map_or(context_length, |m| m.min(context_length)),
+    };
+    let mut eos = Vec::new();
+    let mut add_eos = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),
+        Some(serde_json::Value::Array(a)) => eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+        _ => {}
+    };
+    add_eos(cj.get("eos_token_id"));
+    if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
+        if let Ok(g) = serde_json::from_str::<serde_json::Value>(&text) {
+            add_eos(g.get("eos_token_id"));
+        }
+    }
+    eos.sort_unstable();
+    eos.dedup();
+    let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Loaded { model: Model::new(cfg, Embedding::Dense(embed_w), layers, norm, lm_head), name, eos_token_ids: eos })
+}

@@ -1,0 +1,220 @@
+//! The default engine: Qwen2 / Qwen3 on candle, pure Rust, CPU.
+//!
+//! The engine owns one [`kv::KvCache`] per sequence. Calls validate their input up front
+//! (unknown sequence, token outside the vocabulary, context overflow, empty chunk) and a
+//! failed call leaves every sequence as it was.
+
+pub mod bench;
+mod kv;
+mod load;
+mod model;
+
+pub use model::{Arch, ModelConfig};
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::engine::{Engine, ModelInfo, SeqId};
+use crate::error::{EngineError, Result};
+use kv::KvCache;
+use model::{Chunk, Model, Want};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute threads (candle's pool and rayon). Default: the machine's cores. Thread pools are
+    /// process-wide and start once, so the first load decides; `RAYON_NUM_THREADS` /
+    /// `CANDLE_NUM_THREADS` set by the user win.
+    pub threads: Option<usize>,
+    /// Cap on positions per sequence, below the model's own context length (saves memory,
+    /// lets tests hit the limit cheaply).
+    pub max_context: Option<usize>,
+    /// Re-quantize GGUF weight types that have no fast CPU kernel (Q4_0/Q4_1/Q5_0/Q5_1/Q5_K)
+    /// to Q8_0 at load, where the row length allows it. Q8_0 is at least as precise.
+    pub requantize: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { threads: None, max_context: None, requantize: true }
+    }
+}
+
+/// One sequence's state: its cache (which also knows its length).
+struct SeqState {
+    cache: KvCache,
+}
+
+/// Qwen2/Qwen3 on candle with engine-owned per-sequence KV caches.
+pub struct CandleEngine {
+    model: Model,
+    info: ModelInfo,
+    seqs: Mutex<HashMap<SeqId, SeqState>>,
+    next_id: AtomicU64,
+}
+
+impl CandleEngine {
+    /// Loads a `.gguf` file, or a directory holding `config.json` and `*.safetensors`.
+    pub fn load(path: &Path, opts: LoadOptions) -> Result<Self> {
+        init_threads(opts.threads);
+        if !path.exists() {
+            return Err(EngineError::NotFound(path.to_path_buf()));
+        }
+        let loaded = if path.is_dir() { load::load_safetensors(path, &opts)? } else { load::load_gguf(path, &opts)? };
+        let cfg = &loaded.model.cfg;
+        let info = ModelInfo {
+            name: loaded.name,
+            architecture: cfg.arch.name().to_string(),
+            vocab_size: cfg.vocab_size,
+            context_length: cfg.context_length,
+            eos_token_ids: loaded.eos_token_ids,
+        };
+        Ok(Self { model: loaded.model, info, seqs: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) })
+    }
+
+    /// The loaded model's shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.cfg
+    }
+
+    /// Number of live sequences (for metrics and leak checks).
+    pub fn num_sequences(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Positions currently allocated for a sequence's cache (≥ its length).
+    pub fn cache_capacity(&self, seq: SeqId) -> Result<usize> {
+        Ok(self.lock().get(&seq).ok_or(EngineError::UnknownSequence(seq))?.cache.capacity())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SeqId, SeqState>> {
+        // A panic while holding the lock cannot leave a cache half-committed (length moves
+        // last), so a poisoned map is still consistent.
+        self.seqs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let vocab_size = self.info.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            Some(&id) => Err(EngineError::TokenOutOfVocab { id, vocab_size }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_context(&self, len: usize) -> Result<()> {
+        let context_length = self.info.context_length;
+        if len > context_length {
+            return Err(EngineError::ContextOverflow { len, context_length });
+        }
+        Ok(())
+    }
+}
+
+fn init_threads(threads: Option<usize>) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+        for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+            if std::env::var_os(var).is_none() {
+                std::env::set_var(var, n.to_string());
+            }
+        }
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    });
+}
+
+impl Engine for CandleEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn create_sequence(&self) -> Result<SeqId> {
+        let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.lock().insert(id, SeqState { cache: self.model.new_cache() });
+        Ok(id)
+    }
+
+    fn prefill(&self, seq: SeqId, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput("prefill needs at least one token".into()));
+        }
+        self.check_tokens(tokens)?;
+        let mut seqs = self.lock();
+        let state = seqs.get_mut(&seq).ok_or(EngineError::UnknownSequence(seq))?;
+        self.check_context(state.cache.len() + tokens.len())?;
+        let mut chunks = [Chunk { cache: &mut state.cache, tokens }];
+        let mut out = self.model.forward(&mut chunks, Want::LastOfEach)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    fn step(&self, batch: &[(SeqId, u32)]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens: Vec<u32> = batch.iter().map(|&(_, t)| t).collect();
+        self.check_tokens(&tokens)?;
+        let mut seqs = self.lock();
+        for (i, &(id, _)) in batch.iter().enumerate() {
+            let state = seqs.get(&id).ok_or(EngineError::UnknownSequence(id))?;
+            if batch[..i].iter().any(|&(other, _)| other == id) {
+                return Err(EngineError::InvalidInput(format!("sequence {id:?} appears twice in one step")));
+            }
+            self.check_context(state.cache.len() + 1)?;
+        }
+        // Distinct keys: take disjoint &mut borrows by walking the map once.
+        let mut by_id: HashMap<SeqId, &mut SeqState> = seqs.iter_mut().filter(|(id, _)| batch.iter().any(|(b, _)| b == *id)).map(|(id, s)| (*id, s)).collect();
+        let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(batch.len());
+        for (i, &(id, _)) in batch.iter().enumerate() {
+            let state = by_id.remove(&id).expect("checked above");
+            chunks.push(Chunk { cache: &mut state.cache, tokens: std::slice::from_ref(&tokens[i]) });
+        }
+        self.model.forward(&mut chunks, Want::LastOfEach)
+    }
+
+    fn seq_len(&self, seq: SeqId) -> Result<usize> {
+        Ok(self.lock().get(&seq).ok_or(EngineError::UnknownSequence(seq))?.cache.len())
+    }
+
+    fn truncate(&self, seq: SeqId, len: usize) -> Result<()> {
+        let mut seqs = self.lock();
+        let state = seqs.get_mut(&seq).ok_or(EngineError::UnknownSequence(seq))?;
+        if len > state.cache.len() {
+            return Err(EngineError::InvalidInput(format!(
+                "cannot truncate sequence {seq:?} of length {} to {len}",
+                state.cache.len()
+            )));
+        }
+        state.cache.truncate(len);
+        Ok(())
+    }
+
+    fn fork(&self, seq: SeqId) -> Result<SeqId> {
+        let mut seqs = self.lock();
+        let cache = seqs.get(&seq).ok_or(EngineError::UnknownSequence(seq))?.cache.fork();
+        let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        seqs.insert(id, SeqState { cache });
+        Ok(id)
+    }
+
+    fn free(&self, seq: SeqId) -> Result<()> {
+        self.lock().remove(&seq).map(|_| ()).ok_or(EngineError::UnknownSequence(seq))
+    }
+
+    fn score(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput("score needs at least one token".into()));
+        }
+        self.check_tokens(tokens)?;
+        self.check_context(tokens.len())?;
+        if tokens.len() == 1 {
+            return Ok(Vec::new());
+        }
+        let mut cache = self.model.new_cache();
+        let input = &tokens[..tokens.len() - 1];
+        let mut chunks = [Chunk { cache: &mut cache, tokens: input }];
+        let logits = self.model.forward(&mut chunks, Want::All)?;
+        Ok(logits.iter().zip(&tokens[1..]).map(|(l, &t)| crate::sampling::token_logprob(l, t)).collect())
+    }
+}

@@ -1,0 +1,343 @@
+//! Our own Qwen2 / Qwen3 forward on candle ops.
+//!
+//! One forward serves prefill, batched decode and scoring: the new tokens of every sequence in
+//! the call are stacked into one `[rows, hidden]` matrix, so each weight matmul is one call per
+//! layer whatever the batch; only attention (RoPE, KV append, softmax over the sequence's own
+//! cache) runs per sequence, in plain Rust over the engine-owned [`KvCache`].
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+use std::sync::Arc;
+
+use super::kv::KvCache;
+use crate::error::Result;
+
+/// The two decoder families we run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Qwen2 / Qwen2.5: q/k/v biases, no q/k norm.
+    Qwen2,
+    /// Qwen3: per-head RMSNorm on q and k, no biases, explicit head_dim.
+    Qwen3,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// Shape and hyper-parameters of a loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+    pub context_length: usize,
+}
+
+/// A linear layer: quantized (GGUF) or dense (safetensors / F32 GGUF) weight, optional bias.
+pub(crate) struct Linear {
+    pub w: QMatMul,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+pub(crate) struct Layer {
+    pub attn_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub ffn_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// Token embedding table: kept quantized when rows can be dequantized one at a time.
+pub(crate) enum Embedding {
+    Quantized(Arc<candle_core::quantized::QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    fn forward(&self, ids: &[u32]) -> Result<Tensor> {
+        let t = Tensor::new(ids, &Device::Cpu)?;
+        Ok(match self {
+            Embedding::Quantized(q) => q.embedding(&t)?,
+            Embedding::Dense(w) => w.index_select(&t, 0)?,
+        })
+    }
+}
+
+pub(crate) struct Model {
+    pub cfg: ModelConfig,
+    pub embed: Embedding,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    pub lm_head: QMatMul,
+    /// RoPE inverse frequencies, `head_dim / 2` of them.
+    inv_freq: Vec<f32>,
+}
+
+/// New tokens for one sequence in a forward call.
+pub(crate) struct Chunk<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+}
+
+/// Which rows' logits a forward returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// The logits after the last token of each chunk.
+    LastOfEach,
+    /// The logits after every token (scoring).
+    All,
+}
+
+impl Model {
+    pub fn new(cfg: ModelConfig, embed: Embedding, layers: Vec<Layer>, norm: Tensor, lm_head: QMatMul) -> Self {
+        let hd = cfg.head_dim;
+        let inv_freq = (0..hd / 2).map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
+        Self { cfg, embed, layers, norm, lm_head, inv_freq }
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_layers, self.cfg.num_kv_heads * self.cfg.head_dim)
+    }
+
+    /// Runs the new tokens of every chunk through the model, appending to each chunk's cache.
+    /// The caller has validated ids, lengths and context; caches change only on success.
+    pub fn forward(&self, chunks: &mut [Chunk<'_>], want: Want) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let eps = cfg.rms_norm_eps as f32;
+
+        // Row bookkeeping: (first row, rows, start position) per chunk.
+        let mut spans = Vec::with_capacity(chunks.len());
+        let mut ids = Vec::new();
+        for c in chunks.iter_mut() {
+            let start = c.cache.len();
+            c.cache.reserve(start + c.tokens.len(), cfg.context_length);
+            spans.push(Span { row0: ids.len(), rows: c.tokens.len(), start });
+            ids.extend_from_slice(c.tokens);
+        }
+        let n = ids.len();
+        let (cos, sin) = self.rope_tables(&spans, n);
+
+        let mut x = self.embed.forward(&ids)?.to_dtype(DType::F32)?;
+        let mut attn_out = vec![0f32; n * nh * hd];
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let mut q = to_vec(&layer.q.forward(&h)?)?;
+            let mut k = to_vec(&layer.k.forward(&h)?)?;
+            let v = to_vec(&layer.v.forward(&h)?)?;
+            if let Some(w) = &layer.q_norm {
+                head_rms_norm(&mut q, w, eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                head_rms_norm(&mut k, w, eps);
+            }
+            rope(&mut q, nh, hd, &cos, &sin);
+            rope(&mut k, nkv, hd, &cos, &sin);
+            let kv_row = nkv * hd;
+            for (c, s) in chunks.iter_mut().zip(&spans) {
+                let r = s.row0 * kv_row..(s.row0 + s.rows) * kv_row;
+                c.cache.write(li, s.start, &k[r.clone()], &v[r]);
+            }
+            let layers: Vec<&super::kv::LayerKv> = chunks.iter().map(|c| c.cache.layer(li)).collect();
+            attention(&q, &layers, &spans, nh, nkv, hd, &mut attn_out);
+            let a = Tensor::from_slice(&attn_out, (n, nh * hd), &Device::Cpu)?;
+            x = (x + layer.o.forward(&a)?)?;
+
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let g = layer.gate.forward(&h)?;
+            let u = layer.up.forward(&h)?;
+            let act = (candle_nn::ops::silu(&g)? * u)?;
+            x = (x + layer.down.forward(&act)?)?;
+        }
+        for (c, s) in chunks.iter_mut().zip(&spans) {
+            c.cache.commit(s.start + s.rows);
+        }
+
+        let x = match want {
+            Want::All => x,
+            Want::LastOfEach => {
+                let rows: Vec<u32> = spans.iter().map(|s| (s.row0 + s.rows - 1) as u32).collect();
+                if rows.len() == n {
+                    x
+                } else {
+                    x.index_select(&Tensor::new(rows.as_slice(), &Device::Cpu)?, 0)?
+                }
+            }
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        Ok(logits.to_vec2::<f32>()?)
+    }
+
+    /// cos/sin of every row's position, `head_dim / 2` values per row.
+    fn rope_tables(&self, spans: &[Span], n: usize) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for s in spans {
+            for i in 0..s.rows {
+                let pos = (s.start + i) as f32;
+                for &f in &self.inv_freq {
+                    let (sn, cs) = (pos * f).sin_cos();
+                    cos.push(cs);
+                    sin.push(sn);
+                }
+            }
+        }
+        (cos, sin)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    row0: usize,
+    rows: usize,
+    start: usize,
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// RMSNorm over each `head_dim` slice (Qwen3's q_norm / k_norm).
+fn head_rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let hd = w.len();
+    for head in x.chunks_exact_mut(hd) {
+        let ms = head.iter().map(|v| v * v).sum::<f32>() / hd as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        for (v, wi) in head.iter_mut().zip(w) {
+            *v = *v * s * wi;
+        }
+    }
+}
+
+/// NEOX-style rotary embedding (rotate halves), as Qwen uses, in place over `[rows, heads, hd]`.
+fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32]) {
+    let half = hd / 2;
+    for (row, xr) in x.chunks_exact_mut(heads * hd).enumerate() {
+        let c = &cos[row * half..(row + 1) * half];
+        let s = &sin[row * half..(row + 1) * half];
+        for head in xr.chunks_exact_mut(hd) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x0, x1) = (a[i], b[i]);
+                a[i] = x0 * c[i] - x1 * s[i];
+                b[i] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+/// Causal attention of each new row against its own sequence's cache (GQA: query head `h`
+/// reads kv head `h / (nh / nkv)`). Work items are (row, head) pairs, spread over candle's
+/// thread pool when there is enough of them to pay for it.
+fn attention(
+    q: &[f32],
+    layers: &[&super::kv::LayerKv],
+    spans: &[Span],
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
+    let group = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let kv_row = nkv * hd;
+    // Map each row to its chunk.
+    let mut row_chunk = Vec::with_capacity(out.len() / (nh * hd));
+    for (ci, s) in spans.iter().enumerate() {
+        row_chunk.extend(std::iter::repeat_n(ci, s.rows));
+    }
+    let n_items = row_chunk.len() * nh;
+    let work: usize = spans.iter().map(|s| s.rows * (s.start + s.rows)).sum::<usize>() * nh * hd;
+    let out_ptr = out.as_mut_ptr() as usize;
+
+    let run = |range: std::ops::Range<usize>| {
+        let mut scores = Vec::new();
+        for item in range {
+            let (row, h) = (item / nh, item % nh);
+            let ci = row_chunk[row];
+            let s = spans[ci];
+            let pos = s.start + (row - s.row0);
+            let len = pos + 1;
+            let kvh = h / group;
+            let qh = &q[(row * nh + h) * hd..(row * nh + h + 1) * hd];
+            let l = layers[ci];
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..len {
+                let kj = &l.k[j * kv_row + kvh * hd..j * kv_row + (kvh + 1) * hd];
+                let sc = dot(qh, kj) * scale;
+                max = max.max(sc);
+                scores.push(sc);
+            }
+            let mut sum = 0.0;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            let inv = 1.0 / sum;
+            // SAFETY: each (row, head) item owns its own disjoint `hd` slice of `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add((row * nh + h) * hd), hd) };
+            o.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                let vj = &l.v[j * kv_row + kvh * hd..j * kv_row + (kvh + 1) * hd];
+                let p = p * inv;
+                for (oi, vi) in o.iter_mut().zip(vj) {
+                    *oi += p * vi;
+                }
+            }
+        }
+    };
+    if work < (1 << 16) {
+        run(0..n_items);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(n_items, run);
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    s
+}
