@@ -116,6 +116,8 @@ pub fn drive(config: &RelayConfig, slm: &[SlmStep], llm: &LlmScript) -> Run {
                 }
                 llm_cache.extend(start.delta.pieces.iter().map(|p| p.text().to_string()));
                 llm_prefilled += start.delta.pieces.len();
+                // Piece for piece, not just text: nothing the LLM holds is sent again.
+                assert_eq!(llm_cache.len(), s.llm_view().len(), "LLM cache and view differ in pieces");
                 cache_checks.push((llm_cache.concat(), s.llm_view_text()));
                 let fail_after = llm.failures.iter().find(|f| f.0 == call_index).map(|f| f.1);
                 let (mut decoded, mut failed) = (0, false);
