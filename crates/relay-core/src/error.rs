@@ -15,7 +15,10 @@ pub enum RelayError {
     /// The driver asked the session to do something the current phase does not allow
     /// (e.g. pushing an SLM token while a call is in progress).
     #[error("`{action}` is not allowed while the session is {phase}")]
-    WrongPhase { action: &'static str, phase: &'static str },
+    WrongPhase {
+        action: &'static str,
+        phase: &'static str,
+    },
 }
 
 impl RelayError {

@@ -43,7 +43,10 @@ pub mod view;
 pub use error::{RelayError, Result};
 pub use limits::{OnLlmEos, RelayLimits};
 pub use policy::{CallLength, CallPolicy, PolicyConfig, PolicyKind, TokenInfo};
-pub use session::{Action, CallProgress, CallStart, LlmToken, RelayConfig, RelaySession, ServedCall, SlmOutcome, SlmToken};
+pub use session::{
+    Action, CallProgress, CallStart, LlmToken, RelayConfig, RelaySession, ServedCall, SlmOutcome,
+    SlmToken,
+};
 pub use tag::{coalesce_text, CallTagParser, MalformedKind, TagConfig, TagEvent};
 pub use trace::{CallRecord, PerModel, RelayTrace, Source, Span, StopReason};
 pub use view::{LlmDelta, ViewPiece};

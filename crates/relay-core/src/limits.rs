@@ -30,14 +30,22 @@ pub struct RelayLimits {
 
 impl Default for RelayLimits {
     fn default() -> Self {
-        RelayLimits { max_response_tokens: 8192, max_calls: 4, max_call_tokens: 512, on_llm_eos: OnLlmEos::End }
+        RelayLimits {
+            max_response_tokens: 8192,
+            max_calls: 4,
+            max_call_tokens: 512,
+            on_llm_eos: OnLlmEos::End,
+        }
     }
 }
 
 impl RelayLimits {
     pub fn validate(&self) -> Result<()> {
         if self.max_response_tokens == 0 {
-            return Err(RelayError::InvalidConfig { field: "limits.max_response_tokens", reason: "must be at least 1".into() });
+            return Err(RelayError::InvalidConfig {
+                field: "limits.max_response_tokens",
+                reason: "must be at least 1".into(),
+            });
         }
         Ok(())
     }

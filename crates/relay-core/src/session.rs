@@ -250,10 +250,14 @@ impl RelaySession {
     pub fn next_action(&self) -> Action {
         match &self.phase {
             Phase::Slm => Action::Slm,
-            Phase::CallPending(plan) => Action::Llm { max_tokens: plan.max_tokens },
+            Phase::CallPending(plan) => Action::Llm {
+                max_tokens: plan.max_tokens,
+            },
             Phase::InCall { plan, done, .. } => {
                 let served = self.calls.last().map_or(0, |c| c.served);
-                Action::Llm { max_tokens: if *done { 0 } else { plan.max_tokens - served } }
+                Action::Llm {
+                    max_tokens: if *done { 0 } else { plan.max_tokens - served },
+                }
             }
             Phase::Done(reason) => Action::Stop(*reason),
         }
@@ -289,14 +293,22 @@ impl RelaySession {
                 self.apply_tag_events(events, Some(&mut scheduled));
                 self.place_decided_tokens(false);
             }
-            None => self.llm_view.push(ViewPiece::Token { id: token.id, text: token.text.to_string(), source: Source::Slm }),
+            None => self.llm_view.push(ViewPiece::Token {
+                id: token.id,
+                text: token.text.to_string(),
+                source: Source::Slm,
+            }),
         }
 
         if token.eos || self.remaining_tokens() == 0 {
             if scheduled.is_some() {
                 self.ignored_calls += 1;
             }
-            self.finish(if token.eos { StopReason::SlmEos } else { StopReason::TokenBudget });
+            self.finish(if token.eos {
+                StopReason::SlmEos
+            } else {
+                StopReason::TokenBudget
+            });
         } else if let Some(plan) = scheduled {
             self.phase = Phase::CallPending(plan);
         }
@@ -306,13 +318,19 @@ impl RelaySession {
     /// Starts the pending call: records it and hands out the LLM-view delta to prefill.
     pub fn begin_call(&mut self) -> Result<CallStart> {
         let Phase::CallPending(plan) = self.phase else {
-            return Err(RelayError::WrongPhase { action: "begin_call", phase: self.phase.name() });
+            return Err(RelayError::WrongPhase {
+                action: "begin_call",
+                phase: self.phase.name(),
+            });
         };
         // The LLM writes next, so the SLM's text stream is interrupted here: whatever the
         // parser held back is decided now and every SLM token so far reaches the LLM view.
         self.flush_tags();
         let first_call = !self.llm_called;
-        let delta = LlmDelta { first_call, pieces: self.llm_view[self.llm_cursor..].to_vec() };
+        let delta = LlmDelta {
+            first_call,
+            pieces: self.llm_view[self.llm_cursor..].to_vec(),
+        };
         let cursor_before = self.llm_cursor;
         self.llm_cursor = self.llm_view.len();
         self.llm_called = true;
@@ -323,25 +341,47 @@ impl RelaySession {
             served: 0,
             llm_error: None,
         });
-        self.phase = Phase::InCall { plan, cursor_before, first_call, done: false, llm_eos: false };
-        Ok(CallStart { delta, max_tokens: plan.max_tokens, requested_n: plan.requested_n })
+        self.phase = Phase::InCall {
+            plan,
+            cursor_before,
+            first_call,
+            done: false,
+            llm_eos: false,
+        };
+        Ok(CallStart {
+            delta,
+            max_tokens: plan.max_tokens,
+            requested_n: plan.requested_n,
+        })
     }
 
     /// Adds the LLM's next token to the response (an EOS ends the response or, with
     /// `on_llm_eos = hand-back`, is dropped and ends the call).
     pub fn push_llm_token(&mut self, token: LlmToken<'_>) -> Result<CallProgress> {
-        let Phase::InCall { plan, done: false, .. } = self.phase else {
-            return Err(RelayError::WrongPhase { action: "push_llm_token", phase: self.phase.name() });
+        let Phase::InCall {
+            plan, done: false, ..
+        } = self.phase
+        else {
+            return Err(RelayError::WrongPhase {
+                action: "push_llm_token",
+                phase: self.phase.name(),
+            });
         };
         if token.eos && self.limits.on_llm_eos == OnLlmEos::HandBack {
             self.set_call_done(false);
             return Ok(CallProgress::Done);
         }
         self.append(token.id, token.text, Source::Llm);
-        self.llm_view.push(ViewPiece::Token { id: token.id, text: token.text.to_string(), source: Source::Llm });
+        self.llm_view.push(ViewPiece::Token {
+            id: token.id,
+            text: token.text.to_string(),
+            source: Source::Llm,
+        });
         let call = self.calls.last_mut().expect("a call is in progress");
         call.served += 1;
-        let complete = token.eos || call.served >= plan.max_tokens || (plan.until_newline && token.text.contains('\n'));
+        let complete = token.eos
+            || call.served >= plan.max_tokens
+            || (plan.until_newline && token.text.contains('\n'));
         if complete {
             self.set_call_done(token.eos);
             Ok(CallProgress::Done)
@@ -395,7 +435,9 @@ impl RelaySession {
 
     /// Response tokens still allowed.
     pub fn remaining_tokens(&self) -> usize {
-        self.limits.max_response_tokens.saturating_sub(self.tokens.len())
+        self.limits
+            .max_response_tokens
+            .saturating_sub(self.tokens.len())
     }
 
     pub fn limits(&self) -> &RelayLimits {
@@ -437,7 +479,11 @@ impl RelaySession {
         for (i, &source) in self.sources.iter().enumerate() {
             match spans.last_mut() {
                 Some(span) if span.source == source => span.end = i + 1,
-                _ => spans.push(Span { start: i, end: i + 1, source }),
+                _ => spans.push(Span {
+                    start: i,
+                    end: i + 1,
+                    source,
+                }),
             }
         }
         let mut tokens = PerModel::<usize>::default();
@@ -456,7 +502,11 @@ impl RelaySession {
             tokens,
             prefill_tokens: self.prefill_tokens,
             time_ms: self.time_ms,
-            call_ratio: if response_tokens == 0 { 0.0 } else { tokens.llm as f64 / response_tokens as f64 },
+            call_ratio: if response_tokens == 0 {
+                0.0
+            } else {
+                tokens.llm as f64 / response_tokens as f64
+            },
             stop: match self.phase {
                 Phase::Done(reason) => Some(reason),
                 _ => None,
@@ -470,7 +520,10 @@ impl RelaySession {
         if ok(&self.phase) {
             Ok(())
         } else {
-            Err(RelayError::WrongPhase { action, phase: self.phase.name() })
+            Err(RelayError::WrongPhase {
+                action,
+                phase: self.phase.name(),
+            })
         }
     }
 
@@ -491,7 +544,12 @@ impl RelaySession {
                     self.ignored_calls += 1;
                     return None;
                 }
-                let plan = PlannedCall { requested_n: remaining as u64, max_tokens: remaining, until_newline: false, tag_start };
+                let plan = PlannedCall {
+                    requested_n: remaining as u64,
+                    max_tokens: remaining,
+                    until_newline: false,
+                    tag_start,
+                };
                 return Some(plan);
             }
             CallLength::Tokens(n) => (n, false),
@@ -505,25 +563,41 @@ impl RelaySession {
             self.ignored_calls += 1;
             return None;
         }
-        Some(PlannedCall { requested_n: n, max_tokens, until_newline, tag_start })
+        Some(PlannedCall {
+            requested_n: n,
+            max_tokens,
+            until_newline,
+            tag_start,
+        })
     }
 
     /// Counts the parser's findings and plans at most one call (`scheduled`) from them; a
     /// second tag completed by the same token is ignored, since the call follows the token.
     /// With `scheduled = None` (at an interruption) no call can be planned.
-    fn apply_tag_events(&mut self, events: Vec<TagEvent>, mut scheduled: Option<&mut Option<PlannedCall>>) {
+    fn apply_tag_events(
+        &mut self,
+        events: Vec<TagEvent>,
+        mut scheduled: Option<&mut Option<PlannedCall>>,
+    ) {
         for event in events {
             match event {
                 TagEvent::Text { .. } => {}
                 TagEvent::Malformed { start, end, .. } => {
-                    self.tags.as_mut().expect("reading tags").removed.push_back((start, end));
+                    self.tags
+                        .as_mut()
+                        .expect("reading tags")
+                        .removed
+                        .push_back((start, end));
                     self.malformed_tags += 1;
                 }
                 TagEvent::Call { start, end, n } => {
                     let tags = self.tags.as_mut().expect("reading tags");
                     tags.removed.push_back((start, end));
                     let starts = &tags.token_starts;
-                    let tag_start = starts[starts.partition_point(|&(b, _)| b <= start).saturating_sub(1)].1;
+                    let tag_start = starts[starts
+                        .partition_point(|&(b, _)| b <= start)
+                        .saturating_sub(1)]
+                    .1;
                     if n == 0 {
                         self.zero_n_tags += 1;
                         continue;
@@ -544,7 +618,9 @@ impl RelaySession {
     /// untouched by tags as ids, cut tokens as their remaining text. With `flush`, empty
     /// tokens still waiting for a neighbour are placed too.
     fn place_decided_tokens(&mut self, flush: bool) {
-        let Some(tags) = self.tags.as_mut() else { return };
+        let Some(tags) = self.tags.as_mut() else {
+            return;
+        };
         let decided = tags.parser.decided();
         while let Some(&(index, start)) = tags.undecided.front() {
             let text = &self.texts[index];
@@ -579,14 +655,26 @@ impl RelaySession {
                 }
             } else {
                 for g in tags.glue.drain(..) {
-                    self.llm_view.push(ViewPiece::Token { id: self.tokens[g], text: String::new(), source: Source::Slm });
+                    self.llm_view.push(ViewPiece::Token {
+                        id: self.tokens[g],
+                        text: String::new(),
+                        source: Source::Slm,
+                    });
                 }
-                self.llm_view.push(ViewPiece::Token { id: self.tokens[index], text: text.clone(), source: Source::Slm });
+                self.llm_view.push(ViewPiece::Token {
+                    id: self.tokens[index],
+                    text: text.clone(),
+                    source: Source::Slm,
+                });
             }
         }
         if flush {
             for g in tags.glue.drain(..) {
-                self.llm_view.push(ViewPiece::Token { id: self.tokens[g], text: String::new(), source: Source::Slm });
+                self.llm_view.push(ViewPiece::Token {
+                    id: self.tokens[g],
+                    text: String::new(),
+                    source: Source::Slm,
+                });
             }
         }
     }
@@ -608,8 +696,17 @@ impl RelaySession {
     }
 
     fn close_call(&mut self, action: &'static str, error: Option<String>) -> Result<ServedCall> {
-        let Phase::InCall { cursor_before, first_call, llm_eos, .. } = self.phase else {
-            return Err(RelayError::WrongPhase { action, phase: self.phase.name() });
+        let Phase::InCall {
+            cursor_before,
+            first_call,
+            llm_eos,
+            ..
+        } = self.phase
+        else {
+            return Err(RelayError::WrongPhase {
+                action,
+                phase: self.phase.name(),
+            });
         };
         let call = self.calls.last_mut().expect("a call is in progress");
         if let Some(error) = error {

@@ -37,7 +37,11 @@ pub struct TagConfig {
 
 impl Default for TagConfig {
     fn default() -> Self {
-        TagConfig { open: "<call>".into(), close: "</call>".into(), max_body_len: 64 }
+        TagConfig {
+            open: "<call>".into(),
+            close: "</call>".into(),
+            max_body_len: 64,
+        }
     }
 }
 
@@ -45,10 +49,16 @@ impl TagConfig {
     /// Checks the strings are usable: both non-empty.
     pub fn validate(&self) -> Result<()> {
         if self.open.is_empty() {
-            return Err(RelayError::InvalidConfig { field: "tags.open", reason: "must not be empty".into() });
+            return Err(RelayError::InvalidConfig {
+                field: "tags.open",
+                reason: "must not be empty".into(),
+            });
         }
         if self.close.is_empty() {
-            return Err(RelayError::InvalidConfig { field: "tags.close", reason: "must not be empty".into() });
+            return Err(RelayError::InvalidConfig {
+                field: "tags.close",
+                reason: "must not be empty".into(),
+            });
         }
         Ok(())
     }
@@ -78,13 +88,19 @@ pub enum TagEvent {
     /// A well-formed command asking for `n` tokens.
     Call { start: usize, end: usize, n: u64 },
     /// Tag-shaped text that is not a command.
-    Malformed { start: usize, end: usize, kind: MalformedKind },
+    Malformed {
+        start: usize,
+        end: usize,
+        kind: MalformedKind,
+    },
 }
 
 impl TagEvent {
     pub fn start(&self) -> usize {
         match self {
-            TagEvent::Text { start, .. } | TagEvent::Call { start, .. } | TagEvent::Malformed { start, .. } => *start,
+            TagEvent::Text { start, .. }
+            | TagEvent::Call { start, .. }
+            | TagEvent::Malformed { start, .. } => *start,
         }
     }
 
@@ -120,7 +136,15 @@ pub struct CallTagParser {
 impl CallTagParser {
     pub fn new(config: TagConfig) -> Result<Self> {
         config.validate()?;
-        Ok(CallTagParser { config, state: State::Text { held: String::new() }, pos: 0, text: String::new(), text_start: 0 })
+        Ok(CallTagParser {
+            config,
+            state: State::Text {
+                held: String::new(),
+            },
+            pos: 0,
+            text: String::new(),
+            text_start: 0,
+        })
     }
 
     pub fn config(&self) -> &TagConfig {
@@ -163,7 +187,12 @@ impl CallTagParser {
         let mut out = Vec::new();
         self.text_start = self.decided();
         loop {
-            match std::mem::replace(&mut self.state, State::Text { held: String::new() }) {
+            match std::mem::replace(
+                &mut self.state,
+                State::Text {
+                    held: String::new(),
+                },
+            ) {
                 State::Body { start, body } => self.reject_open(start, body, &mut out),
                 State::Text { held } => {
                     self.text.push_str(&held);
@@ -190,7 +219,10 @@ impl CallTagParser {
                 if *held == self.config.open {
                     let start = self.pos - held.len();
                     self.flush_text(out);
-                    self.state = State::Body { start, body: String::new() };
+                    self.state = State::Body {
+                        start,
+                        body: String::new(),
+                    };
                 }
             }
             State::Body { start, body } => {
@@ -198,15 +230,24 @@ impl CallTagParser {
                 let start = *start;
                 let close = &self.config.close;
                 if body.ends_with(close.as_str()) {
-                    let event = classify(start, self.pos, &body[..body.len() - close.len()], &self.config.open);
-                    self.state = State::Text { held: String::new() };
+                    let event = classify(
+                        start,
+                        self.pos,
+                        &body[..body.len() - close.len()],
+                        &self.config.open,
+                    );
+                    self.state = State::Text {
+                        held: String::new(),
+                    };
                     self.text_start = self.pos;
                     out.push(event);
                 } else if body.len() >= self.config.max_body_len + close.len() {
                     // Even a close completing on the next character would leave a body longer
                     // than the limit: this open string is not a command.
                     let body = std::mem::take(body);
-                    self.state = State::Text { held: String::new() };
+                    self.state = State::Text {
+                        held: String::new(),
+                    };
                     self.reject_open(start, body, out);
                 }
             }
@@ -216,7 +257,11 @@ impl CallTagParser {
     /// Emits the open string at `start` as `Unclosed` and reads `body` again as fresh text.
     fn reject_open(&mut self, start: usize, body: String, out: &mut Vec<TagEvent>) {
         let open_end = start + self.config.open.len();
-        out.push(TagEvent::Malformed { start, end: open_end, kind: MalformedKind::Unclosed });
+        out.push(TagEvent::Malformed {
+            start,
+            end: open_end,
+            kind: MalformedKind::Unclosed,
+        });
         self.pos = open_end;
         self.text_start = open_end;
         for c in body.chars() {
@@ -226,7 +271,10 @@ impl CallTagParser {
 
     fn flush_text(&mut self, out: &mut Vec<TagEvent>) {
         if !self.text.is_empty() {
-            out.push(TagEvent::Text { start: self.text_start, text: std::mem::take(&mut self.text) });
+            out.push(TagEvent::Text {
+                start: self.text_start,
+                text: std::mem::take(&mut self.text),
+            });
         }
         self.text_start = self.decided();
     }
@@ -235,16 +283,30 @@ impl CallTagParser {
 /// Decides what a closed tag `open body close` spanning `start..end` is.
 fn classify(start: usize, end: usize, body: &str, open: &str) -> TagEvent {
     if body.contains(open) {
-        return TagEvent::Malformed { start, end, kind: MalformedKind::Nested };
+        return TagEvent::Malformed {
+            start,
+            end,
+            kind: MalformedKind::Nested,
+        };
     }
     let digits = body.trim();
     if digits.is_empty() {
-        return TagEvent::Malformed { start, end, kind: MalformedKind::Empty };
+        return TagEvent::Malformed {
+            start,
+            end,
+            kind: MalformedKind::Empty,
+        };
     }
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return TagEvent::Malformed { start, end, kind: MalformedKind::NotANumber };
+        return TagEvent::Malformed {
+            start,
+            end,
+            kind: MalformedKind::NotANumber,
+        };
     }
-    let n = digits.bytes().fold(0u64, |n, b| n.saturating_mul(10).saturating_add(u64::from(b - b'0')));
+    let n = digits.bytes().fold(0u64, |n, b| {
+        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    });
     TagEvent::Call { start, end, n }
 }
 
@@ -253,7 +315,9 @@ fn classify(start: usize, end: usize, body: &str, open: &str) -> TagEvent {
 pub fn coalesce_text(events: impl IntoIterator<Item = TagEvent>) -> Vec<TagEvent> {
     let mut out: Vec<TagEvent> = Vec::new();
     for e in events {
-        if let (Some(TagEvent::Text { text: prev, .. }), TagEvent::Text { text, .. }) = (out.last_mut(), &e) {
+        if let (Some(TagEvent::Text { text: prev, .. }), TagEvent::Text { text, .. }) =
+            (out.last_mut(), &e)
+        {
             prev.push_str(text);
             continue;
         }

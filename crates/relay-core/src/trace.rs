@@ -147,37 +147,66 @@ impl RelayTrace {
                 return Err(format!("span {i} is empty"));
             }
             if i > 0 && self.spans[i - 1].source == span.source {
-                return Err(format!("spans {} and {i} have the same source and should be one", i - 1));
+                return Err(format!(
+                    "spans {} and {i} have the same source and should be one",
+                    i - 1
+                ));
             }
             *by_source.get_mut(span.source) += span.len();
             pos = span.end;
         }
         if pos != self.response_tokens {
-            return Err(format!("spans cover {pos} tokens, response has {}", self.response_tokens));
+            return Err(format!(
+                "spans cover {pos} tokens, response has {}",
+                self.response_tokens
+            ));
         }
         if by_source != self.tokens {
-            return Err(format!("spans count {by_source:?}, tokens say {:?}", self.tokens));
+            return Err(format!(
+                "spans count {by_source:?}, tokens say {:?}",
+                self.tokens
+            ));
         }
         if self.tokens.slm + self.tokens.llm != self.response_tokens {
-            return Err(format!("{:?} does not add up to {}", self.tokens, self.response_tokens));
+            return Err(format!(
+                "{:?} does not add up to {}",
+                self.tokens, self.response_tokens
+            ));
         }
         let served: usize = self.calls.iter().map(|c| c.served).sum();
         if served != self.tokens.llm {
-            return Err(format!("calls served {served} tokens, the LLM wrote {}", self.tokens.llm));
+            return Err(format!(
+                "calls served {served} tokens, the LLM wrote {}",
+                self.tokens.llm
+            ));
         }
         let mut last_end = 0;
         for (i, call) in self.calls.iter().enumerate() {
             if call.at < last_end || call.at + call.served > self.response_tokens {
-                return Err(format!("call {i} at {} serving {} is out of order or outside the response", call.at, call.served));
+                return Err(format!(
+                    "call {i} at {} serving {} is out of order or outside the response",
+                    call.at, call.served
+                ));
             }
-            if call.served > 0 && !self.spans.iter().any(|s| s.source == Source::Llm && s.start <= call.at && call.at + call.served <= s.end) {
+            if call.served > 0
+                && !self.spans.iter().any(|s| {
+                    s.source == Source::Llm && s.start <= call.at && call.at + call.served <= s.end
+                })
+            {
                 return Err(format!("call {i} at {} is not inside an LLM span", call.at));
             }
             last_end = call.at + call.served;
         }
-        let ratio = if self.response_tokens == 0 { 0.0 } else { self.tokens.llm as f64 / self.response_tokens as f64 };
+        let ratio = if self.response_tokens == 0 {
+            0.0
+        } else {
+            self.tokens.llm as f64 / self.response_tokens as f64
+        };
         if (ratio - self.call_ratio).abs() > 1e-12 {
-            return Err(format!("call_ratio {} but tokens give {ratio}", self.call_ratio));
+            return Err(format!(
+                "call_ratio {} but tokens give {ratio}",
+                self.call_ratio
+            ));
         }
         Ok(())
     }

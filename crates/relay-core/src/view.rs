@@ -18,7 +18,11 @@ use crate::trace::Source;
 pub enum ViewPiece {
     /// A whole token as its model wrote it. With a shared tokenizer the driver passes `id`;
     /// with different tokenizers it tokenizes `text` when `source` is the other model.
-    Token { id: u32, text: String, source: Source },
+    Token {
+        id: u32,
+        text: String,
+        source: Source,
+    },
     /// What is left of an SLM token after a tag was cut out of it; always tokenized by the driver.
     Text { text: String },
 }

@@ -7,10 +7,21 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use relay_core::{OnLlmEos, PolicyKind, RelaySession, RelayTrace, SlmToken, Source, Span, StopReason};
+use relay_core::{
+    OnLlmEos, PolicyKind, RelaySession, RelayTrace, SlmToken, Source, Span, StopReason,
+};
 
 fn mixed_run() -> Run {
-    let s = slm(&["a", "<call>2</call>", "b", "c", "<call>", "1</call>", "d", EOS]);
+    let s = slm(&[
+        "a",
+        "<call>2</call>",
+        "b",
+        "c",
+        "<call>",
+        "1</call>",
+        "d",
+        EOS,
+    ]);
     drive(&config("tag"), &s, &llm(&["A", "B", "C"]))
 }
 
@@ -22,16 +33,38 @@ fn spans_cover_the_response_exactly() {
     assert_eq!(
         t.spans,
         vec![
-            Span { start: 0, end: 2, source: Source::Slm },
-            Span { start: 2, end: 4, source: Source::Llm },
-            Span { start: 4, end: 8, source: Source::Slm },
-            Span { start: 8, end: 9, source: Source::Llm },
-            Span { start: 9, end: 11, source: Source::Slm },
+            Span {
+                start: 0,
+                end: 2,
+                source: Source::Slm
+            },
+            Span {
+                start: 2,
+                end: 4,
+                source: Source::Llm
+            },
+            Span {
+                start: 4,
+                end: 8,
+                source: Source::Slm
+            },
+            Span {
+                start: 8,
+                end: 9,
+                source: Source::Llm
+            },
+            Span {
+                start: 9,
+                end: 11,
+                source: Source::Slm
+            },
         ]
     );
     assert_eq!(run.session.sources().len(), t.response_tokens);
     for span in &t.spans {
-        assert!(run.session.sources()[span.start..span.end].iter().all(|&s| s == span.source));
+        assert!(run.session.sources()[span.start..span.end]
+            .iter()
+            .all(|&s| s == span.source));
     }
 }
 
@@ -40,7 +73,10 @@ fn counts_add_up() {
     let t = mixed_run().trace;
     assert_eq!(t.response_tokens, 11);
     assert_eq!((t.tokens.slm, t.tokens.llm), (8, 3));
-    assert_eq!(t.calls.iter().map(|c| c.served).sum::<usize>(), t.tokens.llm);
+    assert_eq!(
+        t.calls.iter().map(|c| c.served).sum::<usize>(),
+        t.tokens.llm
+    );
     assert_eq!(t.call_ratio, 3.0 / 11.0);
     assert_eq!(t.served_calls(), 2);
     assert_eq!(t.stop, Some(StopReason::SlmEos));
@@ -50,10 +86,17 @@ fn counts_add_up() {
 fn the_json_uses_design_field_names() {
     let mut run = mixed_run();
     run.session.record_prefill(Source::Llm, 5);
-    run.session.record_time(Source::Slm, Duration::from_millis(12));
+    run.session
+        .record_time(Source::Slm, Duration::from_millis(12));
     let json = serde_json::to_value(run.session.trace()).unwrap();
-    assert_eq!(json["spans"][1], serde_json::json!({"start": 2, "end": 4, "source": "llm"}));
-    assert_eq!(json["calls"][0], serde_json::json!({"at": 2, "tag_start": 1, "requested_n": 2, "served": 2}));
+    assert_eq!(
+        json["spans"][1],
+        serde_json::json!({"start": 2, "end": 4, "source": "llm"})
+    );
+    assert_eq!(
+        json["calls"][0],
+        serde_json::json!({"at": 2, "tag_start": 1, "requested_n": 2, "served": 2})
+    );
     assert_eq!(json["tokens"], serde_json::json!({"slm": 8, "llm": 3}));
     assert_eq!(json["prefill_tokens"]["llm"], 5);
     assert_eq!(json["time_ms"]["slm"], 12.0);
@@ -89,7 +132,13 @@ fn prefill_and_time_accumulate_per_model() {
 #[test]
 fn an_empty_response_has_a_zero_ratio() {
     let mut s = RelaySession::from_config(&config("tag")).unwrap();
-    s.push_slm_token(SlmToken { id: 1, text: "", top1_prob: 1.0, eos: true }).unwrap();
+    s.push_slm_token(SlmToken {
+        id: 1,
+        text: "",
+        top1_prob: 1.0,
+        eos: true,
+    })
+    .unwrap();
     let t = s.trace();
     t.check().unwrap();
     assert_eq!((t.response_tokens, t.call_ratio), (1, 0.0));
@@ -114,15 +163,44 @@ fn the_checker_catches_broken_accounting() {
     ratio.call_ratio = 0.5;
     let mut split = good.clone();
     split.spans[0].end = 1;
-    split.spans.insert(1, Span { start: 1, end: 2, source: Source::Slm });
-    for (name, broken) in [("gap", gap), ("short", short), ("counts", counts), ("served", served), ("ratio", ratio), ("split", split)] {
+    split.spans.insert(
+        1,
+        Span {
+            start: 1,
+            end: 2,
+            source: Source::Slm,
+        },
+    );
+    for (name, broken) in [
+        ("gap", gap),
+        ("short", short),
+        ("counts", counts),
+        ("served", served),
+        ("ratio", ratio),
+        ("split", split),
+    ] {
         assert!(broken.check().is_err(), "{name} should fail the check");
     }
 }
 
 fn slm_fragment() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
-        "a", " b", "<call>", "</call>", "<call>2</call>", "3", "0", " ", "<", "/call>", "x", "\n", "é", "", "<call>1</call>.", "7</call>",
+        "a",
+        " b",
+        "<call>",
+        "</call>",
+        "<call>2</call>",
+        "3",
+        "0",
+        " ",
+        "<",
+        "/call>",
+        "x",
+        "\n",
+        "é",
+        "",
+        "<call>1</call>.",
+        "7</call>",
     ])
 }
 

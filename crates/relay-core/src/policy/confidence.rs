@@ -16,7 +16,12 @@ pub struct ConfidencePolicy {
 
 impl ConfidencePolicy {
     pub fn new(threshold: f32, length: CallLength, cooldown: usize) -> Self {
-        ConfidencePolicy { threshold, length, cooldown, cooling: 0 }
+        ConfidencePolicy {
+            threshold,
+            length,
+            cooldown,
+            cooling: 0,
+        }
     }
 }
 

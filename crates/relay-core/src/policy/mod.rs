@@ -139,10 +139,13 @@ impl FromStr for PolicyKind {
     type Err = RelayError;
 
     fn from_str(s: &str) -> Result<Self> {
-        PolicyKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| RelayError::UnknownPolicy {
-            name: s.to_string(),
-            valid: PolicyKind::ALL.map(|k| k.name()).join(", "),
-        })
+        PolicyKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| RelayError::UnknownPolicy {
+                name: s.to_string(),
+                valid: PolicyKind::ALL.map(|k| k.name()).join(", "),
+            })
     }
 }
 
@@ -187,7 +190,10 @@ impl Default for PolicyConfig {
 
 impl PolicyConfig {
     pub fn new(kind: PolicyKind) -> Self {
-        PolicyConfig { kind, ..PolicyConfig::default() }
+        PolicyConfig {
+            kind,
+            ..PolicyConfig::default()
+        }
     }
 
     /// Validates the knobs the chosen policy uses and builds it.
@@ -196,12 +202,18 @@ impl PolicyConfig {
             if (0.0..=1.0).contains(&p) {
                 Ok(p)
             } else {
-                Err(RelayError::InvalidConfig { field, reason: format!("a probability in [0, 1], got {p}") })
+                Err(RelayError::InvalidConfig {
+                    field,
+                    reason: format!("a probability in [0, 1], got {p}"),
+                })
             }
         };
         let call_tokens = || {
             if self.call_tokens == 0 {
-                Err(RelayError::InvalidConfig { field: "policy.call_tokens", reason: "must be at least 1".into() })
+                Err(RelayError::InvalidConfig {
+                    field: "policy.call_tokens",
+                    reason: "must be at least 1".into(),
+                })
             } else {
                 Ok(self.call_tokens)
             }
@@ -216,7 +228,9 @@ impl PolicyConfig {
                     });
                 }
                 let length = if self.until_newline {
-                    CallLength::UntilNewline { max: call_tokens()? }
+                    CallLength::UntilNewline {
+                        max: call_tokens()?,
+                    }
                 } else {
                     CallLength::Tokens(call_tokens()?)
                 };
@@ -227,9 +241,10 @@ impl PolicyConfig {
                 call_tokens()?,
                 self.seed,
             )),
-            PolicyKind::RandomQuery => {
-                Box::new(RandomQueryPolicy::new(probability("policy.query_probability", self.query_probability)?, self.seed))
-            }
+            PolicyKind::RandomQuery => Box::new(RandomQueryPolicy::new(
+                probability("policy.query_probability", self.query_probability)?,
+                self.seed,
+            )),
             PolicyKind::SlmOnly => Box::new(SlmOnlyPolicy),
             PolicyKind::LlmOnly => Box::new(LlmOnlyPolicy),
             PolicyKind::TeacherFree => Box::new(TeacherFreePolicy),

@@ -15,7 +15,10 @@ pub struct RandomQueryPolicy {
 impl RandomQueryPolicy {
     /// `p` must be in [0, 1] (checked by `PolicyConfig::build`).
     pub fn new(p: f64, seed: u64) -> Self {
-        RandomQueryPolicy { p, rng: StdRng::seed_from_u64(seed) }
+        RandomQueryPolicy {
+            p,
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 }
 
@@ -25,6 +28,8 @@ impl CallPolicy for RandomQueryPolicy {
     }
 
     fn on_start(&mut self) -> Option<CallLength> {
-        self.rng.gen_bool(self.p).then_some(CallLength::RestOfResponse)
+        self.rng
+            .gen_bool(self.p)
+            .then_some(CallLength::RestOfResponse)
     }
 }

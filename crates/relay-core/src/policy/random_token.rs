@@ -16,7 +16,11 @@ pub struct RandomTokenPolicy {
 impl RandomTokenPolicy {
     /// `p` must be in [0, 1] (checked by `PolicyConfig::build`).
     pub fn new(p: f64, n: u64, seed: u64) -> Self {
-        RandomTokenPolicy { p, n, rng: StdRng::seed_from_u64(seed) }
+        RandomTokenPolicy {
+            p,
+            n,
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 }
 
@@ -27,6 +31,8 @@ impl CallPolicy for RandomTokenPolicy {
 
     fn before_slm_token(&mut self, _token: &TokenInfo<'_>) -> Option<CallLength> {
         // One draw per position, whatever happens next, so a seed fixes the whole schedule.
-        self.rng.gen_bool(self.p).then_some(CallLength::Tokens(self.n))
+        self.rng
+            .gen_bool(self.p)
+            .then_some(CallLength::Tokens(self.n))
     }
 }

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use relay_core::{
-    Action, CallProgress, LlmDelta, LlmToken, RelayConfig, RelaySession, RelayTrace, SlmOutcome, SlmToken, StopReason,
+    Action, CallProgress, LlmDelta, LlmToken, RelayConfig, RelaySession, RelayTrace, SlmOutcome,
+    SlmToken, StopReason,
 };
 
 pub const EOS: &str = "<eos>";
@@ -29,7 +30,11 @@ pub fn slm_probs(parts: &[(&str, f32)]) -> Vec<SlmStep> {
 
 fn step(text: &str, top1: f32) -> SlmStep {
     let eos = text == EOS;
-    SlmStep { text: if eos { String::new() } else { text.to_string() }, top1, eos }
+    SlmStep {
+        text: if eos { String::new() } else { text.to_string() },
+        top1,
+        eos,
+    }
 }
 
 /// The LLM's tokens, served in order across calls; `failures` lists (call index, tokens
@@ -41,7 +46,10 @@ pub struct LlmScript {
 }
 
 pub fn llm(parts: &[&str]) -> LlmScript {
-    LlmScript { tokens: parts.iter().map(|s| s.to_string()).collect(), failures: vec![] }
+    LlmScript {
+        tokens: parts.iter().map(|s| s.to_string()).collect(),
+        failures: vec![],
+    }
 }
 
 impl LlmScript {
@@ -99,9 +107,18 @@ pub fn drive(config: &RelayConfig, slm: &[SlmStep], llm: &LlmScript) -> Run {
                     s.stop(StopReason::Cancelled);
                     continue;
                 };
-                let id = if step.eos { SLM_EOS_ID } else { 1000 + si as u32 };
+                let id = if step.eos {
+                    SLM_EOS_ID
+                } else {
+                    1000 + si as u32
+                };
                 si += 1;
-                let token = SlmToken { id, text: &step.text, top1_prob: step.top1, eos: step.eos };
+                let token = SlmToken {
+                    id,
+                    text: &step.text,
+                    top1_prob: step.top1,
+                    eos: step.eos,
+                };
                 match s.push_slm_token(token).unwrap() {
                     SlmOutcome::Accepted => slm_cache.push(id),
                     SlmOutcome::Dropped => dropped += 1,
@@ -117,7 +134,11 @@ pub fn drive(config: &RelayConfig, slm: &[SlmStep], llm: &LlmScript) -> Run {
                 llm_cache.extend(start.delta.pieces.iter().map(|p| p.text().to_string()));
                 llm_prefilled += start.delta.pieces.len();
                 // Piece for piece, not just text: nothing the LLM holds is sent again.
-                assert_eq!(llm_cache.len(), s.llm_view().len(), "LLM cache and view differ in pieces");
+                assert_eq!(
+                    llm_cache.len(),
+                    s.llm_view().len(),
+                    "LLM cache and view differ in pieces"
+                );
                 cache_checks.push((llm_cache.concat(), s.llm_view_text()));
                 let fail_after = llm.failures.iter().find(|f| f.0 == call_index).map(|f| f.1);
                 let (mut decoded, mut failed) = (0, false);
@@ -126,12 +147,18 @@ pub fn drive(config: &RelayConfig, slm: &[SlmStep], llm: &LlmScript) -> Run {
                         failed = true;
                         break;
                     }
-                    let Some(text) = llm.tokens.get(li) else { break };
+                    let Some(text) = llm.tokens.get(li) else {
+                        break;
+                    };
                     let eos = text == EOS;
                     let id = if eos { LLM_EOS_ID } else { 5000 + li as u32 };
                     li += 1;
                     decoded += 1;
-                    let token = LlmToken { id, text: if eos { "" } else { text }, eos };
+                    let token = LlmToken {
+                        id,
+                        text: if eos { "" } else { text },
+                        eos,
+                    };
                     match s.push_llm_token(token).unwrap() {
                         CallProgress::More => {
                             llm_cache.push(token.text.to_string());
@@ -156,15 +183,33 @@ pub fn drive(config: &RelayConfig, slm: &[SlmStep], llm: &LlmScript) -> Run {
     }
     assert!(s.is_done(), "the driver loop must end");
     let trace = s.trace();
-    Run { session: s, trace, deltas: run_deltas, cache_checks, llm_prefilled, llm_stepped, slm_cache, dropped }
+    Run {
+        session: s,
+        trace,
+        deltas: run_deltas,
+        cache_checks,
+        llm_prefilled,
+        llm_stepped,
+        slm_cache,
+        dropped,
+    }
 }
 
 /// The invariants every run must keep, whatever the script.
 pub fn assert_invariants(run: &Run) {
-    run.trace.check().unwrap_or_else(|e| panic!("trace invariant broken: {e}\n{:#?}", run.trace));
-    assert_eq!(run.slm_cache, run.session.tokens(), "the SLM cache must equal the response");
+    run.trace
+        .check()
+        .unwrap_or_else(|e| panic!("trace invariant broken: {e}\n{:#?}", run.trace));
+    assert_eq!(
+        run.slm_cache,
+        run.session.tokens(),
+        "the SLM cache must equal the response"
+    );
     for (i, (cache, view)) in run.cache_checks.iter().enumerate() {
-        assert_eq!(cache, view, "at call {i}, the LLM's cache must hold exactly its view");
+        assert_eq!(
+            cache, view,
+            "at call {i}, the LLM's cache must hold exactly its view"
+        );
     }
     assert!(run.trace.stop.is_some());
     assert!(run.trace.response_tokens <= run.session.limits().max_response_tokens);
