@@ -318,6 +318,16 @@ impl Parser {
                         let r = self.unary()?;
                         acc = Expr::Div(Box::new(acc), Box::new(r));
                     }
+                    "frac" | "dfrac" | "tfrac" if matches!(acc, Expr::Num { decimal: false, .. }) => {
+                        // `3\frac{1}{2}` is the mixed number 7/2, as latex2sympy reads it.
+                        let r = self.power()?;
+                        acc = match r {
+                            Expr::Div(a, b) if a.as_number().is_some() && b.as_number().is_some() => {
+                                Expr::Add(vec![acc, Expr::Div(a, b)])
+                            }
+                            r => mul(acc, r),
+                        };
+                    }
                     _ if self.starts_primary() => {
                         let r = self.power()?;
                         acc = mul(acc, r);

@@ -38,14 +38,13 @@ fn boxed_groups(text: &str) -> Vec<(usize, usize, String)> {
             i = start + 1;
             continue;
         };
-        let mut j = start + cmd_len;
-        while text[j..].starts_with(' ') {
-            j += 1;
-        }
+        // Both reference graders want the brace right after the command.
+        let j = start + cmd_len;
         if text[j..].starts_with('{') {
             if let Some(end) = matching_brace(text, j) {
                 out.push((start, end + 1, text[j + 1..end].trim().to_string()));
-                i = end + 1;
+                // Keep scanning inside: a box nested in a box is the later (last) one.
+                i = j + 1;
                 continue;
             }
         }
@@ -57,7 +56,7 @@ fn boxed_groups(text: &str) -> Vec<(usize, usize, String)> {
 /// The content of the last `\boxed{}` or `\fbox{}`, with brace counting. `None` when
 /// there is no box or the last one is never closed.
 pub fn extract_boxed(text: &str) -> Option<String> {
-    let last_cmd = text.rfind("\\boxed").into_iter().chain(text.rfind("\\fbox")).max()?;
+    let last_cmd = text.rfind("\\boxed{").into_iter().chain(text.rfind("\\fbox{")).max()?;
     let groups = boxed_groups(text);
     let (start, _, content) = groups.last()?;
     // An unclosed box after the last closed one means the answer was cut off.
@@ -79,14 +78,17 @@ pub fn extract_boxed_mathruler(text: &str) -> Option<String> {
 /// "and"/"or"/","/";" (as in `\boxed{1} and \boxed{2}`).
 pub fn extract_boxed_joined(text: &str) -> Option<String> {
     let groups = boxed_groups(text);
-    let last_cmd = text.rfind("\\boxed").into_iter().chain(text.rfind("\\fbox")).max()?;
-    let (last_start, _, _) = groups.last()?;
-    if *last_start != last_cmd {
+    let last_cmd = text.rfind("\\boxed{").into_iter().chain(text.rfind("\\fbox{")).max()?;
+    let last_start = groups.last().map(|g| g.0);
+    if last_start != Some(last_cmd) {
         return None;
     }
     let mut picked: Vec<&str> = vec![&groups[groups.len() - 1].2];
     for w in groups.windows(2).rev() {
         let (prev, next) = (&w[0], &w[1]);
+        if prev.1 > next.0 {
+            break; // nested, not adjacent
+        }
         let between = &text[prev.1..next.0];
         let near = between.chars().count() < 10;
         let separated = prev.2 != next.2
@@ -213,8 +215,9 @@ pub fn last_number(text: &str) -> Option<String> {
         if start > 0 && chars[start - 1] == '-' {
             start -= 1;
         }
-        // A word like "x2" or "XDY2K" is not a number.
-        if start > 0 && chars[start - 1].is_ascii_alphabetic() {
+        // math-verify only takes numbers that start a word (after a space, `=`, `*` or a
+        // currency sign): not the 2 of "x2", nor the 5 of an unclosed "\boxed{5".
+        if start > 0 && !matches!(chars[start - 1], ' ' | '\n' | '\t' | '=' | '*' | '$' | '€' | '£' | '¥' | '₹') {
             i = start;
             continue;
         }
@@ -270,6 +273,9 @@ pub fn extract_verify(text: &str) -> Option<String> {
     if let Some((_, _, body)) = math_envs(text).pop() {
         return Some(body);
     }
+    if let Some(f) = last_plain_fraction(text) {
+        return Some(f);
+    }
     let t = text.trim();
     if !t.is_empty() && t.chars().count() <= 200 && looks_like_bare_answer(t) {
         return Some(t.to_string());
@@ -277,29 +283,63 @@ pub fn extract_verify(text: &str) -> Option<String> {
     last_number(text)
 }
 
+/// The last `\frac{a}{b}` with plain numbers, found anywhere (math-verify's last resort
+/// for LaTeX outside math delimiters).
+fn last_plain_fraction(text: &str) -> Option<String> {
+    let mut from = text.len();
+    while let Some(i) = text[..from].rfind("\\frac{") {
+        let rest = &text[i + 6..];
+        let num_end = rest.find('}')?;
+        let num = &rest[..num_end];
+        let after = &rest[num_end + 1..];
+        if let Some(den_rest) = after.strip_prefix('{') {
+            if let Some(den_end) = den_rest.find('}') {
+                let den = &den_rest[..den_end];
+                let simple = |x: &str| {
+                    let x = x.strip_prefix('-').unwrap_or(x);
+                    !x.is_empty() && x.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+                };
+                if simple(num) && simple(den) {
+                    let neg = text[..i].ends_with('-');
+                    return Some(format!("{}\\frac{{{num}}}{{{den}}}", if neg { "-" } else { "" }));
+                }
+            }
+        }
+        from = i;
+    }
+    None
+}
+
 /// A short text with no prose: a bare answer such as `3/4`, `\frac{\pi}{2}`, `(1, 2)`.
 pub fn looks_like_bare_answer(t: &str) -> bool {
-    let mut letters_run = 0;
-    let mut prev_backslash_word = false;
+    // Words outside LaTeX commands are prose, except the names of functions.
+    const WORDS: &[&str] = &["sqrt", "sin", "cos", "tan", "log", "ln", "exp", "pi"];
+    let mut in_command = false;
+    let mut word = String::new();
+    let mut ok = true;
+    let mut check = |w: &mut String| {
+        if w.chars().count() > 1 && !WORDS.contains(&w.as_str()) {
+            ok = false;
+        }
+        w.clear();
+    };
     for c in t.chars() {
         if c == '\\' {
-            prev_backslash_word = true;
-            letters_run = 0;
+            check(&mut word);
+            in_command = true;
             continue;
         }
         if c.is_alphabetic() {
-            if !prev_backslash_word {
-                letters_run += 1;
-                if letters_run > 4 {
-                    return false;
-                }
+            if !in_command {
+                word.push(c);
             }
         } else {
-            prev_backslash_word = false;
-            letters_run = 0;
+            in_command = false;
+            check(&mut word);
         }
     }
-    true
+    check(&mut word);
+    ok
 }
 
 #[cfg(test)]

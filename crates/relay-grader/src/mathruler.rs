@@ -309,6 +309,24 @@ fn render_command(chars: &[char], pos: &mut usize, out: &mut String, depth: usiz
             let a = render_arg(chars, pos, depth);
             out.push_str(&a);
         }
+        "begin" => {
+            let env = render_arg(chars, pos, depth);
+            let end_tag: Vec<char> = format!("\\end{{{env}}}").chars().collect();
+            let end = (*pos..chars.len()).find(|&k| chars[k..].starts_with(&end_tag));
+            if let (true, Some(end)) = (env.ends_with("matrix"), end) {
+                // pylatexenc renders a matrix as `[a b; c d]`.
+                let body: String = chars[*pos..end].iter().collect();
+                let rows: Vec<String> = body
+                    .split("\\\\")
+                    .map(|row| row.split('&').map(|cell| latex_cell(cell, depth)).collect::<Vec<_>>().join(" "))
+                    .collect();
+                out.push_str(&format!("[{}]", rows.join("; ")));
+                *pos = end + end_tag.len();
+            }
+        }
+        "end" => {
+            let _ = render_arg(chars, pos, depth);
+        }
         "left" | "right" | "displaystyle" | "big" | "Big" | "bigl" | "bigr" => {}
         "pi" => out.push('π'),
         "infty" => out.push('∞'),
@@ -337,6 +355,14 @@ fn render_command(chars: &[char], pos: &mut usize, out: &mut String, depth: usiz
         }
         _ => {}
     }
+}
+
+fn latex_cell(cell: &str, depth: usize) -> String {
+    let cs: Vec<char> = cell.chars().collect();
+    let mut out = String::new();
+    let mut p = 0;
+    render(&cs, &mut p, &mut out, depth + 1, None);
+    out.trim().to_string()
 }
 
 fn render(chars: &[char], pos: &mut usize, out: &mut String, depth: usize, close: Option<char>) {

@@ -470,6 +470,15 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
             return Some(Answer::Tuple(parsed?));
         }
     }
+    // `a \pm b` is the two answers `a + b` and `a - b`.
+    if let Some(i) = t.find("\\pm") {
+        if !t[i + 3..].contains("\\pm") && !t[i + 3..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+            let (a, b) = (&t[..i], &t[i + 3..]);
+            let plus = parse_answer_at(&format!("{a}+{b}"), depth + 1)?;
+            let minus = parse_answer_at(&format!("{a}-{b}"), depth + 1)?;
+            return Some(Answer::Set(vec![plus, minus]));
+        }
+    }
     // Relations and chains: `x = 5`, `1 < x \le 3`.
     let mut ops = Vec::new();
     let pieces = {
@@ -575,7 +584,11 @@ fn scalar_eq(g: &Expr, gp: bool, p: &Expr, pp: bool) -> bool {
         if g_dec || p_dec {
             let gv = eval::eval(&with_percent(g, gp), &[]);
             let pv = eval::eval(&with_percent(p, pp), &[]);
+            let is_int = |v: &Val| matches!(v, Val::Exact(r) if r.is_integer());
             return match (gv, pv) {
+                // sympy keeps an Integer as it is when rounding, and a rounded Float never
+                // equals it unless it was exactly that integer: 1 ≠ 0.9999999, 2 = 2.0.
+                (Ok(a), Ok(b)) if !g_dec && is_int(&a) || !p_dec && is_int(&b) => eval::values_equal(&a, &b),
                 (Ok(a), Ok(b)) => match (rounded(&a, 6), rounded(&b, 6)) {
                     (Some(x), Some(y)) => x == y,
                     _ => false,
@@ -683,11 +696,9 @@ fn relation_eq(g: (&Expr, RelOp, &Expr), p: (&Expr, RelOp, &Expr)) -> bool {
         for c in [BigRational::from_integer(BigInt::from(k)), BigRational::new(BigInt::from(1), BigInt::from(k))] {
             for sign in [1i64, -1] {
                 let cval = c.clone() * BigRational::from_integer(BigInt::from(sign));
-                let ok_dir = match (g.1, p.1) {
-                    (RelOp::Eq, RelOp::Eq) | (RelOp::Ne, RelOp::Ne) => true,
-                    _ if sign > 0 => same,
-                    _ => flipped,
-                };
+                // Only equations: math-verify's `solve` fails on inequalities, so `2x < 6`
+                // and `x < 3` stay different there.
+                let ok_dir = matches!((g.1, p.1), (RelOp::Eq, RelOp::Eq));
                 if ok_dir && exprs_equal(&ratio, &Expr::Num { value: cval, decimal: false }) {
                     return true;
                 }
@@ -701,7 +712,19 @@ fn items_eq_ordered(g: &[Answer], p: &[Answer], depth: usize) -> bool {
     g.len() == p.len() && g.iter().zip(p).all(|(a, b)| answers_eq_at(a, b, depth + 1))
 }
 
+/// A set's distinct elements (`{5, 5}` is `{5}`).
+fn dedup(items: &[Answer], depth: usize) -> Vec<Answer> {
+    let mut out: Vec<Answer> = Vec::new();
+    for a in items {
+        if !out.iter().any(|b| answers_eq_at(b, a, depth + 1)) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 fn items_eq_unordered(g: &[Answer], p: &[Answer], depth: usize) -> bool {
+    let (g, p) = (&dedup(g, depth)[..], &dedup(p, depth)[..]);
     if g.len() != p.len() {
         return false;
     }
@@ -788,15 +811,28 @@ fn answers_eq_at(gold: &Answer, pred: &Answer, depth: usize) -> bool {
             (m.len() == 1 || m.iter().all(|r| r.len() == 1)) && items_eq_ordered(&flat, t, depth)
         }
         // A lone value against a one-element set.
-        (Answer::Set(a), b) if a.len() == 1 => answers_eq_at(&a[0], b, depth + 1),
-        (a, Answer::Set(b)) if b.len() == 1 => answers_eq_at(a, &b[0], depth + 1),
+        (Answer::Set(a), b) if dedup(a, depth).len() == 1 => answers_eq_at(&a[0], b, depth + 1),
+        (a, Answer::Set(b)) if dedup(b, depth).len() == 1 => answers_eq_at(a, &b[0], depth + 1),
         _ => false,
     }
 }
 
+/// Strip boxes inside an answer (`\boxed{\boxed{3}}`, a gold written as `\boxed{3}`).
+fn unbox(s: &str) -> String {
+    let mut cur = s.to_string();
+    for _ in 0..4 {
+        match crate::extract::extract_boxed_joined(&cur) {
+            Some(inner) if inner != cur => cur = inner,
+            _ => break,
+        }
+    }
+    cur
+}
+
 /// Grade a bare gold answer against an extracted prediction.
 pub fn grade_extracted(gold: &str, pred: &str) -> bool {
-    let gold_text = crate::extract::extract_boxed_joined(gold).unwrap_or_else(|| gold.to_string());
+    let gold_text = unbox(gold);
+    let pred = &unbox(pred);
     let (Some(g), Some(p)) = (parse_answer(&normalize(&gold_text)), parse_answer(&normalize(pred))) else {
         // Neither side parses: math-verify falls back to comparing the strings.
         let (a, b) = (normalize(&gold_text), normalize(pred));

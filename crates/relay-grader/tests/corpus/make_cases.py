@@ -1,0 +1,244 @@
+"""Build cases.jsonl: grader test cases whose `expected` comes from the Python graders.
+
+Each case is written by hand below (gold, prediction, category); its expectation is what
+the reference grader answers, run here:
+  - mode "mathruler" follows `mathruler.grader.grade_answer(extract_boxed_content(pred), gold)`
+    (a prediction without any `\\boxed{` is graded as a bare answer);
+  - mode "verify" follows `math_verify.verify(parse("\\boxed{" + gold + "}"), parse(pred))`;
+    multiple-choice cases add math-verify's StringExtractionConfig (letters A-E).
+Run: python crates/relay-grader/tests/corpus/make_cases.py  (needs `pip install math-verify mathruler`).
+"""
+import json
+import os
+import sys
+
+from math_verify import (ExprExtractionConfig, LatexExtractionConfig, StringExtractionConfig,
+                         parse, verify)
+from mathruler.grader import extract_boxed_content, grade_answer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def mathruler(gold, pred):
+    ans = extract_boxed_content(pred) if "\\boxed{" in pred else pred
+    return bool(grade_answer(ans, gold))
+
+
+def math_verify(gold, pred, mc=False):
+    cfg = [LatexExtractionConfig(), ExprExtractionConfig()]
+    if mc:
+        cfg = cfg + [StringExtractionConfig(strings=("A", "B", "C", "D", "E"))]
+    g = parse("\\boxed{" + gold + "}", extraction_config=cfg)
+    p = parse(pred, extraction_config=cfg)
+    return bool(verify(g, p))
+
+
+def B(x):
+    """A short model-style response ending in a boxed answer."""
+    return "Let me work through it step by step.\nSo the result is $\\boxed{" + x + "}$."
+
+
+BOTH, MR, MV = ("mathruler", "verify"), ("mathruler",), ("verify",)
+
+# (category, modes, [(gold, pred), ...])
+GROUPS = [
+    ("boxed_extraction", BOTH, [
+        ("5", B("5")), ("5", "\\boxed{4} no wait \\boxed{5}"), ("5", "\\boxed{5} no wait \\boxed{4}"),
+        ("\\frac{1}{2}", "answer: \\boxed{\\frac{1}{2}}"), ("\\frac{1}{2}", "\\boxed{\\frac{1}{2}"),
+        ("12", "The total is \\boxed{{12}}."), ("x^2", "so \\boxed{x^{2}} is it"), ("7", "\\boxed {7}"),
+        ("3", "We find $\\boxed{3}$ and we are done."), ("3", "\\boxed{\\boxed{3}}"),
+    ]),
+    ("left_right", BOTH, [
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", B("(3, \\frac{\\pi}{2})")),
+        ("(3,\\frac{\\pi}{2})", B("\\left(3,\\frac{\\pi}{2}\\right)")),
+        ("\\left[ 1, 2 \\right]", B("[1,2]")), ("\\left|x\\right|", B("|x|")),
+        ("\\left(\\frac{1}{2}\\right)^2", B("\\frac{1}{4}")),
+    ]),
+    ("inverse_space", BOTH, [
+        ("10,\\!000", B("10000")), ("1,\\!234,\\!567", B("1234567")), ("10\\!000", B("10000")),
+        ("5\\,000", B("5000")),
+    ]),
+    ("dfrac_tfrac", BOTH, [
+        ("\\frac{3}{4}", B("\\dfrac{3}{4}")), ("\\frac{3}{4}", B("\\tfrac{3}{4}")),
+        ("\\dfrac{\\sqrt{3}}{2}", B("\\frac{\\sqrt{3}}{2}")), ("\\tfrac12", B("\\frac{1}{2}")),
+        ("\\frac{3}{4}", B("\\dfrac{4}{3}")),
+    ]),
+    ("degrees", BOTH, [
+        ("90^\\circ", B("90")), ("90", B("90^\\circ")), ("45^{\\circ}", B("45")), ("30", B("30^{\\circ}")),
+        ("30^\\circ", B("60^\\circ")), ("120", B("120 degrees")),
+    ]),
+    ("dollars", BOTH, [
+        ("\\$18.90", B("18.90")), ("18.90", B("\\$18.90")), ("18", B("\\$18")), ("\\$5", B("5")),
+        ("\\$42", B("\\$43")), ("18.9", B("18.90")),
+    ]),
+    ("percent", BOTH, [
+        ("50\\%", B("50")), ("50", B("50\\%")), ("25\\%", B("0.25")), ("25", B("25 \\%")), ("12.5\\%", B("12.5")),
+        ("40\\%", B("45\\%")), ("10\\%", B("10 percent")),
+    ]),
+    ("units_text", BOTH, [
+        ("10", B("10\\text{ cm}")), ("10", B("10 \\text{ cm}")), ("5", B("5\\text{ hours}")),
+        ("\\text{Evelyn}", B("\\text{Evelyn}")), ("\\text{Evelyn}", B("Evelyn")), ("12", B("12 \\mbox{ inches}")),
+        ("20", B("20\\text{ meters}")), ("7", B("7 \\text{ days}")), ("3", B("3 \\text{ feet}")),
+        ("100", B("100 \\text{ dollars}")), ("8", B("9\\text{ cm}")), ("\\text{east}", B("\\text{East}")),
+        ("4", B("4\\text{ units}^2")),
+    ]),
+    ("assignment", BOTH, [
+        ("5", B("x = 5")), ("x=5", B("5")), ("k = 3", B("3")), ("3", B("k=3")), ("5", B("y=5")),
+        ("x=5", B("x=6")), ("-2", B("x = -2")), ("\\frac{1}{2}", B("a=\\frac{1}{2}")),
+        ("x = 2", B("y = 2")),
+    ]),
+    ("frac_shorthand", BOTH, [
+        ("\\frac12", B("\\frac{1}{2}")), ("\\frac{1}{2}", B("\\frac12")), ("\\frac34", B("0.75")),
+        ("\\frac1{72}", B("\\frac{1}{72}")), ("\\frac{3}{2}", B("\\frac32")),
+    ]),
+    ("sqrt_shorthand", BOTH, [
+        ("\\sqrt3", B("\\sqrt{3}")), ("2\\sqrt{3}", B("2\\sqrt3")), ("\\sqrt{12}", B("2\\sqrt{3}")),
+        ("\\sqrt2", B("\\sqrt{3}")), ("\\frac{\\sqrt{3}}{3}", B("\\frac{1}{\\sqrt{3}}")),
+    ]),
+    ("a_slash_b", BOTH, [
+        ("\\frac{3}{4}", B("3/4")), ("3/4", B("\\frac{3}{4}")), ("\\frac{3}{4}", "3/4"),
+        ("\\frac{2}{3}", B("4/6")), ("\\frac{7}{2}", B("7/2")), ("\\frac{1}{3}", B("1/4")),
+    ]),
+    ("leading_dot", BOTH, [
+        ("0.5", B(".5")), (".25", B("0.25")), ("0.75", B(".75")), ("\\frac{1}{2}", B(".5")),
+        ("0.3", B(".4")),
+    ]),
+    ("spaces", BOTH, [
+        ("x^2 + 2x + 1", B("x^2+2x+1")), ("2 \\pi", B("2\\pi")), ("(1, 2)", B("(1,2)")),
+        ("3 \\sqrt{2}", B("3\\sqrt{2}")), ("a + b", B("b + a")),
+    ]),
+    ("tuple", BOTH, [
+        ("(1,2,3)", B("(1,2,3)")), ("(1,2,3)", B("(3,2,1)")), ("(1,2,3)", B("(1,2)")),
+        ("(2,-1)", B("\\left(2, -1\\right)")), ("(\\frac{1}{2}, 3)", B("(0.5, 3)")),
+        ("(1,2)", B("[1,2]")), ("(0, 5)", B("(0, 5)")), ("(3, 4, 5)", B("(3,4,5)")),
+        ("(1,8,19), (2,7,13), (4,5,7)", B("(1,8,19), (2,7,13), (4,5,7)")),
+        ("(-1, 2)", B("(-1, 3)")),
+    ]),
+    ("interval", BOTH, [
+        ("[1,2]", B("[1,2]")), ("[1,2]", B("(1,2)")), ("(1,2]", B("(1,2]")), ("(1,2]", B("[1,2)")),
+        ("(-\\infty, 3)", B("(-\\infty,3)")), ("[2, \\infty)", B("[2,\\infty)")),
+        ("(-\\infty, 0) \\cup (1, \\infty)", B("(-\\infty,0)\\cup(1,\\infty)")),
+        ("(-\\infty, 0) \\cup (1, \\infty)", B("(1,\\infty)\\cup(-\\infty,0)")),
+        ("[0, \\frac{1}{2}]", B("[0, 0.5]")), ("(-\\infty,3)", B("x<3")),
+        ("[-2, 5)", B("[-2,5)")), ("(0,1)", B("(0,2)")),
+    ]),
+    ("unreduced_fraction", BOTH, [
+        ("\\frac{1}{2}", B("\\frac{2}{4}")), ("\\frac{2}{4}", B("\\frac{1}{2}")), ("1/2", B("2/4")),
+        ("\\frac{6}{8}", B("\\frac{6}{8}")), ("\\frac{3}{6}", B("0.5")), ("\\frac{10}{4}", B("\\frac{5}{2}")),
+    ]),
+    ("integer_vs_noninteger", BOTH, [
+        ("2", B("2.5")), ("2", B("2.0")), ("2", B("2.00")), ("3", B("\\frac{6}{2}")), ("3", B("\\sqrt{9}")),
+        ("1", B("0.999")), ("1", B("0.9999999")), ("10", B("10.0")), ("4", B("\\frac{9}{2}")),
+        ("5", B("4.9999999")), ("100", B("1e2")),
+    ]),
+    ("symbolic", BOTH, [
+        ("x^2+2x+1", B("(x+1)^2")), ("(x+1)^2", B("x^2+2x+1")), ("x^2+1", B("(x+1)^2")),
+        ("p - q", B("-q + p")), ("2\\sqrt{2}", B("\\sqrt{8}")), ("\\frac{\\pi}{2}", B("\\frac{1}{2}\\pi")),
+        ("\\pi", B("3.14")), ("\\frac{\\sqrt{3}}{2}", B("\\frac{\\sqrt{3}}{2}")), ("2^{10}", B("1024")),
+        ("1024", B("2^{10}")), ("\\frac{1}{\\sqrt{2}}", B("\\frac{\\sqrt{2}}{2}")), ("6", B("3!")),
+        ("10", B("\\binom{5}{2}")), ("3", B("\\log_2 8")), ("x(x+1)", B("x^2+x")), ("\\sin^2 x + \\cos^2 x", B("1")),
+        ("a^2 - b^2", B("(a-b)(a+b)")), ("e^2", B("e^{2}")), ("\\frac{x}{2}", B("0.5x")),
+        ("2x+3", B("3+2x")), ("\\sqrt{2}+\\sqrt{3}", B("\\sqrt{3}+\\sqrt{2}")), ("4\\pi", B("12.566")),
+        ("\\frac{4}{3}\\pi", B("\\frac{4\\pi}{3}")), ("3\\sqrt{3}", B("\\sqrt{27}")),
+    ]),
+    ("thousands_separator", BOTH, [
+        ("1000", B("1,000")), ("1,000", B("1000")), ("1234567", B("1,234,567")), ("70000", B("70,000")),
+        ("1000", B("1{,}000")), ("1,000", B("1,001")), ("12,345.5", B("12345.5")),
+        ("1000", "The final answer is 1,000."),
+    ]),
+    ("mixed_number", BOTH, [
+        ("3\\frac{1}{2}", B("\\frac{7}{2}")), ("\\frac{7}{2}", B("3\\frac{1}{2}")), ("2\\frac{1}{4}", B("2.25")),
+        ("7 3/4", B("31/4")),
+    ]),
+    ("fraction_decimal", BOTH, [
+        ("\\frac{1}{3}", B("0.333333")), ("\\frac{1}{3}", B("0.33")), ("\\frac{1}{3}", B("0.3333333")),
+        ("0.5", B("\\frac{1}{2}")), ("\\frac{2}{3}", B("0.666667")), ("\\frac{2}{3}", B("0.6667")),
+        ("0.25", B("\\frac{1}{4}")), ("\\frac{1}{8}", B("0.125")), ("1.5", B("\\frac{3}{2}")),
+        ("\\frac{5}{3}", B("1.666667")), ("0.1", B("\\frac{1}{10}")), ("\\frac{\\sqrt{3}}{2}", B("0.866025")),
+        ("\\frac{\\sqrt{3}}{2}", B("0.866")), ("3.14159", B("\\pi")),
+    ]),
+    ("set_order", BOTH, [
+        ("\\{1,2\\}", B("\\{2,1\\}")), ("\\{1,2\\}", B("2,1")), ("1, 2", B("2, 1")), ("-1, 2", B("2, -1")),
+        ("\\{1,2,3\\}", B("\\{1,2\\}")), ("2, 3", B("3 \\text{ and } 2")), ("\\{-3, 3\\}", B("\\{3, -3\\}")),
+        ("1, 2", B("1, 3")), ("\\frac{1}{2}, -3", B("-3, \\frac{1}{2}")), ("\\pm 2", B("2, -2")),
+        ("5", B("5, 5")), ("1,2,3", B("3, 1, 2")),
+    ]),
+    ("matrix", BOTH, [
+        ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", B("\\begin{pmatrix}1\\\\2\\end{pmatrix}")),
+        ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", B("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}")),
+        ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", B("\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}")),
+        ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", B("\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}")),
+        ("\\begin{pmatrix}\\frac{1}{2}\\\\0\\end{pmatrix}", B("\\begin{pmatrix}0.5\\\\0\\end{pmatrix}")),
+        ("\\begin{pmatrix} -1 \\\\ 3 \\end{pmatrix}", B("\\begin{pmatrix}-1\\\\3\\end{pmatrix}")),
+        ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", B("\\begin{pmatrix}2\\\\1\\end{pmatrix}")),
+    ]),
+    ("inequality", BOTH, [
+        ("x<3", B("3>x")), ("x<3", B("x<3")), ("x \\le 3", B("x \\leq 3")), ("x \\ge 2", B("2 \\le x")),
+        ("x < 3", B("x \\le 3")), ("1 < x < 2", B("1<x<2")), ("x > 1", B("x > 2")), ("x<3", B("(-\\infty, 3)")),
+        ("2x < 6", B("x < 3")), ("x \\geq -1", B("x \\ge -1")),
+    ]),
+    ("complex", BOTH, [
+        ("3+4i", B("4i+3")), ("3+4i", B("3+4i")), ("3+4i", B("3-4i")), ("i", B("i")), ("-1", B("i^2")),
+        ("1+i", B("i+1")), ("2i", B("2i")), ("\\frac{1}{2}+\\frac{\\sqrt{3}}{2}i", B("\\frac{1+i\\sqrt{3}}{2}")),
+        ("5-2i", B("5 - 2i")), ("-i", B("\\frac{1}{i}")),
+    ]),
+    ("multiple_choice", BOTH, [
+        ("C", B("C")), ("C", B("\\text{C}")), ("\\text{(C)}", B("C")), ("C", B("(C)")), ("C", B("D")),
+        ("\\text{(B)}", B("\\text{(B)}")), ("A", B("\\textbf{(A)}")), ("E", B("\\text{(D)}")),
+    ]),
+    ("final_answer_fallback", MV, [
+        ("18", "The final answer is 18. I hope it is correct."),
+        ("18", "The final answer is $18$. I hope it is correct."),
+        ("\\frac{1}{2}", "The final answer is $\\frac{1}{2}$."),
+        ("5", "so x = 5"), ("5", "Therefore, the answer is 5."), ("42", "Answer: 42"),
+        ("7", "We get 3 apples and then 7 more."), ("18", "The final answer is 17. I hope it is correct."),
+        ("\\frac{3}{4}", "The answer is $\\frac{3}{4}$"), ("12", "Thus we obtain $x = 12$."),
+        ("0.5", "The probability is $\\frac{1}{2}$."), ("100", "The final answer is: 100"),
+        ("25", "**Answer:** 25"), ("3", "I think it is 3"), ("-4", "The final answer is -4."),
+        ("2", "There are 3 cases, so the answer is 2."), ("9", "The answer is \\(9\\)."),
+        ("9", "So \\[ x = 9 \\]"),
+    ]),
+    ("garbage", BOTH, [
+        ("5", ""), ("5", "I don't know"), ("5", "\\boxed{}"), ("5", "\\boxed{\\frac{}{}}"), ("5", B("((((")),
+        ("5", B("\\frac{1}{0}")), ("0", B("0^{-1}")), ("5", B("2^{2^{2^{2^{2^{2}}}}}")), ("5", B("}{")),
+        ("1", B("10^{10^{10}}")), ("5", B("\\sqrt{-1}")), ("5", B("\\text{five}")), ("\\text{None}", "None"),
+        ("5", "\\boxed{5"),
+    ]),
+]
+
+
+# Deliberate differences: (category, gold, pred, mode) -> why we answer otherwise.
+DIVERGENCES = {
+    ("complex", "-1", B("i^2"), "verify"):
+        "math-verify reads a lone `i` as a plain symbol, so i^2 stays i**2; we read it as the "
+        "imaginary unit, which complex-number answers need",
+    ("complex", "-i", B("\\frac{1}{i}"), "verify"):
+        "same: 1/i is -i once `i` is the imaginary unit",
+}
+
+
+def main():
+    out = []
+    for cat, modes, pairs in GROUPS:
+        for gold, pred in pairs:
+            for mode in modes:
+                if mode == "mathruler":
+                    exp = mathruler(gold, pred)
+                    follows = "mathruler"
+                else:
+                    exp = math_verify(gold, pred, mc=(cat == "multiple_choice"))
+                    follows = "math-verify"
+                case = {"gold": gold, "pred": pred, "expected": exp, "mode": mode,
+                        "follows": follows, "category": cat}
+                why = DIVERGENCES.get((cat, gold, pred, mode))
+                if why:
+                    case["divergence"] = why
+                out.append(case)
+    with open(os.path.join(HERE, "cases.jsonl"), "w") as f:
+        for c in out:
+            f.write(json.dumps(c, ensure_ascii=False) + "\n")
+    print(f"{len(out)} cases", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
