@@ -11,22 +11,27 @@
 //!     match s.next_action() {
 //!         Action::Slm => {
 //!             let tok = sample(slm_logits);
-//!             if s.push_slm_token(SlmToken { id, text, top1_prob, eos })? == SlmOutcome::Accepted {
+//!             let outcome = s.push_slm_token(SlmToken { id, text, top1_prob, eos })?;
+//!             if outcome == SlmOutcome::Accepted && !s.is_done() {
 //!                 slm_logits = slm.step(tok)           // a Dropped token is never fed
 //!             }
 //!         }
 //!         Action::Llm { .. } => {
 //!             let call = s.begin_call()?;              // call.delta: LLM view not yet in its cache
+//!             let len_before = llm.seq_len(llm_seq);   // (a new sequence when delta.first_call)
 //!             llm_logits = llm.prefill(llm_seq, [prompt if call.delta.first_call] + call.delta)
-//!             loop {
+//!             let served = loop {
 //!                 let t = sample(llm_logits);
 //!                 match s.push_llm_token(LlmToken { id, text, eos })? {
 //!                     CallProgress::More => llm_logits = llm.step(t),
-//!                     CallProgress::Done => break,    // this last token is NOT fed: the
-//!                 }                                   // next delta starts with it
-//!             }                                       // (on an engine error: s.fail_call(e))
-//!             let served = s.end_call()?;
-//!             if !served.tokens.is_empty() { slm_logits = slm.prefill(slm_seq, served.tokens) }
+//!                     CallProgress::Done => break s.end_call()?,   // t is NOT fed: the
+//!                 }                                                // next delta starts with it
+//!             };
+//!             // on an engine error after retries: llm.truncate(llm_seq, len_before);
+//!             //                                   let served = s.fail_call(err.to_string())?;
+//!             if !served.ends_response && !served.tokens.is_empty() {
+//!                 slm_logits = slm.prefill(slm_seq, served.tokens)
+//!             }
 //!         }
 //!         Action::Stop(_) => break,
 //!     }
