@@ -46,6 +46,11 @@ impl Default for TagConfig {
 }
 
 impl TagConfig {
+    /// The command asking for `n` tokens, as the SLM should write it (warm-up data uses this).
+    pub fn format(&self, n: u64) -> String {
+        format!("{}{n}{}", self.open, self.close)
+    }
+
     /// Checks the strings are usable: both non-empty.
     pub fn validate(&self) -> Result<()> {
         if self.open.is_empty() {

@@ -270,6 +270,13 @@ fn tag_strings_are_configurable() {
 }
 
 #[test]
+fn a_formatted_command_parses_back() {
+    let config = TagConfig::default();
+    assert_eq!(config.format(12), "<call>12</call>");
+    assert_eq!(parse(&config.format(12)), vec![call(0, 15, 12)]);
+}
+
+#[test]
 fn multibyte_text_around_tags_keeps_byte_positions() {
     let s = "é<call>2</call>日本";
     assert_eq!(
