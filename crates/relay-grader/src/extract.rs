@@ -23,8 +23,28 @@ fn matching_brace(s: &str, open: usize) -> Option<usize> {
     None
 }
 
-/// The `(start of command, content)` of every `\boxed`/`\fbox` group, in text order.
+/// For every `{` (by byte index), the byte index of its matching `}`; one linear pass, so
+/// thousands of unclosed boxes cost no more than one.
+fn brace_matches(text: &str) -> Vec<Option<usize>> {
+    let mut m = vec![None; text.len()];
+    let mut stack = Vec::new();
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => stack.push(i),
+            '}' => {
+                if let Some(o) = stack.pop() {
+                    m[o] = Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    m
+}
+
+/// The `(start of command, end, content)` of every `\boxed`/`\fbox` group, in text order.
 fn boxed_groups(text: &str) -> Vec<(usize, usize, String)> {
+    let matches = brace_matches(text);
     let mut out = Vec::new();
     let mut i = 0;
     while let Some(off) = text[i..].find('\\') {
@@ -41,7 +61,7 @@ fn boxed_groups(text: &str) -> Vec<(usize, usize, String)> {
         // Both reference graders want the brace right after the command.
         let j = start + cmd_len;
         if text[j..].starts_with('{') {
-            if let Some(end) = matching_brace(text, j) {
+            if let Some(end) = matches[j] {
                 out.push((start, end + 1, text[j + 1..end].trim().to_string()));
                 // Keep scanning inside: a box nested in a box is the later (last) one.
                 i = j + 1;
@@ -115,6 +135,10 @@ fn math_envs(text: &str) -> Vec<(usize, usize, String)> {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
+        if !text.is_char_boundary(i) {
+            i += 1;
+            continue;
+        }
         let (open, close): (&str, &str) = if text[i..].starts_with("$$") {
             ("$$", "$$")
         } else if b[i] == b'$' && (i == 0 || b[i - 1] != b'\\') {
@@ -131,7 +155,7 @@ fn math_envs(text: &str) -> Vec<(usize, usize, String)> {
         let mut j = body_start;
         let mut found = None;
         while j < b.len() {
-            if text[j..].starts_with(close) && (j == 0 || b[j - 1] != b'\\' || close != "$") {
+            if text.is_char_boundary(j) && text[j..].starts_with(close) && (j == 0 || b[j - 1] != b'\\' || close != "$") {
                 found = Some(j);
                 break;
             }
