@@ -3,9 +3,13 @@
 
 pub mod candle;
 pub mod engine;
+pub mod chat;
 pub mod error;
 pub mod sampling;
 pub mod tiny;
+pub mod stream;
+pub mod tiny_vocab;
+pub mod tokenizer;
 
 pub use candle::{CandleEngine, LoadOptions};
 pub use engine::{Engine, ModelInfo, SeqId};
