@@ -627,6 +627,22 @@ impl Parser {
             name.push('_');
             name.push_str(&self.subscript_text()?);
         }
+        // latex2sympy reads `f(x)`, `I(0)`, `y(t)` (one atom in parentheses) as a function
+        // application, and `x(x+1)` as a product; an application is an opaque symbol here.
+        if self.dialect == Dialect::Latex && self.peek() == Some('(') {
+            let save = self.pos;
+            let close = self.chars[save..].iter().take(16).position(|&c| c == ')');
+            if let Some(k) = close {
+                let inner: String = self.chars[save + 1..save + k].iter().filter(|c| !c.is_whitespace()).collect();
+                let atom = !inner.is_empty()
+                    && (inner.chars().all(|c| c.is_ascii_alphanumeric()) && (inner.chars().all(|c| c.is_ascii_digit()) || inner.chars().count() == 1)
+                        || inner.starts_with('-') && inner[1..].chars().all(|c| c.is_ascii_digit()) && inner.len() > 1);
+                if atom {
+                    self.pos = save + k + 1;
+                    return Ok(Expr::Sym(format!("{name}({inner})")));
+                }
+            }
+        }
         if self.dialect == Dialect::Latex && name == "e" {
             return Ok(Expr::E);
         }
@@ -820,7 +836,18 @@ impl Parser {
             "tanh" => Func::Tanh,
             "ln" | "log" | "lg" => Func::Ln,
             "exp" => Func::Exp,
-            n if GREEK.contains(&n) => return Ok(Expr::Sym(n.to_string())),
+            "prime" => return Ok(Expr::Sym("prime".into())),
+            n if GREEK.contains(&n) || is_symbol_command(n) => {
+                // `\theta_w`, `\hbar`, `L_{\odot}`: a named symbol, with its subscript.
+                let mut name = n.to_string();
+                self.skip_ws();
+                if self.peek() == Some('_') {
+                    self.pos += 1;
+                    name.push('_');
+                    name.push_str(&self.subscript_text()?);
+                }
+                return Ok(Expr::Sym(name));
+            }
             _ => return Err(ParseError("unknown command")),
         };
         self.apply_func(f)
@@ -834,6 +861,20 @@ impl Parser {
         }
         Ok(e)
     }
+}
+
+/// Commands that are names of things (`\hbar`, `\odot`, `\angle`), read as symbols.
+/// Structural commands are excluded so that malformed LaTeX still fails to parse.
+fn is_symbol_command(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars().all(|c| c.is_ascii_alphabetic())
+        && !matches!(
+            n,
+            "begin" | "end" | "boxed" | "fbox" | "left" | "right" | "frac" | "sqrt" | "text" | "pm" | "mp"
+                | "le" | "leq" | "ge" | "geq" | "lt" | "gt" | "ne" | "neq" | "cup" | "cap" | "in"
+                | "approx" | "to" | "cdot" | "times" | "div" | "over" | "quad" | "qquad" | "hline"
+                | "rfloor" | "rceil" | "rvert" | "rangle" | "mid" | "setminus" | "circ"
+        )
 }
 
 fn mul(a: Expr, b: Expr) -> Expr {

@@ -179,6 +179,32 @@ fn math_envs(text: &str) -> Vec<(usize, usize, String)> {
     out
 }
 
+/// Text between two math environments that joins them into one answer:
+/// `$1$, $2$`, `$1$ and $2$`, `$1$, or $2$` (math-verify joins up to six).
+fn is_joiner(between: &str) -> bool {
+    let t = between.trim();
+    let t = t.strip_prefix(',').unwrap_or(t).trim();
+    t.is_empty() || t == "and" || t == "or"
+}
+
+fn chain_forward(text: &str, envs: &[(usize, usize, String)], first: usize) -> String {
+    let mut parts = vec![envs[first].2.clone()];
+    let mut k = first;
+    while k + 1 < envs.len() && parts.len() < 6 && is_joiner(&text[envs[k].1..envs[k + 1].0]) {
+        k += 1;
+        parts.push(envs[k].2.clone());
+    }
+    parts.join(",")
+}
+
+fn chain_backward(text: &str, envs: &[(usize, usize, String)], last: usize) -> String {
+    let mut k = last;
+    while k > 0 && last - k < 5 && is_joiner(&text[envs[k - 1].1..envs[k].0]) {
+        k -= 1;
+    }
+    chain_forward(text, &envs[..=last], k)
+}
+
 /// The text right after `anchor` (case-insensitive, last occurrence), or `None`.
 fn after_last(text: &str, anchor: &str) -> Option<usize> {
     let lower = text.to_ascii_lowercase();
@@ -189,9 +215,10 @@ fn after_last(text: &str, anchor: &str) -> Option<usize> {
 /// token. Stops at sentence punctuation.
 fn answer_at(s: &str) -> Option<String> {
     let t = s.trim_start_matches([' ', ':', '\t', '*']);
-    if let Some((start, _, body)) = math_envs(t).into_iter().next() {
-        if t[..start].trim().is_empty() {
-            return Some(body);
+    let envs = math_envs(t);
+    if let Some((start, _, _)) = envs.first() {
+        if t[..*start].trim().is_empty() {
+            return Some(chain_forward(t, &envs, 0));
         }
     }
     // A plain token: up to the end of the line or a sentence end.
@@ -284,9 +311,9 @@ pub fn extract_verify(text: &str) -> Option<String> {
             let tail = &text[i..];
             // An answer word followed closely by math.
             let envs = math_envs(tail);
-            if let Some((start, _, body)) = envs.first() {
+            if let Some((start, _, _)) = envs.first() {
                 if tail[..*start].chars().count() <= 50 {
-                    return Some(body.clone());
+                    return Some(chain_forward(tail, &envs, 0));
                 }
             }
             if let Some(n) = last_number(&tail.chars().take(60).collect::<String>()) {
@@ -294,8 +321,9 @@ pub fn extract_verify(text: &str) -> Option<String> {
             }
         }
     }
-    if let Some((_, _, body)) = math_envs(text).pop() {
-        return Some(body);
+    let envs = math_envs(text);
+    if !envs.is_empty() {
+        return Some(chain_backward(text, &envs, envs.len() - 1));
     }
     if let Some(f) = last_plain_fraction(text) {
         return Some(f);

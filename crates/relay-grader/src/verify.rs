@@ -176,8 +176,13 @@ pub fn normalize(s: &str) -> String {
     if let Some(i) = t.rfind("\\text{") {
         let tail = &t[i..];
         let closes_at_end = tail.find('}').is_some_and(|j| {
-            let after = &tail[j + 1..];
-            after.is_empty() || after.starts_with('^') && after.len() <= 4
+            let after = tail[j + 1..].trim();
+            // Nothing after it but an optional `^2` / `^{2}` (square units).
+            let is_power = |a: &str| {
+                let d = a.strip_prefix('^').map(|r| r.trim_start_matches('{').trim_end_matches('}'));
+                d.is_some_and(|d| d.len() == 1 && d.chars().all(|c| c.is_ascii_digit()))
+            };
+            after.is_empty() || is_power(after)
         });
         if closes_at_end && !t[..i].trim().is_empty() {
             s = t[..i].to_string();
