@@ -21,6 +21,8 @@ pub enum EngineError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("relay protocol: {0}")]
+    Relay(#[from] relay_core::RelayError),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
@@ -38,6 +40,7 @@ impl EngineError {
             Self::Malformed { .. } => "malformed",
             Self::Candle(_) => "candle",
             Self::Io(_) => "io",
+            Self::Relay(_) => "relay",
         }
     }
 }

@@ -5,6 +5,8 @@ pub mod candle;
 pub mod engine;
 pub mod chat;
 pub mod error;
+pub mod fetch;
+pub mod relay;
 pub mod sampling;
 pub mod tiny;
 pub mod stream;
