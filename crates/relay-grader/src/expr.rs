@@ -348,7 +348,7 @@ impl Parser {
     fn starts_primary(&self) -> bool {
         match self.peek() {
             Some(c) if c.is_ascii_alphanumeric() || c == '.' && self.peek_at(1).is_some_and(|d| d.is_ascii_digit()) => true,
-            Some('(') | Some('{') | Some('π') | Some('√') | Some('∞') => true,
+            Some('(') | Some('[') | Some('{') | Some('π') | Some('√') | Some('∞') => true,
             Some('|') => self.abs_open == 0,
             Some('\\') => {
                 let n = self.peek_command();
@@ -359,7 +359,7 @@ impl Parser {
                         | "approx" | "to" | "rightarrow" | "Rightarrow" | "implies" | "iff"
                         | "leqslant" | "geqslant" | "%" | "rvert" | "rangle" | "," | ";" | "quad"
                         | "qquad" | "land" | "lor" | "wedge" | "vee" | "setminus" | "&" | "\\"
-                        | "neg" | "mid"
+                        | "neg" | "mid" | "rfloor" | "rceil" | "rbrace" | "rbrack" | "over"
                 )
             }
             _ => false,
@@ -445,10 +445,13 @@ impl Parser {
     fn postfix(&mut self) -> PResult<Expr> {
         let mut e = self.primary()?;
         loop {
+            let save = self.pos;
+            self.skip_ws();
             if self.peek() == Some('!') && self.peek_at(1) != Some('=') {
                 self.pos += 1;
                 e = Expr::Call(Func::Fact, vec![e]);
             } else {
+                self.pos = save;
                 break;
             }
         }
