@@ -3,7 +3,8 @@
 
   # make rewritten forms of the benchmark gold answers (equivalent and not):
   python scripts/grader_agreement.py rewrites
-      -> crates/relay-grader/tests/corpus/rewrites.jsonl
+      -> crates/relay-grader/tests/corpus/rewrites.jsonl, each pair labelled with the verdicts
+         of math-verify and mathruler (so `cargo test` checks agreement without Python)
 
   # grade a JSONL of {"gold", "pred"} with both graders; print the rate and disagreements:
   python scripts/grader_agreement.py check crates/relay-grader/tests/corpus/rewrites.jsonl
@@ -103,7 +104,7 @@ TEMPLATES = [
 ]
 
 
-def make_rewrites(out_path, seed, per_answer):
+def make_rewrites(out_path, seed, per_answer, label):
     rng = random.Random(seed)
     rows = []
     files = sorted(glob.glob(os.path.join(BENCH, "*.jsonl")))
@@ -123,6 +124,14 @@ def make_rewrites(out_path, seed, per_answer):
                 tname, _, tmpl = rng.choices(TEMPLATES, weights=[t[1] for t in TEMPLATES])[0]
                 rows.append({"gold": gold, "pred": tmpl(x), "source": name,
                              "rewrite": "equivalent" if equivalent else "different", "template": tname})
+    if label:
+        # Record both reference verdicts so the Rust test suite can check agreement offline.
+        refs = {"math_verify": reference("verify"), "mathruler": reference("mathruler")}
+        for i, r in enumerate(rows):
+            for key, ref in refs.items():
+                r[key] = ref(r["gold"], r["pred"])
+            if (i + 1) % 1000 == 0:
+                print(f"  labelled {i + 1}/{len(rows)}", file=sys.stderr)
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     with open(out_path, "w") as f:
         for r in rows:
@@ -231,6 +240,8 @@ def main():
     rw.add_argument("--out", default=REWRITES)
     rw.add_argument("--seed", type=int, default=0)
     rw.add_argument("--per-answer", type=int, default=2, help="equivalent rewrites per answer")
+    rw.add_argument("--no-label", action="store_true",
+                    help="skip recording the math-verify and mathruler verdicts (needs both installed)")
     ck = sub.add_parser("check", help="agreement on a JSONL of {gold, pred}")
     ck.add_argument("file", nargs="?", default=REWRITES)
     ck.add_argument("--mode", default="verify", choices=["verify", "mathruler"])
@@ -239,7 +250,7 @@ def main():
     ck.add_argument("--report", help="write all disagreements here as JSON")
     a = ap.parse_args()
     if a.cmd == "rewrites":
-        make_rewrites(a.out, a.seed, a.per_answer)
+        make_rewrites(a.out, a.seed, a.per_answer, not a.no_label)
     else:
         check(a.file, a.mode, a.cmd, a.show, a.report)
 

@@ -540,9 +540,12 @@ pub fn exprs_equal(a: &Expr, b: &Expr) -> bool {
     }
     let mut rng = SplitMix(0x5EED_1234);
     let mut agreed = 0;
-    for _ in 0..8 {
+    for round in 0..10 {
+        // Alternate small and large points: small ones keep exponentials finite, large ones
+        // stop floor/ceil (`\lfloor n/5 \rfloor` is 0 for every small n) from hiding a difference.
+        let (lo, width) = if round % 2 == 0 { (0.4, 2.3) } else { (5.0, 50.0) };
         let env: Vec<(String, C64)> =
-            syms.iter().map(|s| (s.clone(), C64::real(0.4 + 2.3 * rng.next_f64()))).collect();
+            syms.iter().map(|s| (s.clone(), C64::real(lo + width * rng.next_f64()))).collect();
         let (x, y) = match (eval(a, &env), eval(b, &env)) {
             (Ok(x), Ok(y)) => (x.to_c64(), y.to_c64()),
             (Err(EvalError::Budget), _) | (_, Err(EvalError::Budget)) => return false,
@@ -556,7 +559,7 @@ pub fn exprs_equal(a: &Expr, b: &Expr) -> bool {
             return false;
         }
         agreed += 1;
-        if agreed >= 5 {
+        if agreed >= 6 {
             break;
         }
     }
