@@ -6,6 +6,7 @@ pub mod engine;
 pub mod chat;
 pub mod error;
 pub mod fetch;
+pub mod model;
 pub mod generate;
 pub mod relay;
 pub mod sampling;

@@ -25,6 +25,8 @@ enum Command {
     /// Measure speed.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Answer one prompt with the SLM and the LLM together (the relay).
+    Relay(cmd::relay::RelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Fetch(c) => cmd::fetch::run(c),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Relay(a) => cmd::relay::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

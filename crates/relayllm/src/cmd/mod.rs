@@ -1,4 +1,6 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod common;
 pub mod fetch;
 pub mod generate;
+pub mod relay;

@@ -1,0 +1,94 @@
+//! A loaded model as callers use it: the engine with its tokenizer and chat template, and the
+//! pair of them that a relay needs. One place that the CLI, the server and the eval runner
+//! share, so a model path means the same thing everywhere.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::candle::{CandleEngine, LoadOptions};
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::engine::Engine;
+use crate::error::{EngineError, Result};
+use crate::relay::RelayPair;
+use crate::tokenizer::Tokenizer;
+
+/// An engine with the tokenizer and chat template that belong to it.
+#[derive(Clone)]
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub engine: Arc<dyn Engine>,
+    pub tokenizer: Arc<Tokenizer>,
+    /// `None` when the model ships no chat template (then `--chat` is an error).
+    pub template: Option<Arc<ChatTemplate>>,
+}
+
+impl LoadedModel {
+    /// Loads a `.gguf` file or a safetensors folder with the embedded candle engine.
+    pub fn load(path: &Path, opts: LoadOptions) -> Result<Self> {
+        if !path.exists() {
+            return Err(EngineError::NotFound(path.to_path_buf()));
+        }
+        let engine = CandleEngine::load(path, opts)?;
+        let tokenizer = Tokenizer::load_for_model(path)?;
+        let template = match ChatTemplate::load_for_model(path) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no chat template for {}", path.display());
+                None
+            }
+        };
+        Ok(Self { path: path.to_path_buf(), engine: Arc::new(engine), tokenizer: Arc::new(tokenizer), template })
+    }
+
+    /// The prompt as the model should see it: the chat template applied to `messages` (with
+    /// the assistant header) when `chat`, else the concatenated contents as plain text.
+    pub fn render(&self, messages: &[ChatMessage], chat: bool) -> Result<String> {
+        if !chat {
+            return Ok(messages.iter().map(|m| m.content.as_str()).collect());
+        }
+        let template = self.template.as_ref().ok_or_else(|| {
+            EngineError::InvalidInput(format!("{} has no chat template; drop --chat", self.path.display()))
+        })?;
+        template.render(messages, true)
+    }
+
+    /// [`Self::render`], tokenized (special tokens in the rendered text map to their ids).
+    pub fn prompt_ids(&self, messages: &[ChatMessage], chat: bool) -> Result<Vec<u32>> {
+        let text = self.render(messages, chat)?;
+        self.tokenizer.encode(&text, false)
+    }
+}
+
+/// True when two tokenizers map every token to the same id (then ids pass between models).
+pub fn same_vocabulary(a: &Tokenizer, b: &Tokenizer) -> bool {
+    a.vocab_size() == b.vocab_size() && a.hf().get_vocab(true) == b.hf().get_vocab(true)
+}
+
+/// The SLM and LLM of a relay, each with its tokenizer and template.
+#[derive(Clone)]
+pub struct ModelPair {
+    pub slm: LoadedModel,
+    pub llm: LoadedModel,
+}
+
+impl ModelPair {
+    pub fn new(slm: LoadedModel, llm: LoadedModel) -> Self {
+        Self { slm, llm }
+    }
+
+    /// What the relay loop needs; the tokenizers are shared when their vocabularies agree.
+    pub fn relay_pair(&self) -> RelayPair {
+        let shared = same_vocabulary(&self.slm.tokenizer, &self.llm.tokenizer);
+        RelayPair {
+            slm: self.slm.engine.clone(),
+            llm: self.llm.engine.clone(),
+            slm_tokenizer: self.slm.tokenizer.clone(),
+            llm_tokenizer: (!shared).then(|| self.llm.tokenizer.clone()),
+        }
+    }
+
+    /// The prompt in each model's own template and tokens: (SLM ids, LLM ids).
+    pub fn prompt_ids(&self, messages: &[ChatMessage], chat: bool) -> Result<(Vec<u32>, Vec<u32>)> {
+        Ok((self.slm.prompt_ids(messages, chat)?, self.llm.prompt_ids(messages, chat)?))
+    }
+}

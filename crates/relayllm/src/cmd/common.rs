@@ -1,0 +1,117 @@
+//! Arguments several subcommands share (models, relay settings, sampling) and turning them
+//! into library values. Each is parsed once here so `relay`, `eval` and `serve` agree.
+use anyhow::{Context, Result};
+use clap::Args;
+use relay_core::{PolicyKind, RelayConfig};
+use relay_engine::fetch::{default_models_dir, resolve_model_arg};
+use relay_engine::model::{LoadedModel, ModelPair};
+use relay_engine::sampling::SamplingParams;
+use relay_engine::LoadOptions;
+use std::path::PathBuf;
+
+/// Where models come from.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Folder of the fetched pair, for `slm`/`llm` [default: $RELAYLLM_MODELS_DIR or the repo's models/].
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn resolve(&self, arg: &str) -> PathBuf {
+        resolve_model_arg(arg, &self.models_dir.clone().unwrap_or_else(default_models_dir))
+    }
+
+    pub fn load(&self, arg: &str) -> Result<LoadedModel> {
+        let path = self.resolve(arg);
+        if !path.exists() && (arg == "slm" || arg == "llm") {
+            anyhow::bail!("{arg} not found at {} — run `relayllm fetch models` first", path.display());
+        }
+        let opts = LoadOptions { threads: self.threads, ..LoadOptions::default() };
+        LoadedModel::load(&path, opts).with_context(|| format!("loading {}", path.display()))
+    }
+
+    pub fn load_pair(&self, slm: &str, llm: &str) -> Result<ModelPair> {
+        Ok(ModelPair::new(self.load(slm)?, self.load(llm)?))
+    }
+}
+
+/// How the relay decides when the LLM writes.
+#[derive(Args, Clone, Debug)]
+pub struct PolicyArgs {
+    /// Who writes when: tag (the learned <call>n</call>), confidence (call when the SLM's top-1
+    /// probability is below --threshold), random-token, random-query, slm-only, llm-only,
+    /// teacher-free (tags kept, never served), fixed-n.
+    #[arg(long, default_value = "tag")]
+    pub policy: PolicyKind,
+    /// confidence: call when the SLM's top-1 probability falls below this.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// confidence / random-token: tokens per call; fixed-n: the n that replaces the tag's.
+    #[arg(long, default_value_t = 16)]
+    pub call_tokens: u64,
+    /// confidence: a call lasts until the LLM ends a line (at most --call-tokens).
+    #[arg(long)]
+    pub until_newline: bool,
+    /// confidence: SLM tokens after a call before the next one may start.
+    #[arg(long, default_value_t = 16)]
+    pub cooldown: usize,
+    /// random-token: chance of a call at each SLM token.
+    #[arg(long, default_value_t = 0.01)]
+    pub token_probability: f64,
+    /// random-query: chance that the whole query goes to the LLM.
+    #[arg(long, default_value_t = 0.5)]
+    pub query_probability: f64,
+    /// Most calls per response.
+    #[arg(long, default_value_t = 4)]
+    pub max_calls: usize,
+    /// Most tokens one call may serve.
+    #[arg(long, default_value_t = 512)]
+    pub max_call_tokens: usize,
+}
+
+impl PolicyArgs {
+    /// The relay settings, with `max_tokens` as the response budget and `seed` for the
+    /// random policies.
+    pub fn config(&self, max_tokens: usize, seed: u64) -> RelayConfig {
+        let mut c = RelayConfig::default();
+        c.limits.max_response_tokens = max_tokens;
+        c.limits.max_calls = self.max_calls;
+        c.limits.max_call_tokens = self.max_call_tokens;
+        c.policy.kind = self.policy;
+        c.policy.threshold = self.threshold;
+        c.policy.call_tokens = self.call_tokens;
+        c.policy.until_newline = self.until_newline;
+        c.policy.cooldown = self.cooldown;
+        c.policy.token_probability = self.token_probability;
+        c.policy.query_probability = self.query_probability;
+        c.policy.seed = seed;
+        c
+    }
+}
+
+/// Sampling settings.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy (the default, so runs reproduce).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Random seed: the same seed gives the same tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed }
+    }
+}

@@ -1,0 +1,121 @@
+//! The CLI as a user runs it, on tiny models the test writes (GGUF with the tiny vocabulary
+//! and the real Qwen2.5 chat template).
+
+use relay_engine::tiny::{write_gguf, TinyConfig};
+use relay_engine::tiny_vocab;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relayllm"))
+}
+
+fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
+    let base = TinyConfig {
+        vocab_size: tiny_vocab::TINY_VOCAB_SIZE,
+        eos_token_id: tiny_vocab::IM_END_ID,
+        context_length: 512,
+        ..TinyConfig::qwen2()
+    };
+    let slm = dir.join("slm.gguf");
+    let llm = dir.join("llm.gguf");
+    write_gguf(&slm, &TinyConfig { seed: 5, ..base.clone() }, &tiny_vocab::gguf_metadata()).unwrap();
+    write_gguf(&llm, &TinyConfig { seed: 6, num_layers: 3, ..base }, &tiny_vocab::gguf_metadata()).unwrap();
+    (slm, llm)
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn generate_json_is_deterministic_and_matches_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, _) = tiny_models(dir.path());
+    let run = |json: bool| {
+        let mut c = bin();
+        c.args(["generate", "--model"]).arg(&slm).args(["--prompt", "2+2=", "--chat", "--max-tokens", "12"]);
+        c.args(["--temperature", "0.8", "--seed", "3"]);
+        if json {
+            c.arg("--json");
+        }
+        ok(c.output().unwrap())
+    };
+    let a: Value = serde_json::from_str(run(true).trim()).unwrap();
+    let b: Value = serde_json::from_str(run(true).trim()).unwrap();
+    assert_eq!(a["tokens"], b["tokens"], "same seed, same tokens");
+    let tokens = a["tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty() && tokens.len() <= 12);
+    assert!(a["prompt"].as_str().unwrap().starts_with("<|im_start|>system\n"));
+    let streamed = run(false);
+    assert_eq!(streamed.trim_end_matches('\n'), a["text"].as_str().unwrap().trim_end_matches('\n'));
+}
+
+#[test]
+fn relay_json_has_text_tokens_and_a_consistent_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = tiny_models(dir.path());
+    let out = ok(bin()
+        .args(["relay", "--slm"])
+        .arg(&slm)
+        .arg("--llm")
+        .arg(&llm)
+        .args(["--prompt", "What is 3*4?", "--chat", "--policy", "confidence", "--threshold", "0.99"])
+        .args(["--call-tokens", "4", "--cooldown", "2", "--max-tokens", "30", "--json"])
+        .output()
+        .unwrap());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let trace = &v["trace"];
+    let calls = trace["calls"].as_array().unwrap();
+    assert!(!calls.is_empty(), "{trace}");
+    let tokens = v["tokens"].as_array().unwrap().len();
+    assert_eq!(trace["response_tokens"].as_u64().unwrap() as usize, tokens);
+    let llm_tokens = trace["tokens"]["llm"].as_u64().unwrap();
+    let served: u64 = calls.iter().map(|c| c["served"].as_u64().unwrap()).sum();
+    assert_eq!(llm_tokens, served);
+    let ratio = trace["call_ratio"].as_f64().unwrap();
+    assert!((ratio - llm_tokens as f64 / tokens as f64).abs() < 1e-9);
+    // Human output: LLM spans bracketed, and the one-line summary.
+    let text = ok(bin()
+        .args(["relay", "--slm"])
+        .arg(&slm)
+        .arg("--llm")
+        .arg(&llm)
+        .args(["--prompt", "What is 3*4?", "--chat", "--policy", "confidence", "--threshold", "0.99"])
+        .args(["--call-tokens", "4", "--cooldown", "2", "--max-tokens", "30", "--mark", "brackets"])
+        .output()
+        .unwrap());
+    assert!(text.contains("[[") && text.contains("]]"), "{text}");
+    assert!(text.lines().last().unwrap().contains("call ratio"), "{text}");
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = bin().args(["generate", "--model", "/nonexistent/model.gguf", "--prompt", "x"]).output().unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("not found") && !err.contains("panicked"), "{err}");
+
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"GGUF\x03\x00\x00\x00 truncated").unwrap();
+    let out = bin().args(["generate", "--model"]).arg(&garbage).args(["--prompt", "x"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error:") && !err.contains("panicked"), "{err}");
+
+    let out = bin().args(["relay", "--prompt", "x", "--policy", "sometimes"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("confidence"), "lists valid policies: {err}");
+
+    // `slm` before `fetch models`: says what to do.
+    let out = bin()
+        .args(["generate", "--model", "slm", "--prompt", "x", "--models-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fetch models"), "{err}");
+}
