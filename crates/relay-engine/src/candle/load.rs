@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::model::{Arch, Embedding, Layer, Linear, Model, ModelConfig};
+use super::model::{Arch, Embedding, Layer, Linear, Model, ModelConfig, Weight};
+use super::q8::Q8Matrix;
 use super::LoadOptions;
 use crate::error::{EngineError, Result};
 
@@ -78,13 +79,13 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         Ok(tensor(file, name)?.dequantize(&dev)?.to_dtype(DType::F32)?)
     };
     let linear = |file: &mut std::fs::File, name: &str, bias: bool| -> Result<Linear> {
-        let q = requantize(tensor(file, &format!("{name}.weight"))?, opts)?;
+        let q = weight(tensor(file, &format!("{name}.weight"))?, opts)?;
         let b = if bias && content.tensor_infos.contains_key(&format!("{name}.bias")) {
             Some(vector(file, &format!("{name}.bias"))?)
         } else {
             None
         };
-        Ok(Linear { w: QMatMul::from_qtensor(q)?, b })
+        Ok(Linear { w: q, b })
     };
 
     let embed_q = Arc::new(tensor(&mut file, "token_embd.weight")?);
@@ -117,9 +118,9 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     }
     let norm = vector(&mut file, "output_norm.weight")?;
     let lm_head = if content.tensor_infos.contains_key("output.weight") {
-        QMatMul::from_qtensor(requantize(tensor(&mut file, "output.weight")?, opts)?)?
+        weight(tensor(&mut file, "output.weight")?, opts)?
     } else {
-        QMatMul::from_arc(embed_q.clone())?
+        weight_arc(embed_q.clone(), opts)?
     };
     let dt = embed_q.dtype();
     let embed = if matches!(dt, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) || hidden_size % dt.block_size() != 0 {
@@ -156,18 +157,25 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     Ok(Loaded { model: Model::new(cfg, embed, layers, norm, lm_head), name, eos_token_ids: eos })
 }
 
-/// Re-quantizes weight types without a fast CPU kernel into Q8_0 (see `LoadOptions::requantize`).
-fn requantize(q: QTensor, opts: &LoadOptions) -> Result<QTensor> {
-    if !opts.requantize {
-        return Ok(q);
-    }
-    let slow = matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K);
+/// Chooses the kernel for a GGUF weight: candle's own where it has a fast runtime-dispatched
+/// one (dense types; Q4_K and Q8_0 rows that are a multiple of 256 long, which candle repacks
+/// for AVX-512 VNNI), our Q8 kernel for everything else (see `LoadOptions::requantize`).
+fn weight(q: QTensor, opts: &LoadOptions) -> Result<Weight> {
+    weight_arc(Arc::new(q), opts)
+}
+
+fn weight_arc(q: Arc<QTensor>, opts: &LoadOptions) -> Result<Weight> {
     let k = q.shape().dims().last().copied().unwrap_or(0);
-    if slow && k % 256 == 0 {
-        let t = q.dequantize(&Device::Cpu)?;
-        return Ok(QTensor::quantize(&t, GgmlDType::Q8_0)?);
+    let candle_fast = match q.dtype() {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => true,
+        GgmlDType::Q4K | GgmlDType::Q8_0 => k % 256 == 0,
+        _ => false,
+    };
+    if candle_fast || !opts.requantize || !Q8Matrix::supports(k) {
+        return Ok(Weight::Candle(QMatMul::from_arc(q)?));
     }
-    Ok(q)
+    let t = q.dequantize(&Device::Cpu)?;
+    Ok(Weight::Q8(Q8Matrix::from_tensor(&t)?))
 }
 
 fn value_usize(v: &gguf_file::Value) -> Option<usize> {
@@ -251,7 +259,7 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         let mut lin = |name: &str, bias: bool| -> Result<Linear> {
             let w = take(&mut ts, &format!("{b}.{name}.weight"))?;
             let b = if bias { take_opt(&mut ts, &format!("{b}.{name}.bias"))? } else { None };
-            Ok(Linear { w: QMatMul::Tensor(w), b })
+            Ok(Linear { w: Weight::Candle(QMatMul::Tensor(w)), b })
         };
         let qwen2 = arch == Arch::Qwen2;
         let q = lin("self_attn.q_proj", qwen2)?;
@@ -284,7 +292,7 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         });
     }
     let norm = take(&mut ts, "model.norm.weight")?;
-    let lm_head = QMatMul::Tensor(take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone()));
+    let lm_head = Weight::Candle(QMatMul::Tensor(take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone())));
     let cfg = ModelConfig {
         arch,
         vocab_size,

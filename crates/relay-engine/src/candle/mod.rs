@@ -8,6 +8,7 @@ pub mod bench;
 mod kv;
 mod load;
 mod model;
+mod q8;
 
 pub use model::{Arch, ModelConfig};
 
@@ -31,8 +32,10 @@ pub struct LoadOptions {
     /// Cap on positions per sequence, below the model's own context length (saves memory,
     /// lets tests hit the limit cheaply).
     pub max_context: Option<usize>,
-    /// Re-quantize GGUF weight types that have no fast CPU kernel (Q4_0/Q4_1/Q5_0/Q5_1/Q5_K)
-    /// to Q8_0 at load, where the row length allows it. Q8_0 is at least as precise.
+    /// Re-quantize GGUF weights that candle has no fast CPU kernel for (Q5_0, Q6_K, and any type
+    /// whose rows are not a multiple of 256 long) to our Q8 format at load. 8-bit blocks are
+    /// finer than the 5/6-bit source, so the error added is small; `false` keeps the file's
+    /// exact types on candle's generic (slow) kernels.
     pub requantize: bool,
 }
 

@@ -46,9 +46,25 @@ pub struct ModelConfig {
     pub context_length: usize,
 }
 
-/// A linear layer: quantized (GGUF) or dense (safetensors / F32 GGUF) weight, optional bias.
+/// A weight matrix: candle's `QMatMul` (dense, or quantized types candle runs fast) or our
+/// own Q8 kernel for the rest (see [`super::q8`]).
+pub(crate) enum Weight {
+    Candle(QMatMul),
+    Q8(super::q8::Q8Matrix),
+}
+
+impl Weight {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Candle(w) => w.forward(x)?,
+            Weight::Q8(w) => w.forward(x)?,
+        })
+    }
+}
+
+/// A linear layer: weight and optional bias.
 pub(crate) struct Linear {
-    pub w: QMatMul,
+    pub w: Weight,
     pub b: Option<Tensor>,
 }
 
@@ -97,7 +113,7 @@ pub(crate) struct Model {
     pub embed: Embedding,
     pub layers: Vec<Layer>,
     pub norm: Tensor,
-    pub lm_head: QMatMul,
+    pub lm_head: Weight,
     /// RoPE inverse frequencies, `head_dim / 2` of them.
     inv_freq: Vec<f32>,
 }
@@ -118,7 +134,7 @@ pub(crate) enum Want {
 }
 
 impl Model {
-    pub fn new(cfg: ModelConfig, embed: Embedding, layers: Vec<Layer>, norm: Tensor, lm_head: QMatMul) -> Self {
+    pub fn new(cfg: ModelConfig, embed: Embedding, layers: Vec<Layer>, norm: Tensor, lm_head: Weight) -> Self {
         let hd = cfg.head_dim;
         let inv_freq = (0..hd / 2).map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
         Self { cfg, embed, layers, norm, lm_head, inv_freq }
