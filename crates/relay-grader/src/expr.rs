@@ -512,6 +512,10 @@ impl Parser {
             // `5.` is a float in Python.
             self.pos += 1;
             decimal = true;
+        } else if self.peek() == Some('.') && !int_part.is_empty() && matches!(self.peek_at(1), Some('/' | '*' | ')')) {
+            // `-1./3`, as some gold answers write a float numerator.
+            self.pos += 1;
+            decimal = true;
         }
         if int_part.len() + frac_part.len() > MAX_DIGITS || self.pos == start {
             return Err(ParseError("bad number"));
@@ -553,7 +557,16 @@ impl Parser {
         self.skip_ws();
         let c = self.peek().ok_or(ParseError("unexpected end"))?;
         if c.is_ascii_digit() || c == '.' {
-            return self.number();
+            let n = self.number()?;
+            // A number in another base, `2516_8` or `4210_{5}`: an opaque symbol.
+            if self.peek() == Some('_') {
+                let digits: String = self.chars[..self.pos].iter().rev().take_while(|c| c.is_ascii_digit()).collect();
+                self.pos += 1;
+                let sub = self.subscript_text()?;
+                let digits: String = digits.chars().rev().collect();
+                return Ok(Expr::Sym(format!("{digits}_{sub}")));
+            }
+            return Ok(n);
         }
         match c {
             '(' => {

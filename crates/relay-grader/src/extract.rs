@@ -285,25 +285,34 @@ pub fn last_number(text: &str) -> Option<String> {
 
 /// math-verify-like extraction for `verify` mode.
 pub fn extract_verify(text: &str) -> Option<String> {
+    extract_verify_candidates(text).into_iter().next()
+}
+
+/// Every answer math-verify's patterns would find, best first. math-verify moves on to the
+/// next match when one fails to parse, so the grader takes the first candidate that parses.
+pub fn extract_verify_candidates(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |s: Option<String>| {
+        if let Some(s) = s {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    };
     // "The final answer is $X$. I hope it is correct." outranks boxes in math-verify.
     if let Some(i) = after_last(text, "final answer is") {
         let tail = &text[i..];
         if tail.len() < 400 && tail.contains("I hope") {
-            if let Some(a) = answer_at(tail) {
-                return Some(a);
-            }
+            push(answer_at(tail));
         }
     }
-    if let Some(b) = extract_boxed_joined(text) {
-        return Some(b);
-    }
+    push(extract_boxed_joined(text));
+    push(extract_boxed(text));
     if let Some(i) = after_last(text, "final answer") {
         let tail = &text[i..];
         let window: String = tail.chars().take(110).collect();
         if let Some(k) = window.find(" is") {
-            if let Some(a) = answer_at(&tail[k + 3..]) {
-                return Some(a);
-            }
+            push(answer_at(&tail[k + 3..]));
         }
     }
     for anchor in ["answer:", "answer is", "answer"] {
@@ -313,26 +322,24 @@ pub fn extract_verify(text: &str) -> Option<String> {
             let envs = math_envs(tail);
             if let Some((start, _, _)) = envs.first() {
                 if tail[..*start].chars().count() <= 50 {
-                    return Some(chain_forward(tail, &envs, 0));
+                    push(Some(chain_forward(tail, &envs, 0)));
                 }
             }
-            if let Some(n) = last_number(&tail.chars().take(60).collect::<String>()) {
-                return Some(n);
-            }
+            push(last_number(&tail.chars().take(60).collect::<String>()));
         }
     }
     let envs = math_envs(text);
     if !envs.is_empty() {
-        return Some(chain_backward(text, &envs, envs.len() - 1));
+        push(Some(chain_backward(text, &envs, envs.len() - 1)));
     }
-    if let Some(f) = last_plain_fraction(text) {
-        return Some(f);
-    }
+    push(last_plain_fraction(text));
     let t = text.trim();
     if !t.is_empty() && t.chars().count() <= 200 && looks_like_bare_answer(t) {
-        return Some(t.to_string());
+        push(Some(t.to_string()));
     }
-    last_number(text)
+    push(last_number(text));
+    out.truncate(8);
+    out
 }
 
 /// The last `\frac{a}{b}` with plain numbers, found anywhere (math-verify's last resort

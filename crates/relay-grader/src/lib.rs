@@ -92,16 +92,24 @@ fn extract_inner(mode: GradeMode, text: &str) -> Option<String> {
 pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
     guarded(|| {
         eval::work::reset(WORK_BUDGET);
-        let Some(answer) = extract_inner(mode, tail(pred)) else {
-            return false;
-        };
         let gold = gold.trim();
-        if gold.is_empty() || gold.chars().count() > MAX_ANSWER_CHARS || answer.chars().count() > MAX_ANSWER_CHARS {
+        if gold.is_empty() || gold.chars().count() > MAX_ANSWER_CHARS {
             return false;
         }
         match mode {
-            GradeMode::MathRuler => mathruler::grade_answer(&answer, gold),
-            GradeMode::Verify => verify::grade_extracted(gold, &answer),
+            GradeMode::MathRuler => match extract_inner(mode, tail(pred)) {
+                Some(answer) if answer.chars().count() <= MAX_ANSWER_CHARS => mathruler::grade_answer(&answer, gold),
+                _ => false,
+            },
+            GradeMode::Verify => {
+                let candidates: Vec<String> = extract::extract_verify_candidates(tail(pred))
+                    .into_iter()
+                    .filter(|c| c.chars().count() <= MAX_ANSWER_CHARS)
+                    .collect();
+                // The first candidate that reads as math; else the first, compared as text.
+                let pick = candidates.iter().find(|c| verify::parses(c)).or(candidates.first());
+                pick.is_some_and(|answer| verify::grade_extracted(gold, answer))
+            }
         }
     })
     .unwrap_or(false)

@@ -114,6 +114,26 @@ fn replace_word(s: &str, word: &str, with: &str) -> String {
     out
 }
 
+/// `\ ` (a LaTeX space) becomes a plain space, but `\\ ` (a row break) stays.
+fn backslash_space(s: &str) -> String {
+    let cs: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < cs.len() {
+        if cs[i] == '\\' && i + 1 < cs.len() && cs[i + 1] == '\\' {
+            out.push_str("\\\\");
+            i += 2;
+        } else if cs[i] == '\\' && i + 1 < cs.len() && cs[i + 1] == ' ' {
+            out.push(' ');
+            i += 2;
+        } else {
+            out.push(cs[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// math-verify's `normalize_latex` with units, malformed operators and nits on.
 pub fn normalize(s: &str) -> String {
     let mut s = s.replace('\n', " ").replace('\t', " ");
@@ -164,6 +184,7 @@ pub fn normalize(s: &str) -> String {
             s = s.replace(a, b);
         }
     }
+    s = backslash_space(&s);
     for w in ["percentage", "percent", "pct"] {
         s = replace_word(&s, w, "\\%");
     }
@@ -171,7 +192,21 @@ pub fn normalize(s: &str) -> String {
     s = replace_word(&s, "inf", "\\infty");
     s = replace_word(&s, "and", ",");
     s = replace_word(&s, "or", ",");
-    // A trailing `\text{...}` (optionally `^2`) is a unit when something precedes it.
+    // A trailing `\text{...}` (optionally `^2`) is a unit when something precedes it;
+    // twice, for `5 \text{ units}\text{ cm}`.
+    for _ in 0..2 {
+        s = strip_trailing_text_unit(&s);
+    }
+    s = strip_unit_words(&s);
+    let s = s.trim();
+    let mut s = s.to_string();
+    if s.starts_with('.') {
+        s.insert(0, '0');
+    }
+    s
+}
+
+fn strip_trailing_text_unit(s: &str) -> String {
     let t = s.trim_end();
     if let Some(i) = t.rfind("\\text{") {
         let tail = &t[i..];
@@ -185,16 +220,10 @@ pub fn normalize(s: &str) -> String {
             after.is_empty() || is_power(after)
         });
         if closes_at_end && !t[..i].trim().is_empty() {
-            s = t[..i].to_string();
+            return t[..i].to_string();
         }
     }
-    s = strip_unit_words(&s);
-    let s = s.trim();
-    let mut s = s.to_string();
-    if s.starts_with('.') {
-        s.insert(0, '0');
-    }
-    s
+    s.to_string()
 }
 
 /// `1,234,567.5` (thousands separators) as a plain number, if the whole text is one.
@@ -410,6 +439,10 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
     if let Some(n) = thousands_number(t) {
         return parse_scalar(&n);
     }
+    // A redundant outer group: `{3, 5, 7}`, `{13535\%}`.
+    if t.starts_with('{') && t.ends_with('}') && wraps_whole(t) {
+        return parse_answer_at(&t[1..t.len() - 1], depth + 1);
+    }
     if t.starts_with("\\begin{") {
         return parse_matrix(t, depth);
     }
@@ -454,6 +487,12 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
     }
     let first = t.chars().next()?;
     let last = t.chars().last()?;
+    // Redundant parentheses around a whole answer: `((2,12) \cup (12,102))`, `(17.5\%)`.
+    if first == '(' && last == ')' && wraps_whole(t) && split_top(&t[1..t.len() - 1], |c, i| usize::from(c[i] == ',')).len() == 1 {
+        if let Some(a) = parse_answer_at(&t[1..t.len() - 1], depth + 1) {
+            return Some(a);
+        }
+    }
     if matches!(first, '(' | '[') && matches!(last, ')' | ']') && wraps_whole(t) {
         let inner: String = {
             let cs: Vec<char> = t.chars().collect();
@@ -510,8 +549,15 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
     };
     if !ops.is_empty() {
         let terms: Option<Vec<Expr>> = pieces.iter().map(|p| parse_expr(p.trim(), Dialect::Latex).ok()).collect();
-        let terms = terms?;
-        return Some(Answer::Rel { terms, ops });
+        if let Some(terms) = terms {
+            return Some(Answer::Rel { terms, ops });
+        }
+        // `x = (3, 4]`: an assignment whose value is a tuple, set or interval.
+        let lhs = pieces[0].trim();
+        if ops == [RelOp::Eq] && !lhs.is_empty() && lhs.chars().count() <= 2 && lhs.chars().all(|c| c.is_alphabetic()) {
+            return parse_answer_at(&pieces[1], depth + 1);
+        }
+        return None;
     }
     parse_scalar(t)
 }
@@ -832,6 +878,11 @@ fn unbox(s: &str) -> String {
         }
     }
     cur
+}
+
+/// Whether an extracted answer reads as math at all.
+pub fn parses(answer: &str) -> bool {
+    parse_answer(&normalize(&unbox(answer))).is_some()
 }
 
 /// Grade a bare gold answer against an extracted prediction.
