@@ -359,7 +359,7 @@ fn call(f: Func, args: Vec<Val>) -> EResult {
             let n = args.get(1).cloned().ok_or(EvalError::Unsupported)?;
             if let (Some(r), Val::Exact(k)) = (&exact0, &n) {
                 if let Some(k) = k.to_integer().to_u32().filter(|_| k.is_integer()) {
-                    if k >= 1 && k <= 64 {
+                    if (1..=64).contains(&k) {
                         if let Some(s) = rat_root(r, k) {
                             return Ok(Val::Exact(s));
                         }

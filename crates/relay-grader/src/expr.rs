@@ -81,11 +81,7 @@ impl Expr {
     /// Symbol names used anywhere in the expression.
     pub fn symbols(&self, out: &mut Vec<String>) {
         match self {
-            Expr::Sym(s) => {
-                if !out.contains(s) {
-                    out.push(s.clone())
-                }
-            }
+            Expr::Sym(s) if !out.contains(s) => out.push(s.clone()),
             Expr::Add(v) | Expr::Mul(v) | Expr::Call(_, v) => v.iter().for_each(|e| e.symbols(out)),
             Expr::Neg(e) => e.symbols(out),
             Expr::Div(a, b) | Expr::Pow(a, b) => {

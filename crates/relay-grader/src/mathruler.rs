@@ -238,8 +238,7 @@ fn latex_to_text(s: &str) -> String {
         .replace('π', "pi")
         .replace('∞', "inf")
         .replace('∪', "U")
-        .replace('·', "*")
-        .replace('×', "*")
+        .replace(['·', '×'], "*")
         .trim()
         .to_string()
 }

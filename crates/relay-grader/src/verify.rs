@@ -136,7 +136,7 @@ fn backslash_space(s: &str) -> String {
 
 /// math-verify's `normalize_latex` with units, malformed operators and nits on.
 pub fn normalize(s: &str) -> String {
-    let mut s = s.replace('\n', " ").replace('\t', " ");
+    let mut s = s.replace(['\n', '\t'], " ");
     for (a, b) in [
         ("\\left.", ""),
         ("\\right.", ""),

@@ -198,6 +198,37 @@ GROUPS = [
         ("2", "There are 3 cases, so the answer is 2."), ("9", "The answer is \\(9\\)."),
         ("9", "So \\[ x = 9 \\]"),
     ]),
+    ("joined_math_envs", MV, [
+        ("$f(n)=n$, $g(n)=1$", "We compute as above.\nThe final answer is $f(n)=n$, $g(n)=1$. I hope it is correct."),
+        ("$6764$,$10945$", "Putting it together, the answer is $6764$,$10945$."),
+        ("1, 2", "The roots are $1$ and $2$."), ("\\{1, 2\\}", "The solutions are $x=1$ or $x=2$."),
+        ("$\\frac{32}{9}$,$\\frac{1}{2}$", "The final answer is $\\frac{32}{9}$,$\\frac{1}{2}$. I hope it is correct."),
+        ("3", "We get $x = 3$ and $y = 4$."),
+    ]),
+    ("base_subscript", MV, [
+        ("40_9", B("40_9")), ("40_9", B("\\left(40_9\\right)")), ("4210_{5}", B("4210_{5}")), ("40_9", B("41_9")),
+        ("2516_8", B("2516_8")),
+    ]),
+    ("extraction_fallback", MV, [
+        ("(2,12) \\cup (12,102)", B("\\left((2,12) \\cup (12,102)\\right)")), ("(3,4]", "Answer: $x = (3,4]$"),
+        ("17.5\\%", "So we get \\(\\left(17.5\\%\\right)\\)."), ("3, 5, 7", B("{3, 5, 7}")), ("13535", B("{13535\\%}")),
+        ("y = -2x", B("y\\ =\\ -2x")), ("-1./3", B("-1./3")), ("\\frac{11}{2}", B("\\frac{11}{2} \\text{ units}\\text{ cm}")),
+    ]),
+    ("function_application", BOTH, [
+        ("I(0) e^{-\\frac{t}{R C}}", B("-(I(0) e^{-\\frac{t}{R C}})")), ("I(0) e^{-\\frac{t}{R C}}", B("I(0)e^{-\\frac{t}{RC}}")),
+        ("x(x+1)", B("x^2+x")), ("f(x)", B("f(x)")), ("f(2)", B("f(3)")),
+    ]),
+    ("named_symbols", BOTH, [
+        ("\\hbar \\omega", B("\\hbar\\omega")), ("\\arcsin{1.3 \\sin{\\theta_w}}", B("\\arcsin{1.3\\sin{\\theta_w}}")),
+        ("\\frac{1}{3} E_{1}+\\frac{2}{3} E_{2}", B("\\frac{2}{3}E_{2}+\\frac{1}{3}E_{1}")), ("\\alpha+\\beta", B("\\beta+\\alpha")),
+        ("\\alpha", B("\\beta")), ("y^{\\prime}+r y", B("ry+y^{\\prime}")),
+    ]),
+    ("floor_binomial", BOTH, [
+        ("\\lfloor\\frac{2 n-1}{5}\\rfloor", B("\\lfloor\\frac{2n-1}{5}\\rfloor")),
+        ("\\lfloor\\frac{2 n-1}{5}\\rfloor", B("2\\lfloor\\frac{2n-1}{5}\\rfloor")),
+        ("\\lceil n / 2\\rceil+1", B("\\lceil n/2\\rceil+1")), ("\\binom{2n}{n}", B("\\binom{2n}{n}")),
+        ("\\binom{2n}{n}", B("\\binom{2n}{n+1}")), ("\\frac{d !}{2 k(d-k) !}", B("\\frac{d!}{2k(d-k)!}")),
+    ]),
     ("garbage", BOTH, [
         ("5", ""), ("5", "I don't know"), ("5", "\\boxed{}"), ("5", "\\boxed{\\frac{}{}}"), ("5", B("((((")),
         ("5", B("\\frac{1}{0}")), ("0", B("0^{-1}")), ("5", B("2^{2^{2^{2^{2^{2}}}}}")), ("5", B("}{")),
@@ -214,11 +245,40 @@ DIVERGENCES = {
         "imaginary unit, which complex-number answers need",
     ("complex", "-i", B("\\frac{1}{i}"), "verify"):
         "same: 1/i is -i once `i` is the imaginary unit",
+    ("named_symbols", "\\frac{1}{3} E_{1}+\\frac{2}{3} E_{2}", B("\\frac{2}{3}E_{2}+\\frac{1}{3}E_{1}"), "verify"):
+        "math-verify cannot parse `E_{1}` (E is Euler's number to it) and falls back to comparing the "
+        "strings; we read E_1 as a symbol and the sum as commutative",
 }
+
+
+# Groups where our `verify` is deliberately more lenient than math-verify: every pair is an
+# equivalent answer; where math-verify says False the case records why we say True.
+LENIENT = [
+    ("bare_answer", MV, "math-verify extracts nothing from bare LaTeX without `$` or a box; our API "
+     "grades a bare answer as written", [
+        ("p - q", "p - q"), ("\\frac{\\pi}{2}", "\\frac{\\pi}{2}"), ("(1,2)", "(1,2)"), ("18", "18"),
+        ("3 \\sqrt{5}", "3 \\sqrt{5}"), ("x^3+3x-6", "x^3+3x-6"), ("-2 + 7i", "-2+7i"), ("\\frac{3}{4}", "3/4"),
+        ("117", "{117}"),
+    ]),
+    ("lenient_formatting", MV, "math-verify fails to parse a trailing period inside the math, or "
+     "`\\mathbf{}`/`\\text{}` around an expression, and then grades it wrong; we read the math", [
+        ("24", B("24.")), ("\\frac{1}{25}", B("\\frac{1}{25}.")), ("\\frac{11}{36}", B("\\mathbf{\\frac{11}{36}}")),
+        ("x^3+3x-6", B("\\mathbf{x^3+3x-6}")), ("6+9i", B("\\text{6+9i}")), ("9.5", B("\\mathbf{9.5}")),
+        ("70 \\sqrt{2}", B("\\text{70 \\sqrt{2}}")),
+    ]),
+]
 
 
 def main():
     out = []
+    for cat, modes, why, pairs in LENIENT:
+        for gold, pred in pairs:
+            exp = math_verify(gold, pred)
+            case = {"gold": gold, "pred": pred, "expected": exp, "mode": "verify",
+                    "follows": "math-verify", "category": cat}
+            if not exp:
+                case["divergence"] = why
+            out.append(case)
     for cat, modes, pairs in GROUPS:
         for gold, pred in pairs:
             for mode in modes:
