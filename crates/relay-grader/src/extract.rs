@@ -342,6 +342,40 @@ pub fn extract_verify_candidates(text: &str) -> Vec<String> {
     out
 }
 
+/// A multiple-choice letter A-E in a response: from the box, else after "answer"
+/// (`The answer is (C)`, `**Answer:** C`), else a lone `(C)` at the end, as math-verify's
+/// string extraction finds it.
+pub fn extract_choice(text: &str) -> Option<char> {
+    let letter_of = |s: &str| -> Option<char> {
+        let t = s.trim().trim_start_matches("\\text{").trim_start_matches("\\textbf{").trim_end_matches('}');
+        let t = t.trim().trim_start_matches('(').trim_end_matches(')').trim();
+        let mut cs = t.chars();
+        match (cs.next(), cs.next()) {
+            (Some(c @ 'A'..='E'), None) => Some(c),
+            _ => None,
+        }
+    };
+    if let Some(b) = extract_boxed(text) {
+        return letter_of(&b);
+    }
+    // A standalone letter token: `C`, `(C)`, `C.`, `**C**`.
+    let token_letter = |w: &str| -> Option<char> {
+        let t = w.trim_matches(|c: char| matches!(c, '*' | '.' | ',' | ':' | '$'));
+        letter_of(t)
+    };
+    if let Some(i) = after_last(text, "answer") {
+        let window: String = text[i..].chars().take(60).collect();
+        if let Some(c) = window.split_whitespace().find_map(token_letter) {
+            return Some(c);
+        }
+    }
+    let last_line = text.trim_end().lines().last().unwrap_or("");
+    last_line.split_whitespace().rev().find_map(|w| {
+        let t = w.trim_matches(|c: char| matches!(c, '*' | '.' | ',' | ':'));
+        (t.starts_with('(') && t.ends_with(')')).then(|| letter_of(t)).flatten()
+    })
+}
+
 /// The last `\frac{a}{b}` with plain numbers, found anywhere (math-verify's last resort
 /// for LaTeX outside math delimiters).
 fn last_plain_fraction(text: &str) -> Option<String> {

@@ -101,6 +101,10 @@ pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
                 Some(answer) if answer.chars().count() <= MAX_ANSWER_CHARS => mathruler::grade_answer(&answer, gold),
                 _ => false,
             },
+            GradeMode::Verify if choice_letter(gold).is_some() => {
+                // Multiple choice: compare letters (math-verify's string extraction, A-E).
+                extract::extract_choice(tail(pred)).is_some_and(|c| Some(c) == choice_letter(gold))
+            }
             GradeMode::Verify => {
                 let candidates: Vec<String> = extract::extract_verify_candidates(tail(pred))
                     .into_iter()
@@ -113,6 +117,18 @@ pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
         }
     })
     .unwrap_or(false)
+}
+
+/// A gold answer that is a choice letter: `C`, `(C)`, `\text{(C)}`, `\textbf{C}`.
+fn choice_letter(gold: &str) -> Option<char> {
+    let t = gold.trim().trim_matches('$');
+    let t = t.strip_prefix("\\text{").or_else(|| t.strip_prefix("\\textbf{")).and_then(|r| r.strip_suffix('}')).unwrap_or(t);
+    let t = t.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).unwrap_or(t).trim();
+    let mut cs = t.chars();
+    match (cs.next(), cs.next()) {
+        (Some(c @ 'A'..='E'), None) => Some(c),
+        _ => None,
+    }
 }
 
 /// The last `MAX_RESPONSE_BYTES` of a response, cut at a character boundary.

@@ -185,6 +185,9 @@ GROUPS = [
     ("multiple_choice", BOTH, [
         ("C", B("C")), ("C", B("\\text{C}")), ("\\text{(C)}", B("C")), ("C", B("(C)")), ("C", B("D")),
         ("\\text{(B)}", B("\\text{(B)}")), ("A", B("\\textbf{(A)}")), ("E", B("\\text{(D)}")),
+        ("C", "The answer is (C)."), ("C", "The answer is (B)."), ("B", "**Answer:** B"), ("D", "Answer: D"),
+        ("A", "So the correct option is (A)"), ("\\text{(C)}", "Therefore the answer is C."),
+        ("E", "The final answer is E. I hope it is correct."), ("B", "The answer is (A) or maybe not."),
     ]),
     ("final_answer_fallback", MV, [
         ("18", "The final answer is 18. I hope it is correct."),
@@ -248,6 +251,13 @@ DIVERGENCES = {
     ("named_symbols", "\\frac{1}{3} E_{1}+\\frac{2}{3} E_{2}", B("\\frac{2}{3}E_{2}+\\frac{1}{3}E_{1}"), "verify"):
         "math-verify cannot parse `E_{1}` (E is Euler's number to it) and falls back to comparing the "
         "strings; we read E_1 as a symbol and the sum as commutative",
+    ("multiple_choice", "C", "The answer is (C).", "verify"):
+        "math-verify's letter patterns want whitespace right before the letter, so `(C)` is missed",
+    ("multiple_choice", "A", "So the correct option is (A)", "verify"):
+        "math-verify's letter patterns want whitespace right before the letter, so `(A)` is missed",
+    ("multiple_choice", "\\text{(C)}", "Therefore the answer is C.", "verify"):
+        "math-verify parses the gold `\\text{(C)}` to a sympy symbol and the prediction to the string "
+        "'c', which it never compares; we compare choice letters",
 }
 
 
