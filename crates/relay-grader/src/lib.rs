@@ -84,8 +84,18 @@ fn extract_inner(mode: GradeMode, text: &str) -> Option<String> {
                 (!t.is_empty()).then(|| t.to_string())
             }
         }
-        GradeMode::Verify => extract::extract_verify(text),
+        GradeMode::Verify => pick_verify_answer(text),
     }
+}
+
+/// The first extraction candidate that reads as math; else the first, compared as text.
+fn pick_verify_answer(text: &str) -> Option<String> {
+    let candidates: Vec<String> = extract::extract_verify_candidates(text)
+        .into_iter()
+        .filter(|c| c.chars().count() <= MAX_ANSWER_CHARS)
+        .collect();
+    let pick = candidates.iter().position(|c| verify::parses(c)).unwrap_or(0);
+    candidates.into_iter().nth(pick)
 }
 
 /// Grade a prediction (full response or bare answer) against a bare gold answer.
@@ -106,13 +116,7 @@ pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
                 extract::extract_choice(tail(pred)).is_some_and(|c| Some(c) == choice_letter(gold))
             }
             GradeMode::Verify => {
-                let candidates: Vec<String> = extract::extract_verify_candidates(tail(pred))
-                    .into_iter()
-                    .filter(|c| c.chars().count() <= MAX_ANSWER_CHARS)
-                    .collect();
-                // The first candidate that reads as math; else the first, compared as text.
-                let pick = candidates.iter().find(|c| verify::parses(c)).or(candidates.first());
-                pick.is_some_and(|answer| verify::grade_extracted(gold, answer))
+                pick_verify_answer(tail(pred)).is_some_and(|answer| verify::grade_extracted(gold, &answer))
             }
         }
     })

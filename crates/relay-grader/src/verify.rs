@@ -7,6 +7,14 @@
 //! math-verify's rules: assignments unwrap (`x = 5` vs `5`), sets ignore order, intervals
 //! compare their ends, a decimal on either side compares after rounding to 6 places
 //! (`1/3` vs `0.333333`), everything else is exact or symbolic equality.
+//!
+//! Where we knowingly differ from math-verify (each has a case in `tests/corpus`):
+//! - a bare answer (`3/4`, `\frac{\pi}{2}`, no `$` and no box) is graded as written;
+//!   math-verify extracts nothing from it;
+//! - `\mathbf{..}`/`\text{..}` around math and a period inside the math (`\boxed{24.}`)
+//!   are read as the math; math-verify fails to parse them;
+//! - a lone `i` is the imaginary unit (`i^2 = -1`); math-verify keeps it a symbol;
+//! - choice letters are compared as letters, including `(C)` and `\text{(C)}` golds.
 
 use crate::eval::{self, exprs_equal, rounded, Val};
 use crate::expr::{parse_expr, Dialect, Expr};
