@@ -167,11 +167,12 @@ def reference(mode):
 def our_command(mode, path, cmd):
     if cmd:
         return shlex.split(cmd) + ["--mode", mode, "--jsonl", path]
-    exe = shutil.which("relayllm") or next(
-        (p for p in (os.path.join(ROOT, "target", "release", "relayllm"),) if os.path.exists(p)), None)
-    if exe:
+    candidates = [shutil.which("relayllm")] + [os.path.join(ROOT, "target", p, "relayllm") for p in ("release", "debug")]
+    for exe in filter(None, candidates):
+        if not os.path.exists(exe):
+            continue
         probe = subprocess.run([exe, "grade", "--help"], capture_output=True, text=True)
-        if probe.returncode == 0:
+        if probe.returncode == 0:  # a build that has the `grade` command
             return [exe, "grade", "--mode", mode, "--jsonl", path]
     return ["cargo", "run", "-q", "--release", "-p", "relay-grader", "--example", "grade_jsonl", "--",
             "--mode", mode, "--jsonl", path]

@@ -116,7 +116,14 @@ pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
                 extract::extract_choice(tail(pred)).is_some_and(|c| Some(c) == choice_letter(gold))
             }
             GradeMode::Verify => {
-                pick_verify_answer(tail(pred)).is_some_and(|answer| verify::grade_extracted(gold, &answer))
+                // A gold that does not read as math can only match as text, and math-verify
+                // compares it with the first thing it extracted.
+                let answer = if verify::parses(gold) {
+                    pick_verify_answer(tail(pred))
+                } else {
+                    extract::extract_verify(tail(pred))
+                };
+                answer.is_some_and(|answer| verify::grade_extracted(gold, &answer))
             }
         }
     })
