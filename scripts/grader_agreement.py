@@ -124,6 +124,14 @@ def make_rewrites(out_path, seed, per_answer, label):
                 tname, _, tmpl = rng.choices(TEMPLATES, weights=[t[1] for t in TEMPLATES])[0]
                 rows.append({"gold": gold, "pred": tmpl(x), "source": name,
                              "rewrite": "equivalent" if equivalent else "different", "template": tname})
+            # The gold itself, and another problem's gold: real answer shapes, both verdicts.
+            bare = gold.strip().strip("$").strip()
+            other = rng.choice(answers).strip().strip("$").strip()
+            rows.append({"gold": gold, "pred": TEMPLATES[0][2](bare), "source": name,
+                         "rewrite": "verbatim", "template": "boxed"})
+            if other != bare:
+                rows.append({"gold": gold, "pred": TEMPLATES[0][2](other), "source": name,
+                             "rewrite": "other_answer", "template": "boxed"})
     if label:
         # Record both reference verdicts so the Rust test suite can check agreement offline.
         refs = {"math_verify": reference("verify"), "mathruler": reference("mathruler")}
