@@ -29,8 +29,9 @@ const MAX_ANSWER_CHARS: usize = 1000;
 /// Work units per grading call (one unit is roughly one node evaluation).
 const WORK_BUDGET: u64 = 200_000;
 
-/// Which grader to behave like.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which grader to behave like. Serialises as `"mathruler"` / `"verify"`, as it parses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GradeMode {
     /// The training reward grader (`mathruler.grader.grade_answer`).
     MathRuler,
@@ -159,4 +160,30 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
     // The panic hook is process-global, so we leave it alone (swapping it would race
     // between grading threads); a panic here is a bug worth seeing on stderr anyway.
     catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_names_round_trip() {
+        for m in [GradeMode::MathRuler, GradeMode::Verify] {
+            assert_eq!(m.to_string().parse::<GradeMode>(), Ok(m));
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(json, format!("\"{m}\""));
+            assert_eq!(serde_json::from_str::<GradeMode>(&json).unwrap(), m);
+        }
+        assert!("sympy".parse::<GradeMode>().is_err());
+    }
+
+    #[test]
+    fn public_api_basics() {
+        assert!(grade(GradeMode::Verify, "\\frac{1}{2}", "so the answer is \\boxed{0.5}"));
+        assert!(grade(GradeMode::MathRuler, "\\frac{1}{2}", "\\boxed{\\dfrac12}"));
+        assert!(!grade(GradeMode::MathRuler, "\\frac{1}{2}", "\\boxed{2/4}"));
+        assert_eq!(extract_boxed("a \\boxed{\\frac{1}{2}} b").as_deref(), Some("\\frac{1}{2}"));
+        assert_eq!(extract_answer(GradeMode::Verify, "The final answer is 18. I hope it is correct.").as_deref(), Some("18"));
+        assert!(!grade(GradeMode::Verify, "", "5"));
+    }
 }
