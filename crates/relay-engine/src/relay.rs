@@ -104,6 +104,9 @@ pub struct RelayOutput {
     /// The SLM's log-probability of each token it wrote (`None` at LLM positions): what an
     /// RL trainer needs for its importance ratios.
     pub slm_logprobs: Vec<Option<f32>>,
+    /// For each served call, the tokens the LLM's context held once the call's prefill was
+    /// done: what re-sending the whole context at every call would have prefilled.
+    pub llm_context_at_calls: Vec<usize>,
     pub trace: RelayTrace,
 }
 
@@ -127,6 +130,8 @@ struct LlmSide {
     synced_len: usize,
     /// An earlier call hung: the worker may still own the sequence; no more calls.
     unavailable: Option<String>,
+    /// Context length after each successful call's prefill.
+    context_at_calls: Vec<usize>,
 }
 
 /// Decodes one response with the SLM and the LLM together.
@@ -137,7 +142,7 @@ pub fn relay(pair: &RelayPair, request: &RelayRequest, mut on_event: impl FnMut(
     let mut session = RelaySession::from_config(&request.config)?;
     let slm = pair.slm.as_ref();
     let slm_seq = slm.create_sequence()?;
-    let mut llm = LlmSide { seq: None, synced_len: 0, unavailable: None };
+    let mut llm = LlmSide { seq: None, synced_len: 0, unavailable: None, context_at_calls: Vec::new() };
     let result = drive(pair, request, &mut session, slm_seq, &mut llm, &mut on_event);
     let _ = slm.free(slm_seq);
     if llm.unavailable.is_none() {
@@ -153,6 +158,7 @@ pub fn relay(pair: &RelayPair, request: &RelayRequest, mut on_event: impl FnMut(
         tokens: session.tokens().to_vec(),
         sources: session.sources().to_vec(),
         slm_logprobs,
+        llm_context_at_calls: llm.context_at_calls,
         trace: session.trace(),
     })
 }
@@ -198,8 +204,9 @@ fn drive(
                 let logprob = log_softmax(&logits).get(id as usize).copied();
                 let eos = pair.slm_tokenizer.is_eos(id) || slm.info().eos_token_ids.contains(&id);
                 // The detokenizer must not swallow a token the policy drops: decode on a copy.
+                // An end-of-sequence token is part of the response but writes no text.
                 let mut trial = decoder.clone();
-                let text = trial.push(id)?;
+                let text = if eos { String::new() } else { trial.push(id)? };
                 let outcome = session.push_slm_token(SlmToken { id, text: &text, top1_prob: p1, eos })?;
                 if outcome == SlmOutcome::Dropped {
                     continue;
@@ -438,9 +445,10 @@ fn attempt_call(
             FromLlm::Failed(error) => return Err(CallFailure { error, retryable: pushed == 0 }),
         };
         let eos = llm_tok.is_eos(id) || pair.llm.info().eos_token_ids.contains(&id);
-        let text = match llm_decoder.as_mut() {
-            Some(d) => d.push(id),
-            None => decoder.push(id),
+        let text = match (eos, llm_decoder.as_mut()) {
+            (true, _) => Ok(String::new()),
+            (false, Some(d)) => d.push(id),
+            (false, None) => decoder.push(id),
         }
         .map_err(|e| CallFailure { error: e.to_string(), retryable: pushed == 0 })?;
         let progress = session
@@ -466,6 +474,7 @@ fn attempt_call(
     // The cache now holds the prefill and every token fed; the last (Done) token is not in
     // it: the next call's delta starts with it.
     llm.synced_len = base_len + prefill.len() + fed;
+    llm.context_at_calls.push(base_len + prefill.len());
     session.record_prefill(Source::Llm, prefill.len());
     Ok(())
 }

@@ -127,6 +127,8 @@ fn llm_prefill_is_incremental_and_output_equals_from_scratch() {
     let self_stepped: usize = calls[..calls.len() - 1].iter().map(|c| c.served - 1).sum();
     assert_eq!(trace.prefill_tokens.llm, prompt + last.at - self_stepped);
     let resend_cost: usize = calls.iter().map(|c| prompt + c.at).sum();
+    let contexts: Vec<usize> = calls.iter().map(|c| prompt + c.at).collect();
+    assert_eq!(out.llm_context_at_calls, contexts, "the context the LLM held at each call");
     assert!(trace.prefill_tokens.llm < resend_cost, "{} vs re-sending {}", trace.prefill_tokens.llm, resend_cost);
     // The SLM prefilled its prompt and the served tokens that it wrote after, nothing else.
     let served_then_slm: usize =

@@ -27,6 +27,8 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// Answer one prompt with the SLM and the LLM together (the relay).
     Relay(cmd::relay::RelayArgs),
+    /// Grade math answers (prints true/false, or annotates a JSONL file).
+    Grade(cmd::grade::GradeArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Relay(a) => cmd::relay::run(a),
+        Command::Grade(a) => cmd::grade::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

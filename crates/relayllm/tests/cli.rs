@@ -119,3 +119,22 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fetch models"), "{err}");
 }
+
+#[test]
+fn grade_prints_a_verdict_and_annotates_jsonl() {
+    let verdict = |gold: &str, pred: &str| ok(bin().args(["grade", "--mode", "verify", "--gold", gold, "--pred", pred]).output().unwrap());
+    assert_eq!(verdict("18", "So she makes \\boxed{18} dollars.").trim(), "true");
+    assert_eq!(verdict("18", "\\boxed{19}").trim(), "false");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pairs.jsonl");
+    std::fs::write(&file, "{\"gold\":\"1/2\",\"pred\":\"\\\\boxed{0.5}\",\"id\":7}\n\n{\"gold\":\"3\",\"pred\":\"\\\\boxed{4}\"}\n").unwrap();
+    let out = ok(bin().args(["grade", "--mode", "verify", "--jsonl"]).arg(&file).output().unwrap());
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0]["correct"].as_bool(), lines[0]["id"].as_i64()), (Some(true), Some(7)));
+    assert_eq!(lines[1]["correct"].as_bool(), Some(false));
+    std::fs::write(&file, "{\"gold\":\"1\"}\n").unwrap();
+    let out = bin().args(["grade", "--jsonl"]).arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 1") && err.contains("pred"), "{err}");
+}

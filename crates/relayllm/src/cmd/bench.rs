@@ -15,6 +15,34 @@ pub enum BenchCommand {
     /// With --llama-bench, runs llama.cpp's own benchmark on the same file with the same
     /// threads and prompt/generation lengths, and prints our/their ratios.
     Decode(DecodeArgs),
+    /// Relay overhead on the real pair: relay wall time against the time its SLM and LLM
+    /// tokens take decoded alone, and the LLM prefill the KV reuse saves against re-sending
+    /// the whole context at every call (the reference implementation's way).
+    Relay(RelayBenchArgs),
+}
+
+#[derive(Args)]
+pub struct RelayBenchArgs {
+    #[arg(long, default_value = "slm")]
+    pub slm: String,
+    #[arg(long, default_value = "llm")]
+    pub llm: String,
+    /// JSONL with a `problem` field; the first --problems are answered.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// How many problems.
+    #[arg(long, default_value_t = 3)]
+    pub problems: usize,
+    /// Response budget per problem.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    #[command(flatten)]
+    pub policy: super::common::PolicyArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub models: super::common::ModelArgs,
 }
 
 #[derive(Args)]
@@ -54,6 +82,7 @@ pub struct DecodeArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Decode(args) => decode(args),
+        BenchCommand::Relay(args) => relay_bench(args),
     }
 }
 
@@ -128,6 +157,118 @@ fn decode(args: DecodeArgs) -> Result<()> {
             "  ratio (ours / llama.cpp): prefill {:.2}x   decode {:.2}x",
             ours.prefill_tps / prefill,
             ours.decode_tps / decode
+        );
+    }
+    Ok(())
+}
+
+const BENCH_PROMPTS: [&str; 3] = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+    "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How much more money does Betty need to buy the wallet?",
+];
+
+/// Seconds per decoded token of `engine` alone: prefill `prompt`, decode `n` greedy tokens.
+fn solo_decode_seconds_per_token(engine: &dyn relay_engine::Engine, prompt: &[u32], n: usize) -> Result<f64> {
+    let seq = engine.create_sequence()?;
+    let mut logits = engine.prefill(seq, prompt)?;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let tok = relay_engine::sampling::argmax(&logits) as u32;
+        logits = engine.step(&[(seq, tok)])?.pop().context("step returned nothing")?;
+    }
+    let per = t.elapsed().as_secs_f64() / n.max(1) as f64;
+    engine.free(seq)?;
+    Ok(per)
+}
+
+fn relay_bench(args: RelayBenchArgs) -> Result<()> {
+    use relay_engine::chat::ChatMessage;
+    use relay_engine::relay::{relay, LlmRetry, RelayRequest};
+    let pair = args.models.load_pair(&args.slm, &args.llm)?;
+    let problems: Vec<String> = match &args.data {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(args.problems)
+            .map(|l| -> Result<String> {
+                let v: serde_json::Value = serde_json::from_str(l)?;
+                Ok(v["problem"].as_str().context("a line lacks `problem`")?.to_string())
+            })
+            .collect::<Result<_>>()?,
+        None => BENCH_PROMPTS.iter().take(args.problems).map(|s| s.to_string()).collect(),
+    };
+    let relay_pair = pair.relay_pair();
+    let (mut wall, mut baseline) = (0.0f64, 0.0f64);
+    let (mut slm_tokens, mut llm_tokens, mut ours_prefill, mut resend_prefill, mut calls) = (0, 0, 0, 0, 0);
+    for (i, problem) in problems.iter().enumerate() {
+        let messages = [ChatMessage::user(format!(
+            "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+        ))];
+        let (slm_prompt, llm_prompt) = pair.prompt_ids(&messages, true)?;
+        let request = RelayRequest {
+            slm_prompt: slm_prompt.clone(),
+            llm_prompt: llm_prompt.clone(),
+            config: args.policy.config(args.max_tokens, i as u64),
+            sampling: relay_engine::sampling::SamplingParams::greedy(),
+            retry: LlmRetry::default(),
+            cancel: None,
+        };
+        let t = std::time::Instant::now();
+        let out = relay(&relay_pair, &request, |_| {})?;
+        let w = t.elapsed().as_secs_f64();
+        let tr = &out.trace;
+        // The same work done by each model alone: its prompt prefill plus its tokens decoded
+        // at its own solo speed (measured now, on the same machine state).
+        let slm_per = solo_decode_seconds_per_token(pair.slm.engine.as_ref(), &slm_prompt, 32)?;
+        let llm_per = solo_decode_seconds_per_token(pair.llm.engine.as_ref(), &llm_prompt, 32)?;
+        let t = std::time::Instant::now();
+        let s = pair.slm.engine.create_sequence()?;
+        pair.slm.engine.prefill(s, &slm_prompt)?;
+        pair.slm.engine.free(s)?;
+        let slm_prompt_s = t.elapsed().as_secs_f64();
+        let b = slm_prompt_s + tr.tokens.slm as f64 * slm_per + tr.tokens.llm as f64 * llm_per;
+        if !args.json {
+            eprintln!(
+                "problem {}: relay {:.2}s vs decoded alone {:.2}s ({:.3}x) · SLM {} + LLM {} tokens, {} calls, LLM prefill {} vs re-sending {}",
+                i + 1, w, b, w / b, tr.tokens.slm, tr.tokens.llm, tr.calls.len(), tr.prefill_tokens.llm,
+                out.llm_context_at_calls.iter().sum::<usize>()
+            );
+        }
+        wall += w;
+        baseline += b;
+        slm_tokens += tr.tokens.slm;
+        llm_tokens += tr.tokens.llm;
+        calls += tr.calls.len();
+        ours_prefill += tr.prefill_tokens.llm;
+        resend_prefill += out.llm_context_at_calls.iter().sum::<usize>();
+    }
+    let total = (slm_tokens + llm_tokens).max(1);
+    let report = json!({
+        "policy": args.policy.policy,
+        "problems": problems.len(),
+        "relay_wall_s": wall,
+        "decoded_alone_s": baseline,
+        "overhead_ratio": wall / baseline.max(1e-9),
+        "slm_tokens": slm_tokens,
+        "llm_tokens": llm_tokens,
+        "call_ratio": llm_tokens as f64 / total as f64,
+        "calls": calls,
+        "llm_prefill_tokens": ours_prefill,
+        "resend_prefill_tokens": resend_prefill,
+        "prefill_saving_ratio": resend_prefill as f64 / ours_prefill.max(1) as f64,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "relay overhead: {:.3}x the time of its tokens decoded alone ({:.1}s vs {:.1}s); call ratio {:.1}%",
+            wall / baseline.max(1e-9), wall, baseline, 100.0 * llm_tokens as f64 / total as f64
+        );
+        println!(
+            "LLM prefill: {} tokens vs {} re-sending the context at each of {} calls ({:.1}x less)",
+            ours_prefill, resend_prefill, calls, resend_prefill as f64 / ours_prefill.max(1) as f64
         );
     }
     Ok(())

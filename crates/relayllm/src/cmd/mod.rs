@@ -3,4 +3,5 @@ pub mod bench;
 pub mod common;
 pub mod fetch;
 pub mod generate;
+pub mod grade;
 pub mod relay;
