@@ -7,7 +7,7 @@ BIN := target/release/relayllm
 GSM8K ?= $(firstword $(wildcard ../shared/data/benchmarks/gsm8k.jsonl) data/gsm8k.jsonl)
 DEMO_N ?= 3
 
-.PHONY: setup build models demo test test-real parity bench llama-cpp clean-models
+.PHONY: setup build models demo test test-real parity bench bench-relay llama-cpp
 
 # System packages the build and the tests need (Debian). Skipped when already present.
 setup:
@@ -32,6 +32,11 @@ test:
 	    $(CARGO) test --workspace --no-fail-fast; \
 	fi
 
+# The relay on the real pair: the confidence policy serves calls, answers are boxed, and the
+# call ratio moves with the threshold (needs the models; not part of `make test`).
+test-real: models
+	python3 scripts/check-relay-real.py --relayllm $(BIN) --data "$(GSM8K)"
+
 # llama.cpp (llama-bench, llama-server) from the sources vendored in the llama-cpp-python sdist.
 llama-cpp: setup
 	scripts/build-llama-cpp.sh
@@ -44,3 +49,7 @@ parity: models llama-cpp
 bench: models llama-cpp
 	$(BIN) bench decode --model llm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
 	$(BIN) bench decode --model slm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
+
+# Relay overhead and KV-reuse savings on the real pair.
+bench-relay: models
+	$(BIN) bench relay --policy confidence --threshold 0.4 --call-tokens 12 --cooldown 8 --max-calls 8
