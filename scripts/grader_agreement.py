@@ -96,6 +96,29 @@ def forms(gold):
     return _general_forms(a)
 
 
+# Formatting a model may put around a correct answer. Three known ones are left out on purpose:
+# `\\mathbf{..}`, `\\text{..}` around math, and a period inside the math, where math-verify
+# fails to parse and we read the math; the corpus holds those as documented divergences.
+FORMATS = [
+    lambda s: s + "\\text{ cm}", lambda s: "\\$" + s, lambda s: s + "\\%", lambda s: "x = " + s,
+    lambda s: s.replace("\\frac", "\\dfrac"), lambda s: "\\left(" + s + "\\right)", lambda s: s + "^\\circ",
+    lambda s: "{" + s + "}", lambda s: " " + s + " ", lambda s: s.replace(",", ", "),
+    lambda s: s.replace("\\sqrt{", "\\sqrt {"), lambda s: s.replace("\\pi", "π"),
+    lambda s: s.replace(" ", "\\ "), lambda s: s.replace("\\frac{", "\\tfrac{"),
+    lambda s: s.replace("^{", "^"), lambda s: s + " \\text{ units}",
+    lambda s: re.sub(r"(\d)(\d{3})$", r"\1,\2", s), lambda s: s.replace("\\left", "").replace("\\right", ""),
+    lambda s: "-" + s,
+]
+FRAMES = [
+    lambda x: "Thus, the answer is $\\boxed{" + x + "}$.",
+    lambda x: "**Final Answer**\n\\[\n\\boxed{" + x + "}\n\\]",
+    lambda x: "The final answer is $" + x + "$. I hope it is correct.",
+    lambda x: "So we get \\(" + x + "\\).",
+    lambda x: "Answer: $" + x + "$",
+    lambda x: "We conclude $\\boxed{" + x + "}$ is the answer. Check: \\boxed{" + x + "}",
+    lambda x: "First \\boxed{1}. Then, after fixing the error, \\boxed{" + x + "}",
+]
+
 TEMPLATES = [
     ("boxed", 6, lambda x: "Let's solve step by step.\n...\nTherefore, the final answer is $\\boxed{" + x + "}$."),
     ("final_answer", 2, lambda x: "We compute as above.\nThe final answer is $" + x + "$. I hope it is correct."),
@@ -124,6 +147,12 @@ def make_rewrites(out_path, seed, per_answer, label):
                 tname, _, tmpl = rng.choices(TEMPLATES, weights=[t[1] for t in TEMPLATES])[0]
                 rows.append({"gold": gold, "pred": tmpl(x), "source": name,
                              "rewrite": "equivalent" if equivalent else "different", "template": tname})
+            # One or two formatting changes in a varied frame (equivalent or not, as it falls).
+            x = rng.choice(FORMATS)(gold.strip().strip("$").strip())
+            if rng.random() < 0.3:
+                x = rng.choice(FORMATS)(x)
+            rows.append({"gold": gold, "pred": rng.choice(FRAMES)(x), "source": name,
+                         "rewrite": "formatting", "template": "framed"})
             # The gold itself, and another problem's gold: real answer shapes, both verdicts.
             bare = gold.strip().strip("$").strip()
             other = rng.choice(answers).strip().strip("$").strip()

@@ -488,6 +488,13 @@ impl Parser {
             if c.is_ascii_digit() {
                 int_part.push(c);
                 self.pos += 1;
+            } else if c == '_'
+                && self.dialect == Dialect::Plain
+                && !int_part.is_empty()
+                && self.peek_at(1).is_some_and(|d| d.is_ascii_digit())
+            {
+                // Python reads `40_9` as the literal 409.
+                self.pos += 1;
             } else {
                 break;
             }

@@ -347,7 +347,8 @@ pub fn extract_verify_candidates(text: &str) -> Vec<String> {
 /// string extraction finds it.
 pub fn extract_choice(text: &str) -> Option<char> {
     let letter_of = |s: &str| -> Option<char> {
-        let t = s.trim().trim_start_matches("\\text{").trim_start_matches("\\textbf{").trim_end_matches('}');
+        let t = s.trim().trim_start_matches("\\$").trim_start_matches('$');
+        let t = t.trim_start_matches("\\text{").trim_start_matches("\\textbf{").trim_end_matches('}');
         let t = t.trim().trim_start_matches('(').trim_end_matches(')').trim();
         let mut cs = t.chars();
         match (cs.next(), cs.next()) {

@@ -205,9 +205,24 @@ fn strip_formatted_commas(s: &str) -> String {
 
 fn py_float(s: &str) -> Option<f64> {
     let t = s.trim();
-    if t.is_empty() || t.contains('_') {
+    if t.is_empty() {
         return None;
     }
+    // Python's float() takes `_` between digits (`2516_8` is 25168).
+    let owned;
+    let t = if t.contains('_') {
+        let cs: Vec<char> = t.chars().collect();
+        let ok = cs.iter().enumerate().all(|(i, &c)| {
+            c != '_' || i > 0 && i + 1 < cs.len() && cs[i - 1].is_ascii_digit() && cs[i + 1].is_ascii_digit()
+        });
+        if !ok {
+            return None;
+        }
+        owned = t.replace('_', "");
+        owned.as_str()
+    } else {
+        t
+    };
     let l = t.to_ascii_lowercase();
     let l = l.trim_start_matches(['+', '-']);
     if l.starts_with("inf") || l.starts_with("nan") {
@@ -304,7 +319,20 @@ fn render_command(chars: &[char], pos: &mut usize, out: &mut String, depth: usiz
             let a = render_arg(chars, pos, depth);
             out.push_str(&format!("√({a})"));
         }
-        "text" | "textbf" | "textit" | "mathrm" | "mathbf" | "mbox" | "textrm" | "mathit" | "operatorname" | "boxed" => {
+        "mathbf" => {
+            // pylatexenc writes bold math letters as Unicode bold (𝐱), digits unchanged.
+            let a = render_arg(chars, pos, depth);
+            out.extend(a.chars().map(|c| match c {
+                'A'..='Z' => char::from_u32(0x1D400 + (c as u32 - 'A' as u32)).unwrap_or(c),
+                'a'..='z' => char::from_u32(0x1D41A + (c as u32 - 'a' as u32)).unwrap_or(c),
+                c => c,
+            }));
+        }
+        "mbox" => {
+            // pylatexenc renders `\mbox{..}` as nothing.
+            let _ = render_arg(chars, pos, depth);
+        }
+        "text" | "textbf" | "textit" | "mathrm" | "textrm" | "mathit" | "operatorname" | "boxed" => {
             let a = render_arg(chars, pos, depth);
             out.push_str(&a);
         }
@@ -406,13 +434,16 @@ pub fn normalize_prm(expr: &str) -> String {
     for u in UNITS {
         e = remove_unit(&e, u);
     }
-    // `\^ *\\circ`
-    while let Some(i) = e.find('^') {
+    // `\^ *\\circ`, wherever it occurs.
+    let mut from = 0;
+    while let Some(k) = e[from..].find('^') {
+        let i = from + k;
         let rest = e[i + 1..].trim_start_matches(' ');
         if let Some(after) = rest.strip_prefix("\\circ") {
             e = format!("{}{}", &e[..i], after);
+            from = i;
         } else {
-            break;
+            from = i + 1;
         }
     }
     if e.len() >= 2 && e.starts_with('{') && e.ends_with('}') {
