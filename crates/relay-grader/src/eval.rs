@@ -9,6 +9,7 @@
 use crate::expr::{Expr, Func};
 use num_bigint::BigInt;
 use num_rational::BigRational;
+use num_integer::Integer;
 use num_traits::{One, Signed, ToPrimitive, Zero};
 
 /// Largest exact intermediate we build, in bits; beyond it we fall back to floats.
@@ -566,20 +567,24 @@ pub fn exprs_equal(a: &Expr, b: &Expr) -> bool {
     agreed >= 3
 }
 
-/// Round to `places` decimals, as sympy's `Float.round` does for comparisons.
+/// Round to `places` decimals (scaled to an integer), half to even as sympy's `round` does:
+/// 1/128 → 0.007812.
 pub fn rounded(v: &Val, places: u32) -> Option<BigInt> {
     match v {
         Val::Exact(r) => {
             let scaled = r * crate::expr::pow10(places);
+            let floor = scaled.floor();
+            let frac = &scaled - &floor;
             let half = BigRational::new(BigInt::one(), BigInt::from(2));
-            Some(if scaled.is_negative() { -((-scaled) + half).floor().to_integer() } else { (scaled + half).floor().to_integer() })
+            let f = floor.to_integer();
+            Some(if frac > half || frac == half && f.is_odd() { f + 1 } else { f })
         }
         Val::Approx(c) => {
             if c.im.abs() > 1e-12 || !c.re.is_finite() || c.re.abs() > 1e15 {
                 return None;
             }
             let s = c.re * 10f64.powi(places as i32);
-            Some(BigInt::from(s.round() as i64))
+            Some(BigInt::from(s.round_ties_even() as i64))
         }
     }
 }
