@@ -266,9 +266,16 @@ pub fn last_number(text: &str) -> Option<String> {
         if start > 0 && chars[start - 1] == '-' {
             start -= 1;
         }
-        // math-verify only takes numbers that start a word (after a space, `=`, `*` or a
-        // currency sign): not the 2 of "x2", nor the 5 of an unclosed "\boxed{5".
-        if start > 0 && !matches!(chars[start - 1], ' ' | '\n' | '\t' | '=' | '*' | '$' | '€' | '£' | '¥' | '₹') {
+        // math-verify only takes numbers that start a word (after a space, `=` or `*`,
+        // maybe then a currency sign): not the 2 of "x2", the 5 of an unclosed "\boxed{5",
+        // nor the 70 of "\$70".
+        let anchor = |k: usize| k == 0 || matches!(chars[k - 1], ' ' | '\n' | '\t' | '=' | '*');
+        // An arithmetic expression ending here (`= 1/2`, `3 * 4`) outranks its last number.
+        if let Some(e) = expression_ending_at(&chars, start, end, &anchor) {
+            return Some(e);
+        }
+        let currency = start > 0 && matches!(chars[start - 1], '$' | '€' | '£' | '¥' | '₹');
+        if !(anchor(start) || currency && anchor(start - 1)) {
             i = start;
             continue;
         }
@@ -281,6 +288,34 @@ pub fn last_number(text: &str) -> Option<String> {
         return Some(s);
     }
     None
+}
+
+/// math-verify's plain expression (`1/2`, `3 * (4 + 1)`): digits and operators, with at
+/// least one operator, starting after an anchor. `None` when the number stands alone.
+fn expression_ending_at(chars: &[char], num_start: usize, end: usize, anchor: &dyn Fn(usize) -> bool) -> Option<String> {
+    let is_expr_char = |c: char| c.is_ascii_digit() || matches!(c, '.' | ' ' | '\t' | '+' | '-' | '*' | '/' | '^' | '(' | ')' | '×' | '÷');
+    let mut start = num_start;
+    while start > 0 && is_expr_char(chars[start - 1]) && end - start < 200 {
+        start -= 1;
+    }
+    // Move forward to a valid first character: a digit, `(`, or `-` before one of those.
+    loop {
+        if start >= num_start {
+            return None;
+        }
+        let c = chars[start];
+        let next = chars.get(start + 1).copied();
+        let starts = c.is_ascii_digit() || c == '(' || c == '-' && next.is_some_and(|n| n.is_ascii_digit() || n == '(');
+        if starts && anchor(start) {
+            break;
+        }
+        start += 1;
+    }
+    let expr: String = chars[start..end].iter().collect();
+    let body = expr.trim_start_matches('-');
+    let has_operator = body.chars().any(|c| matches!(c, '+' | '-' | '*' | '/' | '^' | '×' | '÷'));
+    let balanced = expr.chars().filter(|&c| c == '(').count() == expr.chars().filter(|&c| c == ')').count();
+    (has_operator && balanced).then(|| expr.trim().to_string())
 }
 
 /// math-verify-like extraction for `verify` mode.
