@@ -19,13 +19,8 @@ fn gcd(a: i64, b: i64) -> i64 {
 
 fn with_separators(n: i64) -> String {
     let s = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
+    let groups: Vec<&str> = s.as_bytes().rchunks(3).rev().map(|g| std::str::from_utf8(g).unwrap_or("")).collect();
+    let out = groups.join(",");
     if n < 0 {
         format!("-{out}")
     } else {
