@@ -3,12 +3,12 @@
 //! Two modes, chosen by [`GradeMode`]:
 //! - `mathruler`: the reward grader of the RelayLLM training code (`mathruler.grader`, i.e.
 //!   PRM800K's grader): last `\boxed{}`, MATH normalisation, strict rules for fractions and
-//!   integers, symbolic equality otherwise. See [`mathruler`](crate::mathruler).
+//!   integers, symbolic equality otherwise. See [`mathruler`].
 //! - `verify`: the evaluation grader, behaving like HF math-verify: lenient extraction,
-//!   units, percentages, sets, intervals, relations, matrices. See [`verify`](crate::verify).
+//!   units, percentages, sets, intervals, relations, matrices. See [`verify`].
 //!
-//! Both share one LaTeX/plain-text expression parser ([`expr`](crate::expr)) and one exact
-//! rational / complex-float evaluator ([`eval`](crate::eval)). Grading never panics and
+//! Both share one LaTeX/plain-text expression parser ([`expr`]) and one exact
+//! rational / complex-float evaluator ([`eval`]). Grading never panics and
 //! never hangs: inputs, nesting, numbers and exponents are capped, every call has a work
 //! budget, and the top level is wrapped in `catch_unwind` as a last guard. Garbage in
 //! gives `false`.
