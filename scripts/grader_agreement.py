@@ -6,15 +6,17 @@
       -> crates/relay-grader/tests/corpus/rewrites.jsonl, each pair labelled with the verdicts
          of math-verify and mathruler (so `cargo test` checks agreement without Python)
 
-  # grade a JSONL of {"gold", "pred"} with both graders; print the rate and disagreements:
-  python scripts/grader_agreement.py check crates/relay-grader/tests/corpus/rewrites.jsonl
+  # grade JSONL of {"gold", "pred"} with both graders; print the rate and disagreements
+  # (eval result files, {"gold", "response", ...}, and folders of them work too):
+  python scripts/grader_agreement.py check crates/relay-grader/tests/corpus/rewrites.jsonl runs/
 
 Our side runs `relayllm grade --mode verify --jsonl FILE` (lines come back with "correct");
 until the CLI is built, or with --cmd, it runs the crate's `grade_jsonl` example, which has
 the same contract. The reference is `verify(parse("\\boxed{" + gold + "}"), parse(pred))`
 (with --mode mathruler: `mathruler.grader.grade_answer` on the last box).
 
-Needs `pip install math-verify` (and `mathruler` for --mode mathruler); never a runtime
+Needs `pip install math-verify` (and `mathruler pylatexenc tqdm` for --mode mathruler and for
+labelling rewrites: mathruler does not declare those two); never a runtime
 dependency of relayllm.
 """
 import argparse
@@ -234,8 +236,30 @@ def run_ours(mode, rows, cmd):
     return [bool(o["correct"]) for o in out]
 
 
-def check(path, mode, cmd, show, report):
-    rows = [json.loads(l) for l in open(path) if l.strip()]
+def load_pairs(paths):
+    """{gold, pred} lines; eval result lines ({gold, response, ...}) work too, and a folder
+    means every *.jsonl under it."""
+    rows = []
+    for path in paths:
+        files = sorted(glob.glob(os.path.join(path, "**", "*.jsonl"), recursive=True)) if os.path.isdir(path) else [path]
+        for f in files:
+            for line in open(f):
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                pred = r.get("pred", r.get("response"))
+                if not isinstance(r.get("gold"), str) or not isinstance(pred, str):
+                    continue
+                r["pred"] = pred
+                r.setdefault("source", os.path.relpath(f, ROOT))
+                rows.append(r)
+    if not rows:
+        sys.exit(f"no {{gold, pred}} pairs in {paths}")
+    return rows
+
+
+def check(paths, mode, cmd, show, report):
+    rows = load_pairs(paths)
     ours = run_ours(mode, rows, cmd)
     ref = reference(mode)
     theirs = []
@@ -281,7 +305,8 @@ def main():
     rw.add_argument("--no-label", action="store_true",
                     help="skip recording the math-verify and mathruler verdicts (needs both installed)")
     ck = sub.add_parser("check", help="agreement on a JSONL of {gold, pred}")
-    ck.add_argument("file", nargs="?", default=REWRITES)
+    ck.add_argument("files", nargs="*", default=[REWRITES],
+                    help="JSONL files or folders of {gold, pred} (or eval results: {gold, response})")
     ck.add_argument("--mode", default="verify", choices=["verify", "mathruler"])
     ck.add_argument("--cmd", help="our grader command prefix (gets --mode M --jsonl FILE)")
     ck.add_argument("--show", type=int, default=40, help="disagreements to print")
@@ -290,7 +315,7 @@ def main():
     if a.cmd == "rewrites":
         make_rewrites(a.out, a.seed, a.per_answer, not a.no_label)
     else:
-        check(a.file, a.mode, a.cmd, a.show, a.report)
+        check(a.files, a.mode, a.cmd, a.show, a.report)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ the reference grader answers, run here:
     (a prediction without any `\\boxed{` is graded as a bare answer);
   - mode "verify" follows `math_verify.verify(parse("\\boxed{" + gold + "}"), parse(pred))`;
     multiple-choice cases add math-verify's StringExtractionConfig (letters A-E).
-Run: python crates/relay-grader/tests/corpus/make_cases.py  (needs `pip install math-verify mathruler`).
+Run: python crates/relay-grader/tests/corpus/make_cases.py  (needs `pip install math-verify mathruler pylatexenc tqdm`).
 """
 import json
 import os
