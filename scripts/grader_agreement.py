@@ -195,7 +195,15 @@ def reference(mode):
     from mathruler.grader import extract_boxed_content, grade_answer
 
     def ref(gold, pred):
-        ans = extract_boxed_content(pred) if "\\boxed{" in pred else pred
+        if "\\boxed{" in pred:
+            ans = extract_boxed_content(pred)
+        else:
+            # Our convention: a bare answer is graded as written; prose without a box has no
+            # answer ("None", what mathruler's extraction returns).
+            words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}", pred)
+            bare = 0 < len(pred.strip()) <= 200 and all(
+                w in ("sqrt", "sin", "cos", "tan", "log", "ln", "exp", "pi") for w in words)
+            ans = pred.strip() if bare else "None"
         try:
             return bool(grade_answer(ans, gold))
         except Exception:

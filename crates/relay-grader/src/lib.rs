@@ -80,9 +80,10 @@ fn extract_inner(mode: GradeMode, text: &str) -> Option<String> {
             if text.contains("\\boxed{") {
                 extract::extract_boxed_mathruler(text)
             } else {
-                // A bare answer (no box at all) is graded as written.
+                // A bare answer (no box, no prose) is graded as written; a response without a
+                // box has no answer, as in the training reward.
                 let t = text.trim();
-                (!t.is_empty()).then(|| t.to_string())
+                (!t.is_empty() && t.chars().count() <= 200 && extract::looks_like_bare_answer(t)).then(|| t.to_string())
             }
         }
         GradeMode::Verify => pick_verify_answer(text),

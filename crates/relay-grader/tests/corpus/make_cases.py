@@ -3,13 +3,14 @@
 Each case is written by hand below (gold, prediction, category); its expectation is what
 the reference grader answers, run here:
   - mode "mathruler" follows `mathruler.grader.grade_answer(extract_boxed_content(pred), gold)`
-    (a prediction without any `\\boxed{` is graded as a bare answer);
+    (a prediction without any `\\boxed{` is graded as written when it is a bare answer);
   - mode "verify" follows `math_verify.verify(parse("\\boxed{" + gold + "}"), parse(pred))`;
     multiple-choice cases add math-verify's StringExtractionConfig (letters A-E).
 Run: python crates/relay-grader/tests/corpus/make_cases.py  (needs `pip install math-verify mathruler pylatexenc tqdm`).
 """
 import json
 import os
+import re
 import sys
 
 from math_verify import (ExprExtractionConfig, LatexExtractionConfig, StringExtractionConfig,
@@ -19,8 +20,23 @@ from mathruler.grader import extract_boxed_content, grade_answer
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def looks_bare(text):
+    """Our convention for a prediction without a box (relay_grader::extract::looks_like_bare_answer):
+    a short text whose words outside LaTeX commands are single letters or function names."""
+    t = text.strip()
+    if not t or len(t) > 200:
+        return False
+    words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}", t)
+    return all(w in ("sqrt", "sin", "cos", "tan", "log", "ln", "exp", "pi") for w in words)
+
+
 def mathruler(gold, pred):
-    ans = extract_boxed_content(pred) if "\\boxed{" in pred else pred
+    if "\\boxed{" in pred:
+        ans = extract_boxed_content(pred)
+    else:
+        # A bare answer is graded as written; otherwise mathruler's extraction finds no box
+        # and returns the string "None".
+        ans = pred if looks_bare(pred) else "None"
     return bool(grade_answer(ans, gold))
 
 
@@ -273,6 +289,9 @@ DIVERGENCES = {
     ("named_symbols", "\\frac{1}{3} E_{1}+\\frac{2}{3} E_{2}", B("\\frac{2}{3}E_{2}+\\frac{1}{3}E_{1}"), "verify"):
         "math-verify cannot parse `E_{1}` (E is Euler's number to it) and falls back to comparing the "
         "strings; we read E_1 as a symbol and the sum as commutative",
+    ("garbage", "\\text{None}", "None", "mathruler"):
+        "with no box, mathruler's extraction returns the string 'None', which then matches a gold "
+        "of 'None'; we treat a response without a box as having no answer",
     ("multiple_choice", "C", "The answer is (C).", "verify"):
         "math-verify's letter patterns want whitespace right before the letter, so `(C)` is missed",
     ("multiple_choice", "A", "So the correct option is (A)", "verify"):
