@@ -101,6 +101,10 @@ fn pick_verify_answer(text: &str) -> Option<String> {
 }
 
 /// Grade a prediction (full response or bare answer) against a bare gold answer.
+///
+/// `MathRuler` grades the last `\boxed{}`; with no box, a bare answer (no prose) is graded
+/// as written and anything else is wrong. `Verify` extracts as math-verify does (box, "final
+/// answer is", "answer:", last math, last number) and a bare answer is graded as written.
 pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
     guarded(|| {
         eval::work::reset(WORK_BUDGET);
