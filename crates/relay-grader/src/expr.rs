@@ -446,6 +446,10 @@ impl Parser {
             if self.peek() == Some('!') && self.peek_at(1) != Some('=') {
                 self.pos += 1;
                 e = Expr::Call(Func::Fact, vec![e]);
+            } else if self.peek() == Some('%') || self.peek() == Some('\\') && self.peek_at(1) == Some('%') {
+                // A percent inside an expression (`8\% + 1`) is a hundredth.
+                self.pos += if self.peek() == Some('%') { 1 } else { 2 };
+                e = Expr::Div(Box::new(e), Box::new(Expr::int(100)));
             } else {
                 self.pos = save;
                 break;

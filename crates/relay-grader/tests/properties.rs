@@ -28,6 +28,14 @@ fn with_separators(n: i64) -> String {
     }
 }
 
+/// p/q to six decimals, half to even, from exact integer arithmetic.
+fn six_decimals(p: i64, q: i64, neg: bool) -> String {
+    let (scaled, rem) = (p * 1_000_000 / q, p * 1_000_000 % q);
+    let up = 2 * rem > q || 2 * rem == q && scaled % 2 == 1;
+    let n = scaled + i64::from(up);
+    format!("{}{}.{:06}", if neg { "-" } else { "" }, n / 1_000_000, n % 1_000_000)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
@@ -65,9 +73,9 @@ proptest! {
         let unreduced = format!("{s}\\frac{{{}}}{{{}}}", 2 * p, 2 * q);
         prop_assert!(check(GradeMode::Verify, &gold, &unreduced), "{gold} vs {unreduced}");
         prop_assert!(!check(GradeMode::MathRuler, &gold, &unreduced), "mathruler: {gold} vs {unreduced}");
-        // Six decimals stand for the fraction in verify mode (1/3 ≈ 0.333333).
-        let v = (p as f64 / q as f64) * if neg { -1.0 } else { 1.0 };
-        let dec = format!("{v:.6}");
+        // Six decimals stand for the fraction in verify mode (1/3 ≈ 0.333333), rounded half
+        // to even on the exact value as sympy does (439/640 = 0.6859375 → 0.685938).
+        let dec = six_decimals(p, q, neg);
         prop_assert!(check(GradeMode::Verify, &gold, &dec), "{gold} vs {dec}");
     }
 
