@@ -8,7 +8,6 @@
 
 use num_bigint::BigInt;
 use num_rational::BigRational;
-use num_traits::{One, Zero};
 
 /// Longest number literal we accept, in digits; longer ones are garbage for grading.
 const MAX_DIGITS: usize = 400;
@@ -430,12 +429,8 @@ impl Parser {
                 }
             }
             Some('(') => self.power(),
-            _ => self.postfix_no_implicit(),
+            _ => self.postfix(),
         }
-    }
-
-    fn postfix_no_implicit(&mut self) -> PResult<Expr> {
-        self.postfix()
     }
 
     fn postfix(&mut self) -> PResult<Expr> {
@@ -915,13 +910,6 @@ pub fn pow10(k: u32) -> BigRational {
     BigRational::from_integer(BigInt::from(10u32).pow(k))
 }
 
-pub fn is_zero(r: &BigRational) -> bool {
-    r.is_zero()
-}
-
-pub fn one() -> BigRational {
-    BigRational::one()
-}
 
 #[cfg(test)]
 mod tests {
