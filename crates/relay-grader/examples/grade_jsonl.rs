@@ -9,11 +9,19 @@ use std::io::{BufRead, Write};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let mode: GradeMode = arg("--mode").unwrap_or_else(|| "verify".into()).parse().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let mode: GradeMode = arg("--mode")
+        .unwrap_or_else(|| "verify".into())
+        .parse()
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2)
+        });
     let Some(path) = arg("--jsonl") else {
         eprintln!("usage: grade_jsonl --mode verify|mathruler --jsonl FILE");
         std::process::exit(2)
@@ -33,10 +41,21 @@ fn main() {
             eprintln!("{path}:{}: {e}", n + 1);
             std::process::exit(1)
         });
-        let gold = v.get("gold").and_then(|g| g.as_str()).unwrap_or("").to_string();
-        let pred = v.get("pred").and_then(|g| g.as_str()).unwrap_or("").to_string();
+        let gold = v
+            .get("gold")
+            .and_then(|g| g.as_str())
+            .unwrap_or("")
+            .to_string();
+        let pred = v
+            .get("pred")
+            .and_then(|g| g.as_str())
+            .unwrap_or("")
+            .to_string();
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("correct".into(), serde_json::Value::Bool(grade(mode, &gold, &pred)));
+            obj.insert(
+                "correct".into(),
+                serde_json::Value::Bool(grade(mode, &gold, &pred)),
+            );
         }
         writeln!(out, "{v}").expect("write");
     }

@@ -8,8 +8,8 @@
 
 use crate::expr::{Expr, Func};
 use num_bigint::BigInt;
-use num_rational::BigRational;
 use num_integer::Integer;
+use num_rational::BigRational;
 use num_traits::{One, Signed, ToPrimitive, Zero};
 
 /// Largest exact intermediate we build, in bits; beyond it we fall back to floats.
@@ -61,11 +61,17 @@ impl C64 {
         C64::new(self.re - o.re, self.im - o.im)
     }
     fn mul(self, o: C64) -> C64 {
-        C64::new(self.re * o.re - self.im * o.im, self.re * o.im + self.im * o.re)
+        C64::new(
+            self.re * o.re - self.im * o.im,
+            self.re * o.im + self.im * o.re,
+        )
     }
     fn div(self, o: C64) -> C64 {
         let d = o.re * o.re + o.im * o.im;
-        C64::new((self.re * o.re + self.im * o.im) / d, (self.im * o.re - self.re * o.im) / d)
+        C64::new(
+            (self.re * o.re + self.im * o.im) / d,
+            (self.im * o.re - self.re * o.im) / d,
+        )
     }
     pub fn abs(self) -> f64 {
         self.re.hypot(self.im)
@@ -79,7 +85,11 @@ impl C64 {
     }
     fn powc(self, w: C64) -> C64 {
         if self.re == 0.0 && self.im == 0.0 {
-            return if w.re > 0.0 { C64::real(0.0) } else { C64::real(f64::NAN) };
+            return if w.re > 0.0 {
+                C64::real(0.0)
+            } else {
+                C64::real(f64::NAN)
+            };
         }
         // Integer powers of reals stay real (no stray imaginary parts from (-2)^3).
         if self.im == 0.0 && w.im == 0.0 && w.re.fract() == 0.0 && w.re.abs() < 1e6 {
@@ -92,15 +102,25 @@ impl C64 {
     }
     fn sqrt(self) -> C64 {
         if self.im == 0.0 {
-            return if self.re >= 0.0 { C64::real(self.re.sqrt()) } else { C64::new(0.0, (-self.re).sqrt()) };
+            return if self.re >= 0.0 {
+                C64::real(self.re.sqrt())
+            } else {
+                C64::new(0.0, (-self.re).sqrt())
+            };
         }
         self.powc(C64::real(0.5))
     }
     fn sin(self) -> C64 {
-        C64::new(self.re.sin() * self.im.cosh(), self.re.cos() * self.im.sinh())
+        C64::new(
+            self.re.sin() * self.im.cosh(),
+            self.re.cos() * self.im.sinh(),
+        )
     }
     fn cos(self) -> C64 {
-        C64::new(self.re.cos() * self.im.cosh(), -self.re.sin() * self.im.sinh())
+        C64::new(
+            self.re.cos() * self.im.cosh(),
+            -self.re.sin() * self.im.sinh(),
+        )
     }
     pub fn is_finite(self) -> bool {
         self.re.is_finite() && self.im.is_finite()
@@ -134,7 +154,11 @@ pub fn rat_to_f64(r: &BigRational) -> f64 {
             let n = (r.numer() >> shift).to_f64().unwrap_or(f64::NAN);
             let d = (r.denom() >> shift).to_f64().unwrap_or(f64::NAN);
             if d == 0.0 {
-                if n.is_sign_negative() { f64::NEG_INFINITY } else { f64::INFINITY }
+                if n.is_sign_negative() {
+                    f64::NEG_INFINITY
+                } else {
+                    f64::INFINITY
+                }
             } else {
                 n / d
             }
@@ -266,7 +290,10 @@ fn rat_root(r: &BigRational, k: u32) -> Option<BigRational> {
         }
         return None;
     }
-    Some(BigRational::new(exact_root(r.numer(), k)?, exact_root(r.denom(), k)?))
+    Some(BigRational::new(
+        exact_root(r.numer(), k)?,
+        exact_root(r.denom(), k)?,
+    ))
 }
 
 fn pow(a: Val, b: Val) -> EResult {
@@ -289,7 +316,10 @@ fn pow(a: Val, b: Val) -> EResult {
             // Rational exponent: exact when the base is a perfect q-th power.
             if q <= 64 && p.unsigned_abs() <= 64 {
                 if let Some(root) = rat_root(x, q) {
-                    return pow(Val::Exact(root), Val::Exact(BigRational::from_integer(BigInt::from(p))));
+                    return pow(
+                        Val::Exact(root),
+                        Val::Exact(BigRational::from_integer(BigInt::from(p))),
+                    );
                 }
             }
         }
@@ -366,7 +396,9 @@ fn call(f: Func, args: Vec<Val>) -> EResult {
                         }
                         // Real odd roots of negatives, as a reader means them.
                         if r.is_negative() && k % 2 == 1 {
-                            return Ok(Val::Approx(C64::real(-(-rat_to_f64(r)).powf(1.0 / k as f64))));
+                            return Ok(Val::Approx(C64::real(
+                                -(-rat_to_f64(r)).powf(1.0 / k as f64),
+                            )));
                         }
                     }
                 }
@@ -381,8 +413,16 @@ fn call(f: Func, args: Vec<Val>) -> EResult {
         }
         Func::Floor | Func::Ceil => {
             return Ok(match a0 {
-                Val::Exact(r) => Val::Exact(if f == Func::Floor { r.floor() } else { r.ceil() }),
-                Val::Approx(c) => Val::Approx(C64::real(if f == Func::Floor { c.re.floor() } else { c.re.ceil() })),
+                Val::Exact(r) => Val::Exact(if f == Func::Floor {
+                    r.floor()
+                } else {
+                    r.ceil()
+                }),
+                Val::Approx(c) => Val::Approx(C64::real(if f == Func::Floor {
+                    c.re.floor()
+                } else {
+                    c.re.ceil()
+                })),
             })
         }
         Func::Fact => {
@@ -425,7 +465,9 @@ fn call(f: Func, args: Vec<Val>) -> EResult {
                 return Err(EvalError::Unsupported);
             }
             let g = |x: f64| gamma_approx(x);
-            return Ok(Val::Approx(C64::real(g(n.re + 1.0) / (g(k.re + 1.0) * g(n.re - k.re + 1.0)))));
+            return Ok(Val::Approx(C64::real(
+                g(n.re + 1.0) / (g(k.re + 1.0) * g(n.re - k.re + 1.0)),
+            )));
         }
         Func::LogBase => {
             let b = args.get(1).cloned().ok_or(EvalError::Unsupported)?;
@@ -434,9 +476,14 @@ fn call(f: Func, args: Vec<Val>) -> EResult {
                 if x.is_positive() && base.is_positive() && !base.is_one() {
                     let est = (rat_to_f64(x).ln() / rat_to_f64(base).ln()).round();
                     if est.is_finite() && est.abs() <= 4096.0 {
-                        if let Ok(Val::Exact(p)) = pow(Val::Exact(base.clone()), Val::Exact(BigRational::from_integer(BigInt::from(est as i64)))) {
+                        if let Ok(Val::Exact(p)) = pow(
+                            Val::Exact(base.clone()),
+                            Val::Exact(BigRational::from_integer(BigInt::from(est as i64))),
+                        ) {
                             if &p == x {
-                                return Ok(Val::Exact(BigRational::from_integer(BigInt::from(est as i64))));
+                                return Ok(Val::Exact(BigRational::from_integer(BigInt::from(
+                                    est as i64,
+                                ))));
                             }
                         }
                     }
@@ -459,8 +506,14 @@ fn call(f: Func, args: Vec<Val>) -> EResult {
         Func::Asin if z.im == 0.0 && z.re.abs() <= 1.0 => C64::real(z.re.asin()),
         Func::Acos if z.im == 0.0 && z.re.abs() <= 1.0 => C64::real(z.re.acos()),
         Func::Atan if z.im == 0.0 => C64::real(z.re.atan()),
-        Func::Sinh => z.exp().sub(C64::new(-z.re, -z.im).exp()).mul(C64::real(0.5)),
-        Func::Cosh => z.exp().add(C64::new(-z.re, -z.im).exp()).mul(C64::real(0.5)),
+        Func::Sinh => z
+            .exp()
+            .sub(C64::new(-z.re, -z.im).exp())
+            .mul(C64::real(0.5)),
+        Func::Cosh => z
+            .exp()
+            .add(C64::new(-z.re, -z.im).exp())
+            .mul(C64::real(0.5)),
         Func::Tanh => {
             let (p, m) = (z.exp(), C64::new(-z.re, -z.im).exp());
             p.sub(m).div(p.add(m))
@@ -550,8 +603,10 @@ pub fn exprs_equal(a: &Expr, b: &Expr) -> bool {
             1 => (5.0, 50.0),
             _ => (-2.7, 2.3),
         };
-        let env: Vec<(String, C64)> =
-            syms.iter().map(|s| (s.clone(), C64::real(lo + width * rng.next_f64()))).collect();
+        let env: Vec<(String, C64)> = syms
+            .iter()
+            .map(|s| (s.clone(), C64::real(lo + width * rng.next_f64())))
+            .collect();
         let (x, y) = match (eval(a, &env), eval(b, &env)) {
             (Ok(x), Ok(y)) => (x.to_c64(), y.to_c64()),
             (Err(EvalError::Budget), _) | (_, Err(EvalError::Budget)) => return false,
@@ -582,7 +637,11 @@ pub fn rounded(v: &Val, places: u32) -> Option<BigInt> {
             let frac = &scaled - &floor;
             let half = BigRational::new(BigInt::one(), BigInt::from(2));
             let f = floor.to_integer();
-            Some(if frac > half || frac == half && f.is_odd() { f + 1 } else { f })
+            Some(if frac > half || frac == half && f.is_odd() {
+                f + 1
+            } else {
+                f
+            })
         }
         Val::Approx(c) => {
             if c.im.abs() > 1e-12 || !c.re.is_finite() || c.re.abs() > 1e15 {
@@ -601,7 +660,10 @@ mod tests {
 
     fn eq(a: &str, b: &str) -> bool {
         work::reset(1_000_000);
-        exprs_equal(&parse_expr(a, Dialect::Latex).unwrap(), &parse_expr(b, Dialect::Latex).unwrap())
+        exprs_equal(
+            &parse_expr(a, Dialect::Latex).unwrap(),
+            &parse_expr(b, Dialect::Latex).unwrap(),
+        )
     }
 
     #[test]

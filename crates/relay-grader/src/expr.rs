@@ -49,7 +49,10 @@ pub enum Func {
 pub enum Expr {
     /// An exact number; `decimal` is true when it was written with a decimal point, which
     /// the `verify` mode compares with rounding (as math-verify does with sympy Floats).
-    Num { value: BigRational, decimal: bool },
+    Num {
+        value: BigRational,
+        decimal: bool,
+    },
     Sym(String),
     Pi,
     E,
@@ -65,7 +68,10 @@ pub enum Expr {
 
 impl Expr {
     pub fn int(n: i64) -> Expr {
-        Expr::Num { value: BigRational::from_integer(BigInt::from(n)), decimal: false }
+        Expr::Num {
+            value: BigRational::from_integer(BigInt::from(n)),
+            decimal: false,
+        }
     }
 
     /// True for a bare number (possibly negated), the "atomic Number" of math-verify.
@@ -162,15 +168,51 @@ const FUNC_WORDS: &[(&str, Func)] = &[
 ];
 
 const GREEK: &[&str] = &[
-    "alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta",
-    "vartheta", "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon",
-    "phi", "varphi", "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma",
-    "Phi", "Psi", "Omega",
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "varepsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "vartheta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "rho",
+    "sigma",
+    "tau",
+    "upsilon",
+    "phi",
+    "varphi",
+    "chi",
+    "psi",
+    "omega",
+    "Gamma",
+    "Delta",
+    "Theta",
+    "Lambda",
+    "Xi",
+    "Sigma",
+    "Phi",
+    "Psi",
+    "Omega",
 ];
 
 impl Parser {
     pub(crate) fn new(src: &str, dialect: Dialect) -> Parser {
-        Parser { chars: src.chars().collect(), pos: 0, depth: 0, abs_open: 0, dialect }
+        Parser {
+            chars: src.chars().collect(),
+            pos: 0,
+            depth: 0,
+            abs_open: 0,
+            dialect,
+        }
     }
 
     fn peek(&self) -> Option<char> {
@@ -191,10 +233,22 @@ impl Parser {
                     let name = self.peek_command();
                     if matches!(
                         name.as_str(),
-                        "," | ";" | ":" | "!" | " " | "quad" | "qquad" | "left" | "right" | "bigl" | "bigr"
-                            | "Bigl" | "Bigr" | "big" | "Big" | "displaystyle"
-                    )
-                    {
+                        "," | ";"
+                            | ":"
+                            | "!"
+                            | " "
+                            | "quad"
+                            | "qquad"
+                            | "left"
+                            | "right"
+                            | "bigl"
+                            | "bigr"
+                            | "Bigl"
+                            | "Bigr"
+                            | "big"
+                            | "Big"
+                            | "displaystyle"
+                    ) {
                         self.pos = save + 1 + name.chars().count();
                     } else {
                         return;
@@ -281,7 +335,11 @@ impl Parser {
             }
         }
         self.leave();
-        Ok(if terms.len() == 1 { terms.pop().unwrap_or(Expr::int(0)) } else { Expr::Add(terms) })
+        Ok(if terms.len() == 1 {
+            terms.pop().unwrap_or(Expr::int(0))
+        } else {
+            Expr::Add(terms)
+        })
     }
 
     fn term(&mut self) -> PResult<Expr> {
@@ -313,11 +371,15 @@ impl Parser {
                         let r = self.unary()?;
                         acc = Expr::Div(Box::new(acc), Box::new(r));
                     }
-                    "frac" | "dfrac" | "tfrac" if matches!(acc, Expr::Num { decimal: false, .. }) => {
+                    "frac" | "dfrac" | "tfrac"
+                        if matches!(acc, Expr::Num { decimal: false, .. }) =>
+                    {
                         // `3\frac{1}{2}` is the mixed number 7/2, as latex2sympy reads it.
                         let r = self.power()?;
                         acc = match r {
-                            Expr::Div(a, b) if a.as_number().is_some() && b.as_number().is_some() => {
+                            Expr::Div(a, b)
+                                if a.as_number().is_some() && b.as_number().is_some() =>
+                            {
                                 Expr::Add(vec![acc, Expr::Div(a, b)])
                             }
                             r => mul(acc, r),
@@ -342,19 +404,66 @@ impl Parser {
 
     fn starts_primary(&self) -> bool {
         match self.peek() {
-            Some(c) if c.is_ascii_alphanumeric() || c == '.' && self.peek_at(1).is_some_and(|d| d.is_ascii_digit()) => true,
+            Some(c)
+                if c.is_ascii_alphanumeric()
+                    || c == '.' && self.peek_at(1).is_some_and(|d| d.is_ascii_digit()) =>
+            {
+                true
+            }
             Some('(') | Some('[') | Some('{') | Some('π') | Some('√') | Some('∞') => true,
             Some('|') => self.abs_open == 0,
             Some('\\') => {
                 let n = self.peek_command();
                 !matches!(
                     n.as_str(),
-                    "cdot" | "times" | "div" | "le" | "leq" | "ge" | "geq" | "lt" | "gt" | "ne"
-                        | "neq" | "right" | "end" | "cup" | "cap" | "in" | "}" | "pm" | "mp"
-                        | "approx" | "to" | "rightarrow" | "Rightarrow" | "implies" | "iff"
-                        | "leqslant" | "geqslant" | "%" | "rvert" | "rangle" | "," | ";" | "quad"
-                        | "qquad" | "land" | "lor" | "wedge" | "vee" | "setminus" | "&" | "\\"
-                        | "neg" | "mid" | "rfloor" | "rceil" | "rbrace" | "rbrack" | "over"
+                    "cdot"
+                        | "times"
+                        | "div"
+                        | "le"
+                        | "leq"
+                        | "ge"
+                        | "geq"
+                        | "lt"
+                        | "gt"
+                        | "ne"
+                        | "neq"
+                        | "right"
+                        | "end"
+                        | "cup"
+                        | "cap"
+                        | "in"
+                        | "}"
+                        | "pm"
+                        | "mp"
+                        | "approx"
+                        | "to"
+                        | "rightarrow"
+                        | "Rightarrow"
+                        | "implies"
+                        | "iff"
+                        | "leqslant"
+                        | "geqslant"
+                        | "%"
+                        | "rvert"
+                        | "rangle"
+                        | ","
+                        | ";"
+                        | "quad"
+                        | "qquad"
+                        | "land"
+                        | "lor"
+                        | "wedge"
+                        | "vee"
+                        | "setminus"
+                        | "&"
+                        | "\\"
+                        | "neg"
+                        | "mid"
+                        | "rfloor"
+                        | "rceil"
+                        | "rbrace"
+                        | "rbrack"
+                        | "over"
                 )
             }
             _ => false,
@@ -382,7 +491,9 @@ impl Parser {
         self.enter()?;
         let base = self.postfix()?;
         self.skip_ws();
-        let out = if self.peek() == Some('^') || (self.peek() == Some('*') && self.peek_at(1) == Some('*')) {
+        let out = if self.peek() == Some('^')
+            || (self.peek() == Some('*') && self.peek_at(1) == Some('*'))
+        {
             if self.peek() == Some('*') {
                 self.pos += 2;
             } else {
@@ -441,7 +552,9 @@ impl Parser {
             if self.peek() == Some('!') && self.peek_at(1) != Some('=') {
                 self.pos += 1;
                 e = Expr::Call(Func::Fact, vec![e]);
-            } else if self.peek() == Some('%') || self.peek() == Some('\\') && self.peek_at(1) == Some('%') {
+            } else if self.peek() == Some('%')
+                || self.peek() == Some('\\') && self.peek_at(1) == Some('%')
+            {
                 // A percent inside an expression (`8\% + 1`) is a hundredth.
                 self.pos += if self.peek() == Some('%') { 1 } else { 2 };
                 e = Expr::Div(Box::new(e), Box::new(Expr::int(100)));
@@ -510,11 +623,15 @@ impl Parser {
                     break;
                 }
             }
-        } else if self.peek() == Some('.') && !int_part.is_empty() && self.dialect == Dialect::Plain {
+        } else if self.peek() == Some('.') && !int_part.is_empty() && self.dialect == Dialect::Plain
+        {
             // `5.` is a float in Python.
             self.pos += 1;
             decimal = true;
-        } else if self.peek() == Some('.') && !int_part.is_empty() && matches!(self.peek_at(1), Some('/' | '*' | ')')) {
+        } else if self.peek() == Some('.')
+            && !int_part.is_empty()
+            && matches!(self.peek_at(1), Some('/' | '*' | ')'))
+        {
             // `-1./3`, as some gold answers write a float numerator.
             self.pos += 1;
             decimal = true;
@@ -522,14 +639,21 @@ impl Parser {
         if int_part.len() + frac_part.len() > MAX_DIGITS || self.pos == start {
             return Err(ParseError("bad number"));
         }
-        let digits = format!("{}{}", if int_part.is_empty() { "0" } else { &int_part }, frac_part);
+        let digits = format!(
+            "{}{}",
+            if int_part.is_empty() { "0" } else { &int_part },
+            frac_part
+        );
         let n: BigInt = digits.parse().map_err(|_| ParseError("bad number"))?;
         let d = BigInt::from(10u32).pow(frac_part.len() as u32);
         let mut value = BigRational::new(n, d);
         // Scientific notation in plain text: `4.5e33`, `1e-3`.
         if self.dialect == Dialect::Plain && self.peek() == Some('e') {
             let sign_len = usize::from(matches!(self.peek_at(1), Some('-') | Some('+')));
-            if self.peek_at(1 + sign_len).is_some_and(|c| c.is_ascii_digit()) {
+            if self
+                .peek_at(1 + sign_len)
+                .is_some_and(|c| c.is_ascii_digit())
+            {
                 let neg = self.peek_at(1) == Some('-');
                 self.pos += 1 + sign_len;
                 let mut exp = 0u32;
@@ -562,7 +686,11 @@ impl Parser {
             let n = self.number()?;
             // A number in another base, `2516_8` or `4210_{5}`: an opaque symbol.
             if self.peek() == Some('_') {
-                let digits: String = self.chars[..self.pos].iter().rev().take_while(|c| c.is_ascii_digit()).collect();
+                let digits: String = self.chars[..self.pos]
+                    .iter()
+                    .rev()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
                 self.pos += 1;
                 let sub = self.subscript_text()?;
                 let digits: String = digits.chars().rev().collect();
@@ -623,7 +751,14 @@ impl Parser {
         for (name, f) in FUNC_WORDS {
             if rest.starts_with(name) {
                 let next = self.chars.get(self.pos + name.len()).copied();
-                if next.is_some_and(|c| c == '(' || c == '{' || c == '[' || c.is_whitespace() || c == '^' || c.is_ascii_digit()) {
+                if next.is_some_and(|c| {
+                    c == '('
+                        || c == '{'
+                        || c == '['
+                        || c.is_whitespace()
+                        || c == '^'
+                        || c.is_ascii_digit()
+                }) {
                     self.pos += name.len();
                     return self.apply_func(*f);
                 }
@@ -651,10 +786,17 @@ impl Parser {
             let save = self.pos;
             let close = self.chars[save..].iter().take(16).position(|&c| c == ')');
             if let Some(k) = close {
-                let inner: String = self.chars[save + 1..save + k].iter().filter(|c| !c.is_whitespace()).collect();
+                let inner: String = self.chars[save + 1..save + k]
+                    .iter()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
                 let atom = !inner.is_empty()
-                    && (inner.chars().all(|c| c.is_ascii_alphanumeric()) && (inner.chars().all(|c| c.is_ascii_digit()) || inner.chars().count() == 1)
-                        || inner.starts_with('-') && inner[1..].chars().all(|c| c.is_ascii_digit()) && inner.len() > 1);
+                    && (inner.chars().all(|c| c.is_ascii_alphanumeric())
+                        && (inner.chars().all(|c| c.is_ascii_digit())
+                            || inner.chars().count() == 1)
+                        || inner.starts_with('-')
+                            && inner[1..].chars().all(|c| c.is_ascii_digit())
+                            && inner.len() > 1);
                 if atom {
                     self.pos = save + k + 1;
                     return Ok(Expr::Sym(format!("{name}({inner})")));
@@ -683,7 +825,10 @@ impl Parser {
                     } else if c == '}' {
                         depth -= 1;
                         if depth == 0 {
-                            let s: String = self.chars[start..self.pos - 1].iter().filter(|c| !c.is_whitespace()).collect();
+                            let s: String = self.chars[start..self.pos - 1]
+                                .iter()
+                                .filter(|c| !c.is_whitespace())
+                                .collect();
                             return Ok(s);
                         }
                     }
@@ -819,11 +964,16 @@ impl Parser {
                 if !(self.eat_cmd("rfloor") || self.eat_cmd("rceil")) {
                     return Err(ParseError("unclosed floor"));
                 }
-                let f = if name == "lfloor" { Func::Floor } else { Func::Ceil };
+                let f = if name == "lfloor" {
+                    Func::Floor
+                } else {
+                    Func::Ceil
+                };
                 return Ok(Expr::Call(f, vec![e]));
             }
             "{" => return self.group_cmd(),
-            "text" | "textbf" | "mathrm" | "mathbf" | "textit" | "mathit" | "mbox" | "operatorname" | "textrm" | "mathsf" => {
+            "text" | "textbf" | "mathrm" | "mathbf" | "textit" | "mathit" | "mbox"
+            | "operatorname" | "textrm" | "mathsf" => {
                 let raw = self.raw_group()?;
                 let t: String = raw.chars().filter(|c| !c.is_whitespace()).collect();
                 if let Some(f) = FUNC_WORDS.iter().find(|(n, _)| *n == t).map(|(_, f)| *f) {
@@ -888,10 +1038,44 @@ fn is_symbol_command(n: &str) -> bool {
         && n.chars().all(|c| c.is_ascii_alphabetic())
         && !matches!(
             n,
-            "begin" | "end" | "boxed" | "fbox" | "left" | "right" | "frac" | "sqrt" | "text" | "pm" | "mp"
-                | "le" | "leq" | "ge" | "geq" | "lt" | "gt" | "ne" | "neq" | "cup" | "cap" | "in"
-                | "approx" | "to" | "cdot" | "times" | "div" | "over" | "quad" | "qquad" | "hline"
-                | "rfloor" | "rceil" | "rvert" | "rangle" | "mid" | "setminus" | "circ"
+            "begin"
+                | "end"
+                | "boxed"
+                | "fbox"
+                | "left"
+                | "right"
+                | "frac"
+                | "sqrt"
+                | "text"
+                | "pm"
+                | "mp"
+                | "le"
+                | "leq"
+                | "ge"
+                | "geq"
+                | "lt"
+                | "gt"
+                | "ne"
+                | "neq"
+                | "cup"
+                | "cap"
+                | "in"
+                | "approx"
+                | "to"
+                | "cdot"
+                | "times"
+                | "div"
+                | "over"
+                | "quad"
+                | "qquad"
+                | "hline"
+                | "rfloor"
+                | "rceil"
+                | "rvert"
+                | "rangle"
+                | "mid"
+                | "setminus"
+                | "circ"
         )
 }
 
@@ -910,7 +1094,6 @@ pub fn pow10(k: u32) -> BigRational {
     BigRational::from_integer(BigInt::from(10u32).pow(k))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -918,9 +1101,24 @@ mod tests {
     #[test]
     fn parses_common_forms() {
         for s in [
-            r"\frac{1}{2}", r"\frac12", r"3\sqrt{2}", r"x^{2}+2x+1", r"\sin^2 x", r"\log_2 8", "2(x+1)",
-            r"\left(3\right)", r"|x-1|", r"\binom{5}{2}", "5!", r"\sqrt[3]{8}", "sqrt(3)/2", "x**2",
-            r"\text{Evelyn}", r"a_{1}+a_2", r"\pi r^2", ".5",
+            r"\frac{1}{2}",
+            r"\frac12",
+            r"3\sqrt{2}",
+            r"x^{2}+2x+1",
+            r"\sin^2 x",
+            r"\log_2 8",
+            "2(x+1)",
+            r"\left(3\right)",
+            r"|x-1|",
+            r"\binom{5}{2}",
+            "5!",
+            r"\sqrt[3]{8}",
+            "sqrt(3)/2",
+            "x**2",
+            r"\text{Evelyn}",
+            r"a_{1}+a_2",
+            r"\pi r^2",
+            ".5",
         ] {
             assert!(parse_expr(s, Dialect::Latex).is_ok(), "{s}");
         }

@@ -76,7 +76,11 @@ fn boxed_groups(text: &str) -> Vec<(usize, usize, String)> {
 /// The content of the last `\boxed{}` or `\fbox{}`, with brace counting. `None` when
 /// there is no box or the last one is never closed.
 pub fn extract_boxed(text: &str) -> Option<String> {
-    let last_cmd = text.rfind("\\boxed{").into_iter().chain(text.rfind("\\fbox{")).max()?;
+    let last_cmd = text
+        .rfind("\\boxed{")
+        .into_iter()
+        .chain(text.rfind("\\fbox{"))
+        .max()?;
     let groups = boxed_groups(text);
     let (start, _, content) = groups.last()?;
     // An unclosed box after the last closed one means the answer was cut off.
@@ -98,7 +102,11 @@ pub fn extract_boxed_mathruler(text: &str) -> Option<String> {
 /// "and"/"or"/","/";" (as in `\boxed{1} and \boxed{2}`).
 pub fn extract_boxed_joined(text: &str) -> Option<String> {
     let groups = boxed_groups(text);
-    let last_cmd = text.rfind("\\boxed{").into_iter().chain(text.rfind("\\fbox{")).max()?;
+    let last_cmd = text
+        .rfind("\\boxed{")
+        .into_iter()
+        .chain(text.rfind("\\fbox{"))
+        .max()?;
     let last_start = groups.last().map(|g| g.0);
     if last_start != Some(last_cmd) {
         return None;
@@ -113,7 +121,10 @@ pub fn extract_boxed_joined(text: &str) -> Option<String> {
         let near = between.chars().count() < 10;
         let separated = prev.2 != next.2
             && between.chars().count() < 70
-            && (between.contains(',') || between.contains(';') || has_word(between, "and") || has_word(between, "or"));
+            && (between.contains(',')
+                || between.contains(';')
+                || has_word(between, "and")
+                || has_word(between, "or"));
         if !(near || separated) {
             break;
         }
@@ -155,7 +166,10 @@ fn math_envs(text: &str) -> Vec<(usize, usize, String)> {
         let mut j = body_start;
         let mut found = None;
         while j < b.len() {
-            if text.is_char_boundary(j) && text[j..].starts_with(close) && (j == 0 || b[j - 1] != b'\\' || close != "$") {
+            if text.is_char_boundary(j)
+                && text[j..].starts_with(close)
+                && (j == 0 || b[j - 1] != b'\\' || close != "$")
+            {
                 found = Some(j);
                 break;
             }
@@ -282,7 +296,10 @@ pub fn last_number(text: &str) -> Option<String> {
         let mut s: String = chars[start..end].iter().collect();
         let rest: String = chars[end..chars.len().min(end + 12)].iter().collect();
         let rest_t = rest.trim_start();
-        if rest_t.starts_with('%') || rest_t.starts_with("\\%") || rest_t.to_ascii_lowercase().starts_with("percent") {
+        if rest_t.starts_with('%')
+            || rest_t.starts_with("\\%")
+            || rest_t.to_ascii_lowercase().starts_with("percent")
+        {
             s.push('%');
         }
         return Some(s);
@@ -292,8 +309,19 @@ pub fn last_number(text: &str) -> Option<String> {
 
 /// math-verify's plain expression (`1/2`, `3 * (4 + 1)`): digits and operators, with at
 /// least one operator, starting after an anchor. `None` when the number stands alone.
-fn expression_ending_at(chars: &[char], num_start: usize, end: usize, anchor: &dyn Fn(usize) -> bool) -> Option<String> {
-    let is_expr_char = |c: char| c.is_ascii_digit() || matches!(c, '.' | ' ' | '\t' | '+' | '-' | '*' | '/' | '^' | '(' | ')' | '×' | '÷');
+fn expression_ending_at(
+    chars: &[char],
+    num_start: usize,
+    end: usize,
+    anchor: &dyn Fn(usize) -> bool,
+) -> Option<String> {
+    let is_expr_char = |c: char| {
+        c.is_ascii_digit()
+            || matches!(
+                c,
+                '.' | ' ' | '\t' | '+' | '-' | '*' | '/' | '^' | '(' | ')' | '×' | '÷'
+            )
+    };
     let mut start = num_start;
     while start > 0 && is_expr_char(chars[start - 1]) && end - start < 200 {
         start -= 1;
@@ -305,7 +333,9 @@ fn expression_ending_at(chars: &[char], num_start: usize, end: usize, anchor: &d
         }
         let c = chars[start];
         let next = chars.get(start + 1).copied();
-        let starts = c.is_ascii_digit() || c == '(' || c == '-' && next.is_some_and(|n| n.is_ascii_digit() || n == '(');
+        let starts = c.is_ascii_digit()
+            || c == '('
+            || c == '-' && next.is_some_and(|n| n.is_ascii_digit() || n == '(');
         if starts && anchor(start) {
             break;
         }
@@ -313,8 +343,11 @@ fn expression_ending_at(chars: &[char], num_start: usize, end: usize, anchor: &d
     }
     let expr: String = chars[start..end].iter().collect();
     let body = expr.trim_start_matches('-');
-    let has_operator = body.chars().any(|c| matches!(c, '+' | '-' | '*' | '/' | '^' | '×' | '÷'));
-    let balanced = expr.chars().filter(|&c| c == '(').count() == expr.chars().filter(|&c| c == ')').count();
+    let has_operator = body
+        .chars()
+        .any(|c| matches!(c, '+' | '-' | '*' | '/' | '^' | '×' | '÷'));
+    let balanced =
+        expr.chars().filter(|&c| c == '(').count() == expr.chars().filter(|&c| c == ')').count();
     (has_operator && balanced).then(|| expr.trim().to_string())
 }
 
@@ -383,8 +416,15 @@ pub fn extract_verify_candidates(text: &str) -> Vec<String> {
 pub fn extract_choice(text: &str) -> Option<char> {
     let letter_of = |s: &str| -> Option<char> {
         let t = s.trim().trim_start_matches("\\$").trim_start_matches('$');
-        let t = t.trim_start_matches("\\text{").trim_start_matches("\\textbf{").trim_end_matches('}');
-        let t = t.trim().trim_start_matches('(').trim_end_matches(')').trim();
+        let t = t
+            .trim_start_matches("\\text{")
+            .trim_start_matches("\\textbf{")
+            .trim_end_matches('}');
+        let t = t
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .trim();
         let mut cs = t.chars();
         match (cs.next(), cs.next()) {
             (Some(c @ 'A'..='E'), None) => Some(c),
@@ -408,7 +448,9 @@ pub fn extract_choice(text: &str) -> Option<char> {
     let last_line = text.trim_end().lines().last().unwrap_or("");
     last_line.split_whitespace().rev().find_map(|w| {
         let t = w.trim_matches(|c: char| matches!(c, '*' | '.' | ',' | ':'));
-        (t.starts_with('(') && t.ends_with(')')).then(|| letter_of(t)).flatten()
+        (t.starts_with('(') && t.ends_with(')'))
+            .then(|| letter_of(t))
+            .flatten()
     })
 }
 
@@ -426,11 +468,16 @@ fn last_plain_fraction(text: &str) -> Option<String> {
                 let den = &den_rest[..den_end];
                 let simple = |x: &str| {
                     let x = x.strip_prefix('-').unwrap_or(x);
-                    !x.is_empty() && x.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+                    !x.is_empty()
+                        && x.chars()
+                            .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
                 };
                 if simple(num) && simple(den) {
                     let neg = text[..i].ends_with('-');
-                    return Some(format!("{}\\frac{{{num}}}{{{den}}}", if neg { "-" } else { "" }));
+                    return Some(format!(
+                        "{}\\frac{{{num}}}{{{den}}}",
+                        if neg { "-" } else { "" }
+                    ));
                 }
             }
         }
@@ -477,21 +524,39 @@ mod tests {
 
     #[test]
     fn boxed_with_nested_braces() {
-        assert_eq!(extract_boxed(r"so \boxed{\frac{1}{2}} done").as_deref(), Some(r"\frac{1}{2}"));
-        assert_eq!(extract_boxed(r"\boxed{1} then \fbox{2}").as_deref(), Some("2"));
+        assert_eq!(
+            extract_boxed(r"so \boxed{\frac{1}{2}} done").as_deref(),
+            Some(r"\frac{1}{2}")
+        );
+        assert_eq!(
+            extract_boxed(r"\boxed{1} then \fbox{2}").as_deref(),
+            Some("2")
+        );
         assert_eq!(extract_boxed(r"\boxed{1} then \boxed{2"), None);
         assert_eq!(extract_boxed("none"), None);
     }
 
     #[test]
     fn joined_boxes() {
-        assert_eq!(extract_boxed_joined(r"\boxed{1} and \boxed{2}").as_deref(), Some("1,2"));
+        assert_eq!(
+            extract_boxed_joined(r"\boxed{1} and \boxed{2}").as_deref(),
+            Some("1,2")
+        );
     }
 
     #[test]
     fn fallbacks() {
-        assert_eq!(extract_verify("The final answer is 18. I hope it is correct.").as_deref(), Some("18"));
-        assert_eq!(extract_verify("so the answer is $\\frac{1}{2}$.").as_deref(), Some("\\frac{1}{2}"));
-        assert_eq!(extract_verify("we get 1,234 apples").as_deref(), Some("1,234"));
+        assert_eq!(
+            extract_verify("The final answer is 18. I hope it is correct.").as_deref(),
+            Some("18")
+        );
+        assert_eq!(
+            extract_verify("so the answer is $\\frac{1}{2}$.").as_deref(),
+            Some("\\frac{1}{2}")
+        );
+        assert_eq!(
+            extract_verify("we get 1,234 apples").as_deref(),
+            Some("1,234")
+        );
     }
 }

@@ -83,7 +83,8 @@ fn extract_inner(mode: GradeMode, text: &str) -> Option<String> {
                 // A bare answer (no box, no prose) is graded as written; a response without a
                 // box has no answer, as in the training reward.
                 let t = text.trim();
-                (!t.is_empty() && t.chars().count() <= 200 && extract::looks_like_bare_answer(t)).then(|| t.to_string())
+                (!t.is_empty() && t.chars().count() <= 200 && extract::looks_like_bare_answer(t))
+                    .then(|| t.to_string())
             }
         }
         GradeMode::Verify => pick_verify_answer(text),
@@ -96,7 +97,10 @@ fn pick_verify_answer(text: &str) -> Option<String> {
         .into_iter()
         .filter(|c| c.chars().count() <= MAX_ANSWER_CHARS)
         .collect();
-    let pick = candidates.iter().position(|c| verify::parses(c)).unwrap_or(0);
+    let pick = candidates
+        .iter()
+        .position(|c| verify::parses(c))
+        .unwrap_or(0);
     candidates.into_iter().nth(pick)
 }
 
@@ -114,7 +118,9 @@ pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
         }
         match mode {
             GradeMode::MathRuler => match extract_inner(mode, tail(pred)) {
-                Some(answer) if answer.chars().count() <= MAX_ANSWER_CHARS => mathruler::grade_answer(&answer, gold),
+                Some(answer) if answer.chars().count() <= MAX_ANSWER_CHARS => {
+                    mathruler::grade_answer(&answer, gold)
+                }
                 _ => false,
             },
             GradeMode::Verify if choice_letter(gold).is_some() => {
@@ -139,8 +145,17 @@ pub fn grade(mode: GradeMode, gold: &str, pred: &str) -> bool {
 /// A gold answer that is a choice letter: `C`, `(C)`, `\text{(C)}`, `\textbf{C}`.
 fn choice_letter(gold: &str) -> Option<char> {
     let t = gold.trim().trim_matches('$');
-    let t = t.strip_prefix("\\text{").or_else(|| t.strip_prefix("\\textbf{")).and_then(|r| r.strip_suffix('}')).unwrap_or(t);
-    let t = t.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).unwrap_or(t).trim();
+    let t = t
+        .strip_prefix("\\text{")
+        .or_else(|| t.strip_prefix("\\textbf{"))
+        .and_then(|r| r.strip_suffix('}'))
+        .unwrap_or(t);
+    let t = t
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or(t)
+        .trim();
     let mut cs = t.chars();
     match (cs.next(), cs.next()) {
         (Some(c @ 'A'..='E'), None) => Some(c),
@@ -184,11 +199,29 @@ mod tests {
 
     #[test]
     fn public_api_basics() {
-        assert!(grade(GradeMode::Verify, "\\frac{1}{2}", "so the answer is \\boxed{0.5}"));
-        assert!(grade(GradeMode::MathRuler, "\\frac{1}{2}", "\\boxed{\\dfrac12}"));
+        assert!(grade(
+            GradeMode::Verify,
+            "\\frac{1}{2}",
+            "so the answer is \\boxed{0.5}"
+        ));
+        assert!(grade(
+            GradeMode::MathRuler,
+            "\\frac{1}{2}",
+            "\\boxed{\\dfrac12}"
+        ));
         assert!(!grade(GradeMode::MathRuler, "\\frac{1}{2}", "\\boxed{2/4}"));
-        assert_eq!(extract_boxed("a \\boxed{\\frac{1}{2}} b").as_deref(), Some("\\frac{1}{2}"));
-        assert_eq!(extract_answer(GradeMode::Verify, "The final answer is 18. I hope it is correct.").as_deref(), Some("18"));
+        assert_eq!(
+            extract_boxed("a \\boxed{\\frac{1}{2}} b").as_deref(),
+            Some("\\frac{1}{2}")
+        );
+        assert_eq!(
+            extract_answer(
+                GradeMode::Verify,
+                "The final answer is 18. I hope it is correct."
+            )
+            .as_deref(),
+            Some("18")
+        );
         assert!(!grade(GradeMode::Verify, "", "5"));
     }
 }

@@ -59,7 +59,13 @@ fn fix_fracs_hendrycks(s: &str) -> Result<String, ()> {
 fn py_int(s: &str) -> Option<BigInt> {
     let t = s.trim();
     let t = t.strip_prefix('+').unwrap_or(t);
-    if t.is_empty() || !t.trim_start_matches('-').chars().all(|c| c.is_ascii_digit()) || t.trim_start_matches('-').is_empty() {
+    if t.is_empty()
+        || !t
+            .trim_start_matches('-')
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        || t.trim_start_matches('-').is_empty()
+    {
         return None;
     }
     t.parse().ok()
@@ -143,8 +149,22 @@ pub fn normalize_mathd(answer: &str) -> String {
 // ---------------------------------------------------------------------------------------
 
 const UNITS: &[&str] = &[
-    "degree", "cm", "centimeter", "meter", "mile", "second", "minute", "hour", "day", "week",
-    "month", "year", "foot", "feet", "inch", "yard",
+    "degree",
+    "cm",
+    "centimeter",
+    "meter",
+    "mile",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "year",
+    "foot",
+    "feet",
+    "inch",
+    "yard",
 ];
 
 /// `re.sub(rf"{unit}(es)?(s)? *(\^[0-9]+)?", "", s)`.
@@ -182,7 +202,9 @@ fn strip_formatted_commas(s: &str) -> String {
                 && cur[i] == ','
                 && i > 0
                 && cur[i - 1].is_ascii_digit()
-                && cur.get(i + 1..i + 4).is_some_and(|d| d.iter().all(|c| c.is_ascii_digit()))
+                && cur
+                    .get(i + 1..i + 4)
+                    .is_some_and(|d| d.iter().all(|c| c.is_ascii_digit()))
                 && cur.get(i + 4).is_none_or(|c| !c.is_ascii_digit())
             {
                 changed = true;
@@ -213,7 +235,11 @@ fn py_float(s: &str) -> Option<f64> {
     let t = if t.contains('_') {
         let cs: Vec<char> = t.chars().collect();
         let ok = cs.iter().enumerate().all(|(i, &c)| {
-            c != '_' || i > 0 && i + 1 < cs.len() && cs[i - 1].is_ascii_digit() && cs[i + 1].is_ascii_digit()
+            c != '_'
+                || i > 0
+                    && i + 1 < cs.len()
+                    && cs[i - 1].is_ascii_digit()
+                    && cs[i + 1].is_ascii_digit()
         });
         if !ok {
             return None;
@@ -226,7 +252,11 @@ fn py_float(s: &str) -> Option<f64> {
     let l = t.to_ascii_lowercase();
     let l = l.trim_start_matches(['+', '-']);
     if l.starts_with("inf") || l.starts_with("nan") {
-        return if l == "inf" || l == "infinity" || l == "nan" { t.parse().ok() } else { None };
+        return if l == "inf" || l == "infinity" || l == "nan" {
+            t.parse().ok()
+        } else {
+            None
+        };
     }
     t.parse().ok()
 }
@@ -238,13 +268,18 @@ fn float_is_int(x: f64) -> bool {
 
 fn float_to_int_string(x: f64) -> String {
     // Python's int() of a float is exact (1e20 → 100000000000000000000).
-    BigInt::from_f64(x.trunc()).map(|b| b.to_string()).unwrap_or_default()
+    BigInt::from_f64(x.trunc())
+        .map(|b| b.to_string())
+        .unwrap_or_default()
 }
 
 /// Render LaTeX to plain text the way `pylatexenc.latex2text` does for answers, then map
 /// its symbols back to ASCII as `_parse_latex` does.
 fn latex_to_text(s: &str) -> String {
-    let s = s.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac").replace("\\frac", " \\frac");
+    let s = s
+        .replace("\\tfrac", "\\frac")
+        .replace("\\dfrac", "\\frac")
+        .replace("\\frac", " \\frac");
     let chars: Vec<char> = s.chars().collect();
     let mut pos = 0;
     let mut out = String::new();
@@ -332,7 +367,8 @@ fn render_command(chars: &[char], pos: &mut usize, out: &mut String, depth: usiz
             // pylatexenc renders `\mbox{..}` as nothing.
             let _ = render_arg(chars, pos, depth);
         }
-        "text" | "textbf" | "textit" | "mathrm" | "textrm" | "mathit" | "operatorname" | "boxed" => {
+        "text" | "textbf" | "textit" | "mathrm" | "textrm" | "mathit" | "operatorname"
+        | "boxed" => {
             let a = render_arg(chars, pos, depth);
             out.push_str(&a);
         }
@@ -345,7 +381,12 @@ fn render_command(chars: &[char], pos: &mut usize, out: &mut String, depth: usiz
                 let body: String = chars[*pos..end].iter().collect();
                 let rows: Vec<String> = body
                     .split("\\\\")
-                    .map(|row| row.split('&').map(|cell| latex_cell(cell, depth)).collect::<Vec<_>>().join(" "))
+                    .map(|row| {
+                        row.split('&')
+                            .map(|cell| latex_cell(cell, depth))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
                     .collect();
                 out.push_str(&format!("[{}]", rows.join("; ")));
                 *pos = end + end_tag.len();
@@ -377,9 +418,8 @@ fn render_command(chars: &[char], pos: &mut usize, out: &mut String, depth: usiz
         "sigma" => out.push('σ'),
         "phi" => out.push('φ'),
         "omega" => out.push('ω'),
-        "sin" | "cos" | "tan" | "log" | "ln" | "exp" | "sec" | "csc" | "cot" | "arcsin" | "arccos" | "arctan" => {
-            out.push_str(&name)
-        }
+        "sin" | "cos" | "tan" | "log" | "ln" | "exp" | "sec" | "csc" | "cot" | "arcsin"
+        | "arccos" | "arctan" => out.push_str(&name),
         _ => {}
     }
 }
@@ -428,9 +468,15 @@ pub fn normalize_prm(expr: &str) -> String {
     if let Some(inner) = strip_enclosing_text(&e) {
         e = inner.to_string();
     }
-    e = e.replace("\\%", "%").replace("\\$", "$").replace(['$', '%'], "");
+    e = e
+        .replace("\\%", "%")
+        .replace("\\$", "$")
+        .replace(['$', '%'], "");
     e = e.replace(" or ", " , ").replace(" and ", " , ");
-    e = e.replace("million", "*10^6").replace("billion", "*10^9").replace("trillion", "*10^12");
+    e = e
+        .replace("million", "*10^6")
+        .replace("billion", "*10^9")
+        .replace("trillion", "*10^12");
     for u in UNITS {
         e = remove_unit(&e, u);
     }
@@ -494,7 +540,10 @@ pub fn normalize_prm(expr: &str) -> String {
         m.push(cs[i]);
         i += 1;
     }
-    let mut e: String = m.chars().filter(|c| !matches!(c, ' ' | '{' | '}')).collect();
+    let mut e: String = m
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '{' | '}'))
+        .collect();
     e = e.to_lowercase();
     if str_is_int(&e) {
         if let Some(x) = py_float(&e.replace(',', "")) {
@@ -519,7 +568,9 @@ fn is_frac(s: &str) -> bool {
         let core = |d: &[char]| {
             let z = d.iter().take_while(|c| **c == '0').count();
             let d = &d[z..];
-            !d.is_empty() && ('1'..='9').contains(&d[0]) && d[1..].iter().all(|c| c.is_ascii_digit())
+            !d.is_empty()
+                && ('1'..='9').contains(&d[0])
+                && d[1..].iter().all(|c| c.is_ascii_digit())
         };
         core(r) || (!r.is_empty() && core(&r[..r.len() - 1]))
     };
@@ -559,7 +610,10 @@ fn should_allow_eval(expr: &str) -> bool {
     let cs: Vec<char> = expr.chars().collect();
     for i in 0..cs.len() {
         if cs[i] == '^' {
-            let n = cs[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let n = cs[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
             if n >= 2 || n >= 1 && cs.get(i + 1 + n) == Some(&'^') {
                 return false;
             }
@@ -572,7 +626,10 @@ fn equal_under_sympy(gt: &str, given: &str) -> bool {
     if !should_allow_eval(&format!("({gt})-({given})")) {
         return false;
     }
-    match (parse_expr(gt, Dialect::Plain), parse_expr(given, Dialect::Plain)) {
+    match (
+        parse_expr(gt, Dialect::Plain),
+        parse_expr(given, Dialect::Plain),
+    ) {
         (Ok(a), Ok(b)) => exprs_equal(&a, &b),
         _ => false,
     }
@@ -633,7 +690,10 @@ mod tests {
         assert_eq!(normalize_mathd(r"\sqrt3"), r"\sqrt{3}");
         assert_eq!(normalize_mathd(".5"), r"\frac{1}{2}");
         assert_eq!(normalize_prm(r"\frac{1}{2}"), "1/2");
-        assert_eq!(normalize_prm(r"\left( 3, \frac{\pi}{2} \right)"), "(3,pi/2)");
+        assert_eq!(
+            normalize_prm(r"\left( 3, \frac{\pi}{2} \right)"),
+            "(3,pi/2)"
+        );
         assert_eq!(normalize_prm(r"3\frac{1}{2}"), "3+1/2");
         assert_eq!(normalize_prm("1,000"), "1000");
         assert_eq!(normalize_prm(r"2\sqrt{3}"), "2sqrt(3)");

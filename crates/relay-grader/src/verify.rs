@@ -52,15 +52,26 @@ impl RelOp {
 #[derive(Clone, Debug)]
 pub enum Answer {
     /// A scalar; `percent` when written with `%` (value is then `e / 100`).
-    Expr { e: Expr, percent: bool },
+    Expr {
+        e: Expr,
+        percent: bool,
+    },
     /// Ordered: `(1, 2, 3)`.
     Tuple(Vec<Answer>),
     /// Unordered: `\{1, 2\}` or a bare list `1, 2`.
     Set(Vec<Answer>),
-    Interval { lo: Expr, hi: Expr, lo_closed: bool, hi_closed: bool },
+    Interval {
+        lo: Expr,
+        hi: Expr,
+        lo_closed: bool,
+        hi_closed: bool,
+    },
     Union(Vec<Answer>),
     /// A chain `t0 op0 t1 op1 t2 ...`.
-    Rel { terms: Vec<Expr>, ops: Vec<RelOp> },
+    Rel {
+        terms: Vec<Expr>,
+        ops: Vec<RelOp>,
+    },
     Matrix(Vec<Vec<Answer>>),
     /// A word answer (`\text{Evelyn}`), lower-cased.
     Word(String),
@@ -73,10 +84,10 @@ const UNIT_WORDS: &[&str] = &[
     "lb", "tile", "per", "dm", "lt", "gain", "way", "west", "men", "soldier", "pie", "excess",
     "inches", "inch", "noon", "cent", "gal", "kmh", "acre", "rise", "sq", "mark", "toy", "coin",
     "gallon", "profit", "yr", "women", "am", "pm", "hr", "square", "rupee", "rounds", "cubic",
-    "cc", "mtr", "ohm", "number", "day", "hour", "minute", "min", "second", "man", "woman",
-    "sec", "cube", "mt", "hectare", "more", "unit", "rs", "kg", "month", "km", "m", "cm", "mm",
-    "apple", "liter", "litre", "loss", "yard", "pure", "year", "increase", "decrease", "less",
-    "metre", "meter", "dollar", "cents", "units", "g", "s", "h", "t", "l", "d",
+    "cc", "mtr", "ohm", "number", "day", "hour", "minute", "min", "second", "man", "woman", "sec",
+    "cube", "mt", "hectare", "more", "unit", "rs", "kg", "month", "km", "m", "cm", "mm", "apple",
+    "liter", "litre", "loss", "yard", "pure", "year", "increase", "decrease", "less", "metre",
+    "meter", "dollar", "cents", "units", "g", "s", "h", "t", "l", "d",
 ];
 
 /// Remove a trailing unit word after a number (`10 cm`, `5 hours`), twice at most.
@@ -113,7 +124,8 @@ fn replace_word(s: &str, word: &str, with: &str) -> String {
     while let Some(i) = rest.find(word) {
         let before = rest[..i].chars().last();
         let after = rest[i + word.len()..].chars().next();
-        let isolated = !before.is_some_and(|c| c.is_alphabetic() || c == '\\') && !after.is_some_and(|c| c.is_alphabetic());
+        let isolated = !before.is_some_and(|c| c.is_alphabetic() || c == '\\')
+            && !after.is_some_and(|c| c.is_alphabetic());
         out.push_str(&rest[..i]);
         out.push_str(if isolated { with } else { word });
         rest = &rest[i + word.len()..];
@@ -227,7 +239,9 @@ fn strip_trailing_text_unit(s: &str) -> String {
             let after = tail[j + 1..].trim();
             // Nothing after it but an optional `^2` / `^{2}` (square units).
             let is_power = |a: &str| {
-                let d = a.strip_prefix('^').map(|r| r.trim_start_matches('{').trim_end_matches('}'));
+                let d = a
+                    .strip_prefix('^')
+                    .map(|r| r.trim_start_matches('{').trim_end_matches('}'));
                 d.is_some_and(|d| d.len() == 1 && d.chars().all(|c| c.is_ascii_digit()))
             };
             after.is_empty() || is_power(after)
@@ -254,7 +268,9 @@ fn thousands_number(s: &str) -> Option<String> {
     if groups.len() < 2 || groups[0].is_empty() || groups[0].len() > 3 {
         return None;
     }
-    if !groups.iter().all(|g| g.chars().all(|c| c.is_ascii_digit())) || groups[1..].iter().any(|g| g.len() != 3) {
+    if !groups.iter().all(|g| g.chars().all(|c| c.is_ascii_digit()))
+        || groups[1..].iter().any(|g| g.len() != 3)
+    {
         return None;
     }
     if frac.is_some_and(|f| f.is_empty() || !f.chars().all(|c| c.is_ascii_digit())) {
@@ -333,7 +349,9 @@ fn starts_with_at(chars: &[char], i: usize, pat: &str) -> bool {
         k += 1;
     }
     // A command must end at a non-letter (`\le` is not `\left`).
-    !(pat.starts_with('\\') && pat[1..].chars().all(|c| c.is_ascii_alphabetic()) && chars.get(k).is_some_and(|c| c.is_ascii_alphabetic()))
+    !(pat.starts_with('\\')
+        && pat[1..].chars().all(|c| c.is_ascii_alphabetic())
+        && chars.get(k).is_some_and(|c| c.is_ascii_alphabetic()))
 }
 
 const REL_TOKENS: &[(&str, RelOp)] = &[
@@ -360,7 +378,10 @@ const REL_TOKENS: &[(&str, RelOp)] = &[
 ];
 
 fn rel_at(chars: &[char], i: usize) -> Option<(usize, RelOp)> {
-    REL_TOKENS.iter().find(|(t, _)| starts_with_at(chars, i, t)).map(|(t, op)| (t.chars().count(), *op))
+    REL_TOKENS
+        .iter()
+        .find(|(t, _)| starts_with_at(chars, i, t))
+        .map(|(t, op)| (t.chars().count(), *op))
 }
 
 fn parse_scalar(s: &str) -> Option<Answer> {
@@ -430,7 +451,10 @@ fn parse_matrix(s: &str, depth: usize) -> Option<Answer> {
         }
         rows.push(cells);
     }
-    if rows.is_empty() || rows.len() * rows[0].len() > MAX_ITEMS || rows.iter().any(|r| r.len() != rows[0].len()) {
+    if rows.is_empty()
+        || rows.len() * rows[0].len() > MAX_ITEMS
+        || rows.iter().any(|r| r.len() != rows[0].len())
+    {
         return None;
     }
     Some(Answer::Matrix(rows))
@@ -476,7 +500,10 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
         }
     });
     if union.len() > 1 {
-        let parts: Option<Vec<Answer>> = union.iter().map(|p| parse_answer_at(p, depth + 1)).collect();
+        let parts: Option<Vec<Answer>> = union
+            .iter()
+            .map(|p| parse_answer_at(p, depth + 1))
+            .collect();
         return Some(Answer::Union(parts?));
     }
     let items = split_top(t, |c, i| usize::from(c[i] == ',' || c[i] == ';'));
@@ -484,7 +511,11 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
         return None;
     }
     if items.len() > 1 {
-        let parsed: Option<Vec<Answer>> = items.iter().filter(|p| !p.trim().is_empty()).map(|p| parse_answer_at(p, depth + 1)).collect();
+        let parsed: Option<Vec<Answer>> = items
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| parse_answer_at(p, depth + 1))
+            .collect();
         return Some(Answer::Set(parsed?));
     }
     if let Some(inner) = t.strip_prefix("\\{").and_then(|r| r.strip_suffix("\\}")) {
@@ -493,15 +524,22 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
             if parts.len() > MAX_ITEMS {
                 return None;
             }
-            let parsed: Option<Vec<Answer>> =
-                parts.iter().filter(|p| !p.trim().is_empty()).map(|p| parse_answer_at(p, depth + 1)).collect();
+            let parsed: Option<Vec<Answer>> = parts
+                .iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| parse_answer_at(p, depth + 1))
+                .collect();
             return Some(Answer::Set(parsed?));
         }
     }
     let first = t.chars().next()?;
     let last = t.chars().last()?;
     // Redundant parentheses around a whole answer: `((2,12) \cup (12,102))`, `(17.5\%)`.
-    if first == '(' && last == ')' && wraps_whole(t) && split_top(&t[1..t.len() - 1], |c, i| usize::from(c[i] == ',')).len() == 1 {
+    if first == '('
+        && last == ')'
+        && wraps_whole(t)
+        && split_top(&t[1..t.len() - 1], |c, i| usize::from(c[i] == ',')).len() == 1
+    {
         if let Some(a) = parse_answer_at(&t[1..t.len() - 1], depth + 1) {
             return Some(a);
         }
@@ -519,17 +557,27 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
             let lo = parse_expr(parts[0].trim(), Dialect::Latex).ok();
             let hi = parse_expr(parts[1].trim(), Dialect::Latex).ok();
             if let (Some(lo), Some(hi)) = (lo, hi) {
-                return Some(Answer::Interval { lo, hi, lo_closed: first == '[', hi_closed: last == ']' });
+                return Some(Answer::Interval {
+                    lo,
+                    hi,
+                    lo_closed: first == '[',
+                    hi_closed: last == ']',
+                });
             }
         }
         if parts.len() >= 2 {
-            let parsed: Option<Vec<Answer>> = parts.iter().map(|p| parse_answer_at(p, depth + 1)).collect();
+            let parsed: Option<Vec<Answer>> = parts
+                .iter()
+                .map(|p| parse_answer_at(p, depth + 1))
+                .collect();
             return Some(Answer::Tuple(parsed?));
         }
     }
     // `a \pm b` is the two answers `a + b` and `a - b`.
     if let Some(i) = t.find("\\pm") {
-        if !t[i + 3..].contains("\\pm") && !t[i + 3..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+        if !t[i + 3..].contains("\\pm")
+            && !t[i + 3..].starts_with(|c: char| c.is_ascii_alphabetic())
+        {
             let (a, b) = (&t[..i], &t[i + 3..]);
             let plus = parse_answer_at(&format!("{a}+{b}"), depth + 1)?;
             let minus = parse_answer_at(&format!("{a}-{b}"), depth + 1)?;
@@ -561,13 +609,20 @@ fn parse_answer_at(s: &str, depth: usize) -> Option<Answer> {
         found
     };
     if !ops.is_empty() {
-        let terms: Option<Vec<Expr>> = pieces.iter().map(|p| parse_expr(p.trim(), Dialect::Latex).ok()).collect();
+        let terms: Option<Vec<Expr>> = pieces
+            .iter()
+            .map(|p| parse_expr(p.trim(), Dialect::Latex).ok())
+            .collect();
         if let Some(terms) = terms {
             return Some(Answer::Rel { terms, ops });
         }
         // `x = (3, 4]`: an assignment whose value is a tuple, set or interval.
         let lhs = pieces[0].trim();
-        if ops == [RelOp::Eq] && !lhs.is_empty() && lhs.chars().count() <= 2 && lhs.chars().all(|c| c.is_alphabetic()) {
+        if ops == [RelOp::Eq]
+            && !lhs.is_empty()
+            && lhs.chars().count() <= 2
+            && lhs.chars().all(|c| c.is_alphabetic())
+        {
             return parse_answer_at(&pieces[1], depth + 1);
         }
         return None;
@@ -604,7 +659,9 @@ fn is_plain_numberish(e: &Expr) -> bool {
         Expr::Neg(a) => is_plain_numberish(a),
         Expr::Add(v) | Expr::Mul(v) => v.iter().all(is_plain_numberish),
         Expr::Div(a, b) => is_plain_numberish(a) && is_plain_numberish(b),
-        Expr::Pow(a, b) => is_plain_numberish(a) && matches!(b.as_number(), Some((r, false)) if r.is_integer()),
+        Expr::Pow(a, b) => {
+            is_plain_numberish(a) && matches!(b.as_number(), Some((r, false)) if r.is_integer())
+        }
         _ => false,
     }
 }
@@ -652,7 +709,9 @@ fn scalar_eq(g: &Expr, gp: bool, p: &Expr, pp: bool) -> bool {
             return match (gv, pv) {
                 // sympy keeps an Integer as it is when rounding, and a rounded Float never
                 // equals it unless it was exactly that integer: 1 ≠ 0.9999999, 2 = 2.0.
-                (Ok(a), Ok(b)) if !g_dec && is_int(&a) || !p_dec && is_int(&b) => eval::values_equal(&a, &b),
+                (Ok(a), Ok(b)) if !g_dec && is_int(&a) || !p_dec && is_int(&b) => {
+                    eval::values_equal(&a, &b)
+                }
                 (Ok(a), Ok(b)) => match (rounded(&a, 6), rounded(&b, 6)) {
                     (Some(x), Some(y)) => x == y,
                     _ => false,
@@ -684,7 +743,10 @@ fn is_equation(a: &Answer) -> bool {
 
 fn last_rhs(a: &Answer) -> Answer {
     match a {
-        Answer::Rel { terms, .. } => Answer::Expr { e: terms[terms.len() - 1].clone(), percent: false },
+        Answer::Rel { terms, .. } => Answer::Expr {
+            e: terms[terms.len() - 1].clone(),
+            percent: false,
+        },
         a => a.clone(),
     }
 }
@@ -711,23 +773,56 @@ fn relation_as_interval(terms: &[Expr], ops: &[RelOp]) -> Option<Answer> {
     let neg_inf = Expr::Neg(Box::new(Expr::Inf));
     match (terms, ops) {
         ([a, b], [op]) => {
-            let (var_left, bound) = if is_var(a) { (true, b) } else if is_var(b) { (false, a) } else { return None };
+            let (var_left, bound) = if is_var(a) {
+                (true, b)
+            } else if is_var(b) {
+                (false, a)
+            } else {
+                return None;
+            };
             let op = if var_left { *op } else { op.flipped() };
             Some(match op {
-                RelOp::Lt => Answer::Interval { lo: neg_inf, hi: bound.clone(), lo_closed: false, hi_closed: false },
-                RelOp::Le => Answer::Interval { lo: neg_inf, hi: bound.clone(), lo_closed: false, hi_closed: true },
-                RelOp::Gt => Answer::Interval { lo: bound.clone(), hi: Expr::Inf, lo_closed: false, hi_closed: false },
-                RelOp::Ge => Answer::Interval { lo: bound.clone(), hi: Expr::Inf, lo_closed: true, hi_closed: false },
+                RelOp::Lt => Answer::Interval {
+                    lo: neg_inf,
+                    hi: bound.clone(),
+                    lo_closed: false,
+                    hi_closed: false,
+                },
+                RelOp::Le => Answer::Interval {
+                    lo: neg_inf,
+                    hi: bound.clone(),
+                    lo_closed: false,
+                    hi_closed: true,
+                },
+                RelOp::Gt => Answer::Interval {
+                    lo: bound.clone(),
+                    hi: Expr::Inf,
+                    lo_closed: false,
+                    hi_closed: false,
+                },
+                RelOp::Ge => Answer::Interval {
+                    lo: bound.clone(),
+                    hi: Expr::Inf,
+                    lo_closed: true,
+                    hi_closed: false,
+                },
                 _ => return None,
             })
         }
         ([a, x, b], [o1, o2]) if is_var(x) => {
             let (lo_op, hi_op, lo, hi) = match (o1, o2) {
                 (RelOp::Lt | RelOp::Le, RelOp::Lt | RelOp::Le) => (*o1, *o2, a, b),
-                (RelOp::Gt | RelOp::Ge, RelOp::Gt | RelOp::Ge) => (o2.flipped(), o1.flipped(), b, a),
+                (RelOp::Gt | RelOp::Ge, RelOp::Gt | RelOp::Ge) => {
+                    (o2.flipped(), o1.flipped(), b, a)
+                }
                 _ => return None,
             };
-            Some(Answer::Interval { lo: lo.clone(), hi: hi.clone(), lo_closed: lo_op == RelOp::Le, hi_closed: hi_op == RelOp::Le })
+            Some(Answer::Interval {
+                lo: lo.clone(),
+                hi: hi.clone(),
+                lo_closed: lo_op == RelOp::Le,
+                hi_closed: hi_op == RelOp::Le,
+            })
         }
         _ => None,
     }
@@ -741,7 +836,9 @@ fn relation_eq(g: (&Expr, RelOp, &Expr), p: (&Expr, RelOp, &Expr)) -> bool {
     let dp = Expr::Add(vec![p.0.clone(), Expr::Neg(Box::new(p.2.clone()))]);
     let same = g.1 == p.1;
     let flipped = g.1.flipped() == p.1 && g.1 != p.1;
-    if (same || g.1 == RelOp::Eq && p.1 == RelOp::Eq || g.1 == RelOp::Ne && p.1 == RelOp::Ne) && exprs_equal(&dg, &dp) {
+    if (same || g.1 == RelOp::Eq && p.1 == RelOp::Eq || g.1 == RelOp::Ne && p.1 == RelOp::Ne)
+        && exprs_equal(&dg, &dp)
+    {
         return true;
     }
     if (flipped || g.1 == RelOp::Eq && p.1 == RelOp::Eq || g.1 == RelOp::Ne && p.1 == RelOp::Ne)
@@ -757,13 +854,24 @@ fn relation_eq(g: (&Expr, RelOp, &Expr), p: (&Expr, RelOp, &Expr)) -> bool {
         return false;
     }
     for k in 1..=6i64 {
-        for c in [BigRational::from_integer(BigInt::from(k)), BigRational::new(BigInt::from(1), BigInt::from(k))] {
+        for c in [
+            BigRational::from_integer(BigInt::from(k)),
+            BigRational::new(BigInt::from(1), BigInt::from(k)),
+        ] {
             for sign in [1i64, -1] {
                 let cval = c.clone() * BigRational::from_integer(BigInt::from(sign));
                 // Only equations: math-verify's `solve` fails on inequalities, so `2x < 6`
                 // and `x < 3` stay different there.
                 let ok_dir = matches!((g.1, p.1), (RelOp::Eq, RelOp::Eq));
-                if ok_dir && exprs_equal(&ratio, &Expr::Num { value: cval, decimal: false }) {
+                if ok_dir
+                    && exprs_equal(
+                        &ratio,
+                        &Expr::Num {
+                            value: cval,
+                            decimal: false,
+                        },
+                    )
+                {
                     return true;
                 }
             }
@@ -849,17 +957,63 @@ fn answers_eq_at(gold: &Answer, pred: &Answer, depth: usize) -> bool {
                 return gt[0].as_word() == pt[0].as_word()
                     && scalar_eq(&gt[gt.len() - 1], false, &pt[pt.len() - 1], false);
             }
-            (0..go.len()).all(|k| relation_eq((&gt[k], go[k], &gt[k + 1]), (&pt[k], po[k], &pt[k + 1])))
+            (0..go.len())
+                .all(|k| relation_eq((&gt[k], go[k], &gt[k + 1]), (&pt[k], po[k], &pt[k + 1])))
         }
-        (Answer::Interval { lo: a0, hi: a1, lo_closed: ac0, hi_closed: ac1 }, Answer::Interval { lo: b0, hi: b1, lo_closed: bc0, hi_closed: bc1 }) => {
-            ac0 == bc0 && ac1 == bc1 && endpoint_eq(a0, b0) && endpoint_eq(a1, b1)
-        }
-        (Answer::Interval { lo, hi, lo_closed: false, hi_closed: false }, Answer::Set(items) | Answer::Tuple(items)) => {
-            let pair = [Answer::Expr { e: lo.clone(), percent: false }, Answer::Expr { e: hi.clone(), percent: false }];
+        (
+            Answer::Interval {
+                lo: a0,
+                hi: a1,
+                lo_closed: ac0,
+                hi_closed: ac1,
+            },
+            Answer::Interval {
+                lo: b0,
+                hi: b1,
+                lo_closed: bc0,
+                hi_closed: bc1,
+            },
+        ) => ac0 == bc0 && ac1 == bc1 && endpoint_eq(a0, b0) && endpoint_eq(a1, b1),
+        (
+            Answer::Interval {
+                lo,
+                hi,
+                lo_closed: false,
+                hi_closed: false,
+            },
+            Answer::Set(items) | Answer::Tuple(items),
+        ) => {
+            let pair = [
+                Answer::Expr {
+                    e: lo.clone(),
+                    percent: false,
+                },
+                Answer::Expr {
+                    e: hi.clone(),
+                    percent: false,
+                },
+            ];
             items_eq_ordered(&pair, items, depth)
         }
-        (Answer::Set(items) | Answer::Tuple(items), Answer::Interval { lo, hi, lo_closed: false, hi_closed: false }) => {
-            let pair = [Answer::Expr { e: lo.clone(), percent: false }, Answer::Expr { e: hi.clone(), percent: false }];
+        (
+            Answer::Set(items) | Answer::Tuple(items),
+            Answer::Interval {
+                lo,
+                hi,
+                lo_closed: false,
+                hi_closed: false,
+            },
+        ) => {
+            let pair = [
+                Answer::Expr {
+                    e: lo.clone(),
+                    percent: false,
+                },
+                Answer::Expr {
+                    e: hi.clone(),
+                    percent: false,
+                },
+            ];
             items_eq_ordered(items, &pair, depth)
         }
         (Answer::Tuple(a), Answer::Tuple(b)) => items_eq_ordered(a, b, depth),
@@ -867,7 +1021,10 @@ fn answers_eq_at(gold: &Answer, pred: &Answer, depth: usize) -> bool {
         (Answer::Set(a), Answer::Set(b) | Answer::Tuple(b)) => items_eq_unordered(a, b, depth),
         (Answer::Union(a), Answer::Union(b)) => items_eq_unordered(a, b, depth),
         (Answer::Matrix(a), Answer::Matrix(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(ra, rb)| items_eq_ordered(ra, rb, depth))
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(ra, rb)| items_eq_ordered(ra, rb, depth))
         }
         // A single column/row matrix and a tuple are the same vector in answers.
         (Answer::Matrix(m), Answer::Tuple(t)) | (Answer::Tuple(t), Answer::Matrix(m)) => {
@@ -902,7 +1059,10 @@ pub fn parses(answer: &str) -> bool {
 pub fn grade_extracted(gold: &str, pred: &str) -> bool {
     let gold_text = unbox(gold);
     let pred = &unbox(pred);
-    let (Some(g), Some(p)) = (parse_answer(&normalize(&gold_text)), parse_answer(&normalize(pred))) else {
+    let (Some(g), Some(p)) = (
+        parse_answer(&normalize(&gold_text)),
+        parse_answer(&normalize(pred)),
+    ) else {
         // Neither side parses: math-verify falls back to comparing the strings.
         let (a, b) = (normalize(&gold_text), normalize(pred));
         return !a.is_empty() && a == b;
@@ -936,6 +1096,9 @@ mod tests {
         assert!(g(r"\text{Evelyn}", "Evelyn"));
         assert!(g("10", r"10\text{ cm}"));
         assert!(g(r"90^\circ", "90"));
-        assert!(g(r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"));
+        assert!(g(
+            r"\begin{pmatrix}1\\2\end{pmatrix}",
+            r"\begin{pmatrix}1\\2\end{pmatrix}"
+        ));
     }
 }

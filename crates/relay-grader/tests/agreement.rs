@@ -25,7 +25,12 @@ fn load() -> Vec<Pair> {
         .collect()
 }
 
-fn report(name: &str, pairs: &[Pair], mode: GradeMode, reference: impl Fn(&Pair) -> bool) -> (f64, f64) {
+fn report(
+    name: &str,
+    pairs: &[Pair],
+    mode: GradeMode,
+    reference: impl Fn(&Pair) -> bool,
+) -> (f64, f64) {
     let mut agree = 0usize;
     let (mut boxed_n, mut boxed_agree) = (0usize, 0usize);
     let mut shown = 0;
@@ -39,7 +44,15 @@ fn report(name: &str, pairs: &[Pair], mode: GradeMode, reference: impl Fn(&Pair)
         }
         if !ok && shown < 15 && p.template != "bare" {
             shown += 1;
-            let tail: String = p.pred.chars().rev().take(90).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = p
+                .pred
+                .chars()
+                .rev()
+                .take(90)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             eprintln!("  [{name}] ours={ours} gold={:?} pred=…{tail:?}", p.gold);
         }
     }
@@ -61,7 +74,11 @@ fn verify_mode_agrees_with_math_verify() {
     let (all, framed) = report("math-verify", &pairs, GradeMode::Verify, |p| p.math_verify);
     // Bare answers (no `$`, no box) are where we deliberately differ: math-verify extracts
     // nothing from them, while our API grades a bare answer as written.
-    assert!(framed >= 0.99, "agreement on full responses fell to {:.2}%", 100.0 * framed);
+    assert!(
+        framed >= 0.99,
+        "agreement on full responses fell to {:.2}%",
+        100.0 * framed
+    );
     assert!(all >= 0.97, "overall agreement fell to {:.2}%", 100.0 * all);
 }
 

@@ -23,7 +23,9 @@ fn load() -> Vec<Case> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("cases.jsonl line {}: {e}", i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("cases.jsonl line {}: {e}", i + 1))
+        })
         .collect()
 }
 
@@ -35,16 +37,42 @@ fn corpus_has_the_promised_coverage() {
     cats.sort_unstable();
     cats.dedup();
     for want in [
-        "boxed_extraction", "left_right", "dfrac_tfrac", "degrees", "dollars", "percent", "units_text",
-        "assignment", "frac_shorthand", "sqrt_shorthand", "a_slash_b", "leading_dot", "spaces", "tuple",
-        "interval", "unreduced_fraction", "integer_vs_noninteger", "symbolic", "thousands_separator",
-        "fraction_decimal", "set_order", "matrix", "inequality", "complex", "multiple_choice",
-        "final_answer_fallback", "garbage",
+        "boxed_extraction",
+        "left_right",
+        "dfrac_tfrac",
+        "degrees",
+        "dollars",
+        "percent",
+        "units_text",
+        "assignment",
+        "frac_shorthand",
+        "sqrt_shorthand",
+        "a_slash_b",
+        "leading_dot",
+        "spaces",
+        "tuple",
+        "interval",
+        "unreduced_fraction",
+        "integer_vs_noninteger",
+        "symbolic",
+        "thousands_separator",
+        "fraction_decimal",
+        "set_order",
+        "matrix",
+        "inequality",
+        "complex",
+        "multiple_choice",
+        "final_answer_fallback",
+        "garbage",
     ] {
         assert!(cats.contains(&want), "no case in category {want}");
     }
     for c in &cases {
-        assert!(matches!(c.follows.as_str(), "math-verify" | "mathruler"), "bad follows {:?}", c.follows);
+        assert!(
+            matches!(c.follows.as_str(), "math-verify" | "mathruler"),
+            "bad follows {:?}",
+            c.follows
+        );
     }
 }
 
@@ -75,7 +103,11 @@ fn corpus_agrees_with_the_python_graders() {
         }
     }
     if !noted.is_empty() {
-        eprintln!("{} documented divergences from the Python graders:\n{}", noted.len(), noted.join("\n"));
+        eprintln!(
+            "{} documented divergences from the Python graders:\n{}",
+            noted.len(),
+            noted.join("\n")
+        );
     }
     assert!(
         failures.is_empty(),

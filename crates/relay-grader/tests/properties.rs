@@ -6,7 +6,11 @@ use relay_grader::{grade, GradeMode};
 
 /// Grade `answer` (boxed in a short response) against `gold`.
 fn check(mode: GradeMode, gold: &str, answer: &str) -> bool {
-    grade(mode, gold, &format!("Working...\nSo the answer is $\\boxed{{{answer}}}$."))
+    grade(
+        mode,
+        gold,
+        &format!("Working...\nSo the answer is $\\boxed{{{answer}}}$."),
+    )
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -19,7 +23,12 @@ fn gcd(a: i64, b: i64) -> i64 {
 
 fn with_separators(n: i64) -> String {
     let s = n.unsigned_abs().to_string();
-    let groups: Vec<&str> = s.as_bytes().rchunks(3).rev().map(|g| std::str::from_utf8(g).unwrap_or("")).collect();
+    let groups: Vec<&str> = s
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|g| std::str::from_utf8(g).unwrap_or(""))
+        .collect();
     let out = groups.join(",");
     if n < 0 {
         format!("-{out}")
@@ -33,7 +42,12 @@ fn six_decimals(p: i64, q: i64, neg: bool) -> String {
     let (scaled, rem) = (p * 1_000_000 / q, p * 1_000_000 % q);
     let up = 2 * rem > q || 2 * rem == q && scaled % 2 == 1;
     let n = scaled + i64::from(up);
-    format!("{}{}.{:06}", if neg { "-" } else { "" }, n / 1_000_000, n % 1_000_000)
+    format!(
+        "{}{}.{:06}",
+        if neg { "-" } else { "" },
+        n / 1_000_000,
+        n % 1_000_000
+    )
 }
 
 proptest! {

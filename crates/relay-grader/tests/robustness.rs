@@ -23,7 +23,12 @@ fn exercise(gold: &str, pred: &str) {
         let t = Instant::now();
         let _ = grade(mode, gold, pred);
         let took = t.elapsed();
-        assert!(took < BOUND, "{mode} took {took:?} on gold {:?} pred {:?}", short(gold), short(pred));
+        assert!(
+            took < BOUND,
+            "{mode} took {took:?} on gold {:?} pred {:?}",
+            short(gold),
+            short(pred)
+        );
     }
     work::reset(200_000);
     let _ = extract::extract_boxed(pred);
@@ -70,7 +75,9 @@ fn latexish() -> impl Strategy<Value = String> {
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a}{b}")),
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a}, {b}")),
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} \\le {b}")),
-            inner.clone().prop_map(|a| format!("\\begin{{pmatrix}}{a}&{a}\\\\{a}&{a}\\end{{pmatrix}}")),
+            inner
+                .clone()
+                .prop_map(|a| format!("\\begin{{pmatrix}}{a}&{a}\\\\{a}&{a}\\end{{pmatrix}}")),
             inner.clone().prop_map(|a| format!("\\sin^{{2}} {a}")),
             inner.clone().prop_map(|a| format!("\\log_{{2}} {a}")),
             inner.clone().prop_map(|a| format!("{a}!")),
@@ -106,7 +113,11 @@ proptest! {
 fn adversarial_inputs_are_cheap() {
     let deep_braces = format!("\\boxed{{{}1{}}}", "{".repeat(20_000), "}".repeat(20_000));
     let deep_parens = format!("\\boxed{{{}1{}}}", "(".repeat(5_000), ")".repeat(5_000));
-    let deep_fracs = format!("\\boxed{{{}1{}}}", "\\frac{1}{".repeat(2_000), "}".repeat(2_000));
+    let deep_fracs = format!(
+        "\\boxed{{{}1{}}}",
+        "\\frac{1}{".repeat(2_000),
+        "}".repeat(2_000)
+    );
     let tower = format!("\\boxed{{{}}}", vec!["9"; 200].join("^"));
     let braced_tower = format!("\\boxed{{{}9{}}}", "9^{".repeat(300), "}".repeat(300));
     let huge_number = format!("\\boxed{{{}}}", "9".repeat(100_000));
@@ -119,8 +130,20 @@ fn adversarial_inputs_are_cheap() {
     let long_text = "word ".repeat(200_000) + "\\boxed{5}";
     let vars = "\\boxed{a b c d e f g h j k l m n o p q r s t u v w x y z}".to_string();
     for pred in [
-        deep_braces, deep_parens, deep_fracs, tower, braced_tower, huge_number, many_items, many_boxes,
-        unclosed, factorial, binom, big_pow, long_text, vars,
+        deep_braces,
+        deep_parens,
+        deep_fracs,
+        tower,
+        braced_tower,
+        huge_number,
+        many_items,
+        many_boxes,
+        unclosed,
+        factorial,
+        binom,
+        big_pow,
+        long_text,
+        vars,
     ] {
         let t = Instant::now();
         exercise("5", &pred);
