@@ -158,3 +158,42 @@ fn the_tail_of_a_long_response_is_still_graded() {
     assert!(grade(GradeMode::Verify, "5", &long));
     assert!(grade(GradeMode::MathRuler, "5", &long));
 }
+
+#[test]
+fn grading_from_many_threads_gives_the_same_answers() {
+    // The work budget is per thread; concurrent graders must not starve or disturb each other.
+    let cases: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                format!("\\frac{{{i}}}{{7}}"),
+                format!(
+                    "so \\boxed{{{}}}",
+                    if i % 2 == 0 {
+                        format!("{i}/7")
+                    } else {
+                        format!("{}/7", i + 1)
+                    }
+                ),
+            )
+        })
+        .collect();
+    let expected: Vec<bool> = cases
+        .iter()
+        .map(|(g, p)| grade(GradeMode::Verify, g, p))
+        .collect();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let cases = cases.clone();
+            std::thread::spawn(move || {
+                cases
+                    .iter()
+                    .map(|(g, p)| grade(GradeMode::Verify, g, p))
+                    .collect::<Vec<bool>>()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("grader thread"), expected);
+    }
+    assert_eq!(expected.iter().filter(|&&c| c).count(), 100);
+}
