@@ -25,12 +25,15 @@ models: build
 demo: setup models
 	@scripts/demo.sh "$(BIN)" "$(GSM8K)" "$(DEMO_N)"
 
+# Includes the remote-engine tests against a real llama-server (built first; ~8 min once).
 test:
+	scripts/build-llama-cpp.sh
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	    $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 	    $(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(CARGO) test -p relay-engine --test remote -- --ignored
 
 # The relay on the real pair: the confidence policy serves calls, answers are boxed, and the
 # call ratio moves with the threshold (needs the models; not part of `make test`).

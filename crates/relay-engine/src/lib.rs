@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod model;
 pub mod generate;
 pub mod relay;
+pub mod remote;
 pub mod sampling;
 pub mod tiny;
 pub mod stream;

@@ -4,10 +4,15 @@ use anyhow::{Context, Result};
 use clap::Args;
 use relay_core::{PolicyKind, RelayConfig};
 use relay_engine::fetch::{default_models_dir, resolve_model_arg};
+use relay_engine::chat::ChatTemplate;
 use relay_engine::model::{LoadedModel, ModelPair};
+use relay_engine::remote::{RemoteConfig, RemoteEngine};
+use relay_engine::tokenizer::Tokenizer;
 use relay_engine::sampling::SamplingParams;
 use relay_engine::LoadOptions;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Where models come from.
 #[derive(Args, Clone, Debug)]
@@ -18,6 +23,17 @@ pub struct ModelArgs {
     /// Folder of the fetched pair, for `slm`/`llm` [default: $RELAYLLM_MODELS_DIR or the repo's models/].
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
+    /// Tokenizer (and chat template) for a model given as an `http://` URL: a GGUF file, a
+    /// `tokenizer.json`, or a model folder. Without it a remote model of a pair borrows the
+    /// other model's tokenizer and template.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Bearer key for a remote (`http://`) model.
+    #[arg(long)]
+    pub remote_api_key: Option<String>,
+    /// Seconds one request to a remote model may take.
+    #[arg(long, default_value_t = 60)]
+    pub remote_timeout: u64,
 }
 
 impl ModelArgs {
@@ -25,7 +41,17 @@ impl ModelArgs {
         resolve_model_arg(arg, &self.models_dir.clone().unwrap_or_else(default_models_dir))
     }
 
+    /// A model path (GGUF, safetensors folder, `slm`/`llm`) or an `http://` URL of an
+    /// OpenAI-compatible server; a URL needs `--tokenizer` (see [`Self::load_pair`] otherwise).
     pub fn load(&self, arg: &str) -> Result<LoadedModel> {
+        if is_remote(arg) {
+            let source = self.tokenizer.as_deref().with_context(|| {
+                format!("{arg} is a remote model: pass --tokenizer PATH (a GGUF or tokenizer.json)")
+            })?;
+            let tokenizer = Tokenizer::load_for_model(source).with_context(|| format!("tokenizer {}", source.display()))?;
+            let template = ChatTemplate::load_for_model(source).ok().map(Arc::new);
+            return self.load_remote(arg, Arc::new(tokenizer), template);
+        }
         let path = self.resolve(arg);
         if !path.exists() && (arg == "slm" || arg == "llm") {
             anyhow::bail!("{arg} not found at {} — run `relayllm fetch models` first", path.display());
@@ -34,9 +60,50 @@ impl ModelArgs {
         LoadedModel::load(&path, opts).with_context(|| format!("loading {}", path.display()))
     }
 
+    /// Both models of a relay. A remote model's tokenizer and chat template come from
+    /// `--tokenizer` when given, else from the other model of the pair (which must then be
+    /// local): the usual setup is a local SLM and the same-family LLM behind a server.
     pub fn load_pair(&self, slm: &str, llm: &str) -> Result<ModelPair> {
-        Ok(ModelPair::new(self.load(slm)?, self.load(llm)?))
+        if self.tokenizer.is_some() || (!is_remote(slm) && !is_remote(llm)) {
+            return Ok(ModelPair::new(self.load(slm)?, self.load(llm)?));
+        }
+        match (is_remote(slm), is_remote(llm)) {
+            (true, true) => anyhow::bail!("both models are remote: pass --tokenizer PATH"),
+            (false, true) => {
+                let slm = self.load(slm)?;
+                let llm = self.load_remote(llm, slm.tokenizer.clone(), slm.template.clone())?;
+                Ok(ModelPair::new(slm, llm))
+            }
+            _ => {
+                let llm = self.load(llm)?;
+                let slm = self.load_remote(slm, llm.tokenizer.clone(), llm.template.clone())?;
+                Ok(ModelPair::new(slm, llm))
+            }
+        }
     }
+
+    fn load_remote(&self, url: &str, tokenizer: Arc<Tokenizer>, template: Option<Arc<ChatTemplate>>) -> Result<LoadedModel> {
+        let mut config = RemoteConfig::new(url);
+        config.api_key = self.remote_api_key.clone();
+        config.timeout = Duration::from_secs(self.remote_timeout.max(1));
+        // The server's own n_vocab wins (it may pad past the tokenizer); this is the fallback.
+        config.vocab_size = None;
+        config.eos_token_ids = tokenizer.eos_ids().to_vec();
+        let engine = match RemoteEngine::connect(config.clone()) {
+            Err(relay_engine::EngineError::InvalidInput(m)) if m.contains("vocabulary size") => {
+                config.vocab_size = Some(tokenizer.vocab_size());
+                RemoteEngine::connect(config)
+            }
+            other => other,
+        }
+        .with_context(|| format!("connecting to {url}"))?;
+        Ok(LoadedModel { path: PathBuf::from(url), engine: Arc::new(engine), tokenizer, template })
+    }
+}
+
+/// An `http://`/`https://` model argument names a server, not a file.
+pub fn is_remote(arg: &str) -> bool {
+    arg.starts_with("http://") || arg.starts_with("https://")
 }
 
 /// How the relay decides when the LLM writes.
