@@ -14,6 +14,7 @@
 //!   policy and limits and keeps the two views.
 //! - [`view`]: the LLM view's pieces, handed to the driver as a delta at each call.
 //! - [`trace`]: the [`RelayTrace`] returned with every response.
+//! - [`reward`]: the difficulty-aware GRPO reward computed from traces.
 //!
 //! ## Contract with a driver (relay-engine)
 //!
@@ -35,6 +36,7 @@
 pub mod error;
 pub mod limits;
 pub mod policy;
+pub mod reward;
 pub mod session;
 pub mod tag;
 pub mod trace;
