@@ -318,11 +318,8 @@ impl RemoteEngine {
                 let text = t.to_string();
                 let timed_out = text.contains("timed out") || text.contains("Timeout") || text.contains("timeout");
                 let kind = if timed_out { std::io::ErrorKind::TimedOut } else { std::io::ErrorKind::ConnectionRefused };
-                let msg = if timed_out {
-                    format!("{url}: timed out after {:?}: {text}", self.config.timeout)
-                } else {
-                    format!("{url}: {text}")
-                };
+                // ureq's transport message already names the URL.
+                let msg = if timed_out { format!("timed out after {:?}: {text}", self.config.timeout) } else { text };
                 Err(Failure::Retryable(io(kind, msg)))
             }
         }
