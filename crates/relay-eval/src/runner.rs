@@ -364,6 +364,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(EvalError::io(dir))?;
     tmp.write_all(bytes).map_err(EvalError::io(path))?;
+    // tempfile creates 0600; results and reports are meant to be read by others too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(EvalError::io(path))?;
+    }
     tmp.as_file().sync_all().map_err(EvalError::io(path))?;
     tmp.persist(path).map_err(|e| EvalError::Io { path: path.to_path_buf(), source: e.error })?;
     Ok(())
