@@ -172,7 +172,10 @@ impl RemoteEngine {
 
     /// Asks the server to continue `prompt` by up to `max_tokens` tokens (server-side greedy,
     /// temperature 0) with the top-`top_logprobs` log-probs at each position. Stateless.
-    pub fn complete(&self, prompt: &[u32], max_tokens: usize, top_logprobs: usize) -> Result<Vec<RemoteToken>> {
+    /// `stop_at_eos: false` sends `ignore_eos` (llama.cpp, vLLM, SGLang): the server then never
+    /// picks EOS, but still reports EOS's log-prob among the top-k, so the caller can choose it
+    /// (a server that picks EOS returns no log-probs for that position).
+    pub fn complete(&self, prompt: &[u32], max_tokens: usize, top_logprobs: usize, stop_at_eos: bool) -> Result<Vec<RemoteToken>> {
         if prompt.is_empty() {
             return Err(EngineError::InvalidInput("empty prompt".into()));
         }
@@ -187,6 +190,9 @@ impl RemoteEngine {
             "logprobs": top_logprobs.max(1),
             "stream": false,
         });
+        if !stop_at_eos {
+            body["ignore_eos"] = Value::Bool(true);
+        }
         for (k, v) in &self.config.extra_body {
             body[k] = v.clone();
         }
@@ -195,7 +201,25 @@ impl RemoteEngine {
         if choice.is_null() {
             return Err(self.malformed("no choices in the completion"));
         }
+        if choice["logprobs"].is_null() && max_tokens == 1 && !stop_at_eos {
+            // llama.cpp drops the log-probs of a token that ends inside a UTF-8 character.
+            return self.llama_cpp_probe(prompt, top_logprobs);
+        }
         parse_logprobs(&choice["logprobs"]).map_err(|reason| self.malformed(&reason))
+    }
+
+    /// llama.cpp's native `/completion`: learn the id it picked (`return_tokens`), then ask again
+    /// with that id banned through `logit_bias`; the reported log-probs are pre-sampling, so
+    /// they still hold the banned token's own.
+    fn llama_cpp_probe(&self, prompt: &[u32], top_logprobs: usize) -> Result<Vec<RemoteToken>> {
+        let mut body = json!({"prompt": prompt, "n_predict": 1, "temperature": 0.0, "ignore_eos": true,
+                              "n_probs": top_logprobs.max(1), "return_tokens": true});
+        let first = self.request("POST", "/completion", Some(&body))?;
+        let picked = first["tokens"][0].as_u64().ok_or_else(|| self.malformed("no logprobs and no token ids"))?;
+        body["logit_bias"] = json!([[picked, false]]);
+        let second = self.request("POST", "/completion", Some(&body))?;
+        let probs = json!({"content": second["completion_probabilities"].clone()});
+        parse_logprobs(&probs).map_err(|reason| self.malformed(&reason))
     }
 
     /// Decodes up to `n` tokens after `seq` in **one** request (server-side greedy, stops at the
@@ -205,7 +229,7 @@ impl RemoteEngine {
     pub fn generate(&self, seq: SeqId, n: usize) -> Result<Vec<RemoteToken>> {
         let prefix = self.tokens(seq)?;
         let room = self.info.context_length.saturating_sub(prefix.len());
-        let out = self.complete(&prefix, n.min(room), self.config.top_logprobs)?;
+        let out = self.complete(&prefix, n.min(room), self.config.top_logprobs, true)?;
         let mut seqs = self.seqs.lock().unwrap();
         let held = seqs.get_mut(&seq).ok_or(EngineError::UnknownSequence(seq))?;
         held.extend(out.iter().map(|t| t.id));
@@ -219,7 +243,7 @@ impl RemoteEngine {
 
     /// Logits for the position after `prefix`: the top-k log-probs at their ids, −∞ elsewhere.
     fn next_logits(&self, prefix: &[u32]) -> Result<Vec<f32>> {
-        let tokens = self.complete(prefix, 1, self.config.top_logprobs)?;
+        let tokens = self.complete(prefix, 1, self.config.top_logprobs, false)?;
         let first = tokens.first().ok_or_else(|| self.malformed("the completion holds no token"))?;
         let vocab = self.info.vocab_size;
         let mut logits = vec![f32::NEG_INFINITY; vocab];
