@@ -2,4 +2,164 @@
 //! provenance, the token-level API for RL frameworks, grading and reward endpoints, metrics,
 //! and the page that shows where the LLM wrote.
 //!
-//! Not built yet: see the serving issue.
+//! The data path reads top to bottom: a handler validates the body once into a
+//! [`job::ValidJob`], [`admission`] hands it a concurrency slot (or 429), [`job::run_job`]
+//! runs the relay on a blocking thread, and the handler turns its pieces into JSON or SSE.
+//! Each request owns a cancel flag that is set when its client goes away or its time is up,
+//! so the relay frees its sequences promptly.
+//!
+//! Not here: continuous batching across requests (each request decodes on its own thread).
+
+pub mod admission;
+pub mod api;
+pub mod error;
+pub mod job;
+pub mod metrics;
+pub mod native;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use relay_engine::model::ModelPair;
+use relay_engine::relay::RelayPair;
+
+pub use error::ApiError;
+
+/// Server settings (the `serve` command's flags).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// When set, `/v1/*` and the native endpoints need `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Requests decoding at once.
+    pub max_concurrency: usize,
+    /// Requests that may wait for a slot; one more is answered 429.
+    pub queue: usize,
+    /// Longest a request may take, waiting included.
+    pub request_timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Default `max_tokens` when a request gives none.
+    pub default_max_tokens: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_concurrency: 4,
+            queue: 64,
+            request_timeout: Duration::from_secs(300),
+            max_body_bytes: 2 * 1024 * 1024,
+            default_max_tokens: 256,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub models: ModelPair,
+    pub pair: RelayPair,
+    pub config: ServerConfig,
+    pub metrics: metrics::Metrics,
+    pub slots: admission::Slots,
+}
+
+impl AppState {
+    pub fn new(models: ModelPair, config: ServerConfig) -> Arc<Self> {
+        let pair = models.relay_pair();
+        let slots = admission::Slots::new(config.max_concurrency, config.queue);
+        Arc::new(Self { models, pair, config, metrics: metrics::Metrics::default(), slots })
+    }
+}
+
+/// All routes, with auth, the body limit and OpenAI-style 404s.
+pub fn router(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .route("/v1/models", get(api::list_models))
+        .route("/v1/chat/completions", post(api::chat_completions))
+        .route("/v1/completions", post(api::completions))
+        .route("/relay/generate", post(native::relay_generate))
+        .route("/grade", post(native::grade))
+        .route("/reward/group", post(native::reward_group))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .merge(protected)
+        .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            state.metrics.request("authentication_error");
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({
+            "status": "ok",
+            "running": state.metrics.running.load(Relaxed),
+            "queued": state.metrics.queue_depth.load(Relaxed),
+        })),
+    )
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// Binds `host:port`, prints `listening on http://ADDR` to stdout, and serves until Ctrl-C:
+/// the blocking entry point for the CLI (which has no runtime of its own).
+pub fn run(host: &str, port: u16, state: Arc<AppState>) -> std::io::Result<()> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((host, port)).await?;
+        println!("listening on http://{}", listener.local_addr()?);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        serve(listener, state, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    })
+}

@@ -29,6 +29,10 @@ enum Command {
     Relay(cmd::relay::RelayArgs),
     /// Grade math answers (prints true/false, or annotates a JSONL file).
     Grade(cmd::grade::GradeArgs),
+    /// Difficulty-aware rewards for one group of rollouts (JSON on stdin).
+    Reward(cmd::reward::RewardArgs),
+    /// Serve the relay over HTTP (OpenAI-compatible API, token API, metrics, page).
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Relay(a) => cmd::relay::run(a),
         Command::Grade(a) => cmd::grade::run(a),
+        Command::Reward(a) => cmd::reward::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,3 +5,5 @@ pub mod fetch;
 pub mod generate;
 pub mod grade;
 pub mod relay;
+pub mod reward;
+pub mod serve;

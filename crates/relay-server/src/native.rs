@@ -1,0 +1,118 @@
+//! The native endpoints RL frameworks use: token ids in, ids + source mask + SLM log-probs
+//! out (`/relay/generate`); the grader (`/grade`); the group reward (`/reward/group`).
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use relay_core::reward::{group_rewards, RewardKind, RhoKind, Rollout};
+use relay_core::Source;
+use relay_grader::GradeMode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{check_prompt, finish, json_object, model_choice, refused, settings, start};
+use crate::error::ApiError;
+use crate::job::{ModelChoice, ValidJob};
+use crate::AppState;
+
+pub async fn relay_generate(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let arrived = Instant::now();
+    let valid = json_object(body).and_then(|obj| {
+        let model = model_choice(&obj, Some(ModelChoice::Relay))?;
+        let ids: Vec<u32> = match obj.get("prompt_ids") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_u64().filter(|&t| t <= u32::MAX as u64).map(|t| t as u32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| ApiError::invalid("prompt_ids", "prompt_ids must be a list of token ids"))?,
+            _ => return Err(ApiError::invalid("prompt_ids", "prompt_ids (a list of token ids) is required")),
+        };
+        let s = settings(&state, &obj)?;
+        check_prompt(&state, &ids, "prompt_ids", s.max_tokens)?;
+        let llm_prompt = match &state.pair.llm_tokenizer {
+            None => ids.clone(),
+            Some(tok) => {
+                let text = state.pair.slm_tokenizer.decode(&ids).map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?;
+                tok.encode(&text, false).map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?
+            }
+        };
+        Ok(ValidJob { model, slm_prompt: ids, llm_prompt, config: s.config, sampling: s.sampling, stop: Vec::new(), n: 1 })
+    });
+    let job = match valid {
+        Ok(j) => j,
+        Err(e) => return refused(&state, e),
+    };
+    let running = match start(&state, job, arrived).await {
+        Ok(r) => r,
+        Err(e) => return refused(&state, e),
+    };
+    let choice = match finish(running).await {
+        Ok(mut c) => c.remove(0),
+        Err(e) => return e.into_response(),
+    };
+    let out = &choice.relay;
+    let mask: Vec<u8> = out.sources.iter().map(|s| u8::from(*s == Source::Llm)).collect();
+    Json(json!({
+        "ids": out.tokens,
+        "source_mask": mask,
+        "slm_logprobs": out.slm_logprobs,
+        "calls": out.trace.calls,
+        "text": out.text,
+        "finish_reason": choice.finish_reason,
+        "trace": out.trace,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GradeRequest {
+    gold: String,
+    pred: String,
+    #[serde(default = "default_mode")]
+    mode: GradeMode,
+}
+
+fn default_mode() -> GradeMode {
+    GradeMode::Verify
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let obj = json_object(body)?;
+    serde_json::from_value(Value::Object(obj)).map_err(|e| ApiError::bad_json(format!("invalid request: {e}")))
+}
+
+pub async fn grade(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let req: GradeRequest = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return refused(&state, e),
+    };
+    let correct = tokio::task::spawn_blocking(move || relay_grader::grade(req.mode, &req.gold, &req.pred)).await;
+    match correct {
+        Ok(correct) => Json(json!({"correct": correct})).into_response(),
+        Err(e) => ApiError::internal(format!("grader failed: {e}")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewardRequest {
+    rollouts: Vec<Rollout>,
+    #[serde(default)]
+    reward: RewardKind,
+    #[serde(default)]
+    rho: RhoKind,
+}
+
+pub async fn reward_group(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let req: RewardRequest = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return refused(&state, e),
+    };
+    let group = relay_core::reward::RolloutGroup { rollouts: req.rollouts };
+    Json(group_rewards(&group, req.reward, req.rho)).into_response()
+}

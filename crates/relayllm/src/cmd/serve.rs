@@ -1,0 +1,55 @@
+//! `relayllm serve`: the OpenAI-compatible relay server (relay-server) on a loaded pair.
+use anyhow::{Context, Result};
+use clap::Args;
+use std::time::Duration;
+
+use super::common::ModelArgs;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The small model: a path, `slm`, or an `http://` URL of an OpenAI-compatible server.
+    #[arg(long, default_value = "slm")]
+    pub slm: String,
+    /// The large model: a path, `llm`, or an `http://` URL.
+    #[arg(long, default_value = "llm")]
+    pub llm: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on the API (not on /, /health, /metrics).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Requests decoding at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_concurrency: usize,
+    /// Requests that may wait for a slot; more are answered 429.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Seconds a request may take, waiting included.
+    #[arg(long, default_value_t = 300)]
+    pub request_timeout: u64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// max_tokens when a request gives none.
+    #[arg(long, default_value_t = 256)]
+    pub default_max_tokens: usize,
+    #[command(flatten)]
+    pub models: ModelArgs,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let pair = args.models.load_pair(&args.slm, &args.llm)?;
+    let config = relay_server::ServerConfig {
+        api_key: args.api_key,
+        max_concurrency: args.max_concurrency,
+        queue: args.queue,
+        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        max_body_bytes: args.max_body_bytes,
+        default_max_tokens: args.default_max_tokens,
+    };
+    let state = relay_server::AppState::new(pair, config);
+    relay_server::run(&args.host, args.port, state).context("serving")
+}
