@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::model::{Arch, Embedding, Layer, Linear, Model, ModelConfig, Weight};
+use super::native::NativeMatrix;
 use super::q8::Q8Matrix;
 use super::LoadOptions;
 use crate::error::{EngineError, Result};
@@ -171,6 +172,14 @@ fn weight_arc(q: Arc<QTensor>, opts: &LoadOptions) -> Result<Weight> {
         GgmlDType::Q4K | GgmlDType::Q8_0 => k % 256 == 0,
         _ => false,
     };
+    if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        return Ok(Weight::Candle(QMatMul::from_arc(q)?));
+    }
+    if let Some(native) = if opts.native_kernels { NativeMatrix::from_qtensor(&q)? } else { None } {
+        let repacked = candle_fast || (q.dtype() == GgmlDType::Q6K && k % 256 == 0);
+        let batched = if repacked { Some(QMatMul::from_arc(q)?) } else { None };
+        return Ok(Weight::Native { native, batched });
+    }
     if candle_fast || !opts.requantize || !Q8Matrix::supports(k) {
         return Ok(Weight::Candle(QMatMul::from_arc(q)?));
     }

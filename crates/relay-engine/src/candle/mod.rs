@@ -8,6 +8,7 @@ pub mod bench;
 mod kv;
 mod load;
 mod model;
+mod native;
 mod q8;
 
 pub use model::{Arch, ModelConfig};
@@ -37,11 +38,15 @@ pub struct LoadOptions {
     /// finer than the 5/6-bit source, so the error added is small; `false` keeps the file's
     /// exact types on candle's generic (slow) kernels.
     pub requantize: bool,
+    /// Run Q4_K/Q6_K/Q5_0/Q8_0 weights on their own blocks with our AVX2 kernels
+    /// (`native.rs`). Off by default: first measurements (under heavy machine load) were
+    /// slower than the Q8 re-quantized path, likely from software f16 conversion per block.
+    pub native_kernels: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { threads: None, max_context: None, requantize: true }
+        Self { threads: None, max_context: None, requantize: true, native_kernels: false }
     }
 }
 

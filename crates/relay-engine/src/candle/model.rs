@@ -51,13 +51,21 @@ pub struct ModelConfig {
 pub(crate) enum Weight {
     Candle(QMatMul),
     Q8(super::q8::Q8Matrix),
+    /// The file's own blocks; `batched` is candle's repacked kernel, faster once many rows
+    /// share each weight load (prefill).
+    Native { native: super::native::NativeMatrix, batched: Option<QMatMul> },
 }
+
+/// Rows from which prefill switches to candle's repacked kernel where there is one.
+const BATCHED_ROWS: usize = 8;
 
 impl Weight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Weight::Candle(w) => w.forward(x)?,
             Weight::Q8(w) => w.forward(x)?,
+            Weight::Native { batched: Some(b), .. } if x.dim(0)? >= BATCHED_ROWS => b.forward(x)?,
+            Weight::Native { native, .. } => native.forward(x)?,
         })
     }
 }
