@@ -300,6 +300,24 @@ async fn a_client_that_disconnects_cancels_its_request() {
     assert!(!metrics.contains("outcome=\"ok\""), "it did not run to the end: {metrics}");
 }
 
+/// tests/python/test_openai_client.py with the official `openai` client. Skipped (with a note)
+/// where the package is missing, unless RELAYLLM_REQUIRE_PYTHON_TESTS=1 (CI sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_client_works() {
+    let has_openai = std::process::Command::new("python3").args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    if !has_openai {
+        assert!(std::env::var("RELAYLLM_REQUIRE_PYTHON_TESTS").is_err(), "pip install openai");
+        eprintln!("skipped: python3 -m pip install openai");
+        return;
+    }
+    let s = start(ServerConfig { api_key: Some("k".into()), ..ServerConfig::default() }).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/test_openai_client.py");
+    let url = s.url.clone();
+    let out = tokio::process::Command::new("python3").arg(script).arg(&url).arg("k").output().await.unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    s.wait_idle().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_is_enforced() {
     let s = start(ServerConfig { request_timeout: Duration::from_millis(1), ..ServerConfig::default() }).await;
