@@ -15,6 +15,8 @@ setup:
 	    apt-get update -qq && apt-get install -y -qq python3-pip; fi
 	@if ! command -v cmake >/dev/null || ! command -v c++ >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq cmake g++; fi
+	@if ! command -v chromium >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq chromium; fi
 
 build:
 	$(CARGO) build --release -p relayllm

@@ -318,6 +318,40 @@ async fn the_official_openai_python_client_works() {
     s.wait_idle().await;
 }
 
+/// The page in headless Chromium: it submits a prompt on load (`?auto=1`), the answer streams
+/// in with the LLM's spans highlighted; the screenshot is kept in target/test-output/page.png.
+/// Skipped where Chromium is missing, unless RELAYLLM_REQUIRE_BROWSER_TESTS=1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_llm_spans_in_chromium() {
+    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists()) else {
+        assert!(std::env::var("RELAYLLM_REQUIRE_BROWSER_TESTS").is_err(), "apt-get install -y chromium");
+        eprintln!("skipped: apt-get install -y chromium");
+        return;
+    };
+    let s = start(ServerConfig::default()).await;
+    let page = format!("{}/?auto=1&max_tokens=40&policy=confidence&threshold=1&prompt=What%20is%202%2B2%3F", s.url);
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-output");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let mut c = tokio::process::Command::new(chromium);
+        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]);
+        c.arg(format!("--user-data-dir={}", profile.path().display()));
+        c.args(["--virtual-time-budget=20000", "--window-size=1000,800"]);
+        c.args(extra).arg(&page);
+        c.kill_on_drop(true);
+        c.output()
+    };
+    let dom = run(&["--dump-dom".to_string()]).await.unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(dom.contains("class=\"llm\""), "an LLM span is highlighted: {dom}");
+    assert!(dom.contains("data-done=\"1\"") && dom.contains("call ratio"), "the stats show: {dom}");
+    let shot = out_dir.join("page.png");
+    let _ = std::fs::remove_file(&shot);
+    run(&[format!("--screenshot={}", shot.display())]).await.unwrap();
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "screenshot written");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_is_enforced() {
     let s = start(ServerConfig { request_timeout: Duration::from_millis(1), ..ServerConfig::default() }).await;
