@@ -40,7 +40,9 @@ impl std::str::FromStr for RewardKind {
             "difficulty" => Ok(Self::Difficulty),
             "simple" => Ok(Self::Simple),
             "accuracy" => Ok(Self::Accuracy),
-            other => Err(format!("unknown reward {other:?} (expected difficulty, simple or accuracy)")),
+            other => Err(format!(
+                "unknown reward {other:?} (expected difficulty, simple or accuracy)"
+            )),
         }
     }
 }
@@ -51,7 +53,9 @@ impl std::str::FromStr for RhoKind {
         match s {
             "requested" => Ok(Self::Requested),
             "served" => Ok(Self::Served),
-            other => Err(format!("unknown rho {other:?} (expected requested or served)")),
+            other => Err(format!(
+                "unknown rho {other:?} (expected requested or served)"
+            )),
         }
     }
 }

@@ -4,26 +4,45 @@ use relay_core::reward::*;
 fn r(correct: bool, calls: &[(u64, u64)], tokens: u64) -> Rollout {
     Rollout {
         correct,
-        calls: calls.iter().map(|&(requested_n, served)| RolloutCall { requested_n, served }).collect(),
+        calls: calls
+            .iter()
+            .map(|&(requested_n, served)| RolloutCall {
+                requested_n,
+                served,
+            })
+            .collect(),
         response_tokens: tokens,
     }
 }
 
 fn rewards(rollouts: Vec<Rollout>) -> GroupReward {
-    group_rewards(&RolloutGroup { rollouts }, RewardKind::Difficulty, RhoKind::Requested)
+    group_rewards(
+        &RolloutGroup { rollouts },
+        RewardKind::Difficulty,
+        RhoKind::Requested,
+    )
 }
 
 #[test]
 fn student_solvable_row() {
     // correct no call, correct called (ρ = 10/100), wrong no call, wrong called
-    let g = rewards(vec![r(true, &[], 100), r(true, &[(10, 10)], 100), r(false, &[], 100), r(false, &[(20, 20)], 100)]);
+    let g = rewards(vec![
+        r(true, &[], 100),
+        r(true, &[(10, 10)], 100),
+        r(false, &[], 100),
+        r(false, &[(20, 20)], 100),
+    ]);
     assert_eq!(g.scenario, Scenario::StudentSolvable);
     assert_eq!(g.rewards, vec![1.5, 0.9, 0.0, 0.0]);
 }
 
 #[test]
 fn teacher_dependent_row() {
-    let g = rewards(vec![r(true, &[(25, 25)], 100), r(false, &[], 100), r(false, &[(50, 50)], 100)]);
+    let g = rewards(vec![
+        r(true, &[(25, 25)], 100),
+        r(false, &[], 100),
+        r(false, &[(50, 50)], 100),
+    ]);
     assert_eq!(g.scenario, Scenario::TeacherDependent);
     assert_eq!(g.rewards, vec![0.75, -1.0, 0.0]);
 }
@@ -39,8 +58,14 @@ fn teacher_unsolvable_row() {
 fn scenario_is_per_group_not_per_rollout() {
     // The same wrong-without-call rollout earns −1 or 0 depending on its group.
     let wrong = r(false, &[], 100);
-    assert_eq!(rewards(vec![wrong.clone(), r(true, &[(5, 5)], 100)]).rewards[0], -1.0);
-    assert_eq!(rewards(vec![wrong.clone(), r(true, &[], 100)]).rewards[0], 0.0);
+    assert_eq!(
+        rewards(vec![wrong.clone(), r(true, &[(5, 5)], 100)]).rewards[0],
+        -1.0
+    );
+    assert_eq!(
+        rewards(vec![wrong.clone(), r(true, &[], 100)]).rewards[0],
+        0.0
+    );
     assert_eq!(rewards(vec![wrong]).rewards[0], 0.0);
 }
 
@@ -65,14 +90,28 @@ fn rho_requested_caps_each_call_and_the_total() {
 
 #[test]
 fn rho_served_changes_the_reward() {
-    let group = RolloutGroup { rollouts: vec![r(true, &[(40, 10)], 100)] };
-    assert_eq!(group_rewards(&group, RewardKind::Difficulty, RhoKind::Requested).rewards, vec![0.6]);
-    assert_eq!(group_rewards(&group, RewardKind::Difficulty, RhoKind::Served).rewards, vec![0.9]);
+    let group = RolloutGroup {
+        rollouts: vec![r(true, &[(40, 10)], 100)],
+    };
+    assert_eq!(
+        group_rewards(&group, RewardKind::Difficulty, RhoKind::Requested).rewards,
+        vec![0.6]
+    );
+    assert_eq!(
+        group_rewards(&group, RewardKind::Difficulty, RhoKind::Served).rewards,
+        vec![0.9]
+    );
 }
 
 #[test]
 fn ablations() {
-    let group = RolloutGroup { rollouts: vec![r(true, &[(20, 20)], 100), r(false, &[(50, 50)], 100), r(false, &[], 10)] };
+    let group = RolloutGroup {
+        rollouts: vec![
+            r(true, &[(20, 20)], 100),
+            r(false, &[(50, 50)], 100),
+            r(false, &[], 10),
+        ],
+    };
     let simple = group_rewards(&group, RewardKind::Simple, RhoKind::Requested);
     assert_eq!(simple.rewards, vec![0.8, -0.5, 0.0]);
     let acc = group_rewards(&group, RewardKind::Accuracy, RhoKind::Requested);
@@ -84,8 +123,16 @@ fn json_shape() {
     let input = r#"{"rollouts": [{"correct": true, "calls": [], "response_tokens": 12},
                                  {"correct": false, "calls": [{"requested_n": 4, "served": 4}], "response_tokens": 8}]}"#;
     let group: RolloutGroup = serde_json::from_str(input).unwrap();
-    let out = serde_json::to_value(group_rewards(&group, RewardKind::Difficulty, RhoKind::Requested)).unwrap();
-    assert_eq!(out, serde_json::json!({"scenario": "student-solvable", "rewards": [1.5, 0.0]}));
+    let out = serde_json::to_value(group_rewards(
+        &group,
+        RewardKind::Difficulty,
+        RhoKind::Requested,
+    ))
+    .unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({"scenario": "student-solvable", "rewards": [1.5, 0.0]})
+    );
     let s = serde_json::to_value(Scenario::TeacherUnsolvable).unwrap();
     assert_eq!(s, "teacher-unsolvable");
 }

@@ -10,11 +10,14 @@ use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
 
 use crate::error::{EngineError, Result};
-use crate::tokenizer::{gguf_u32, model_tokenizer_source, read_gguf_content, special_token_content, TokenizerSource};
+use crate::tokenizer::{
+    gguf_u32, model_tokenizer_source, read_gguf_content, special_token_content, TokenizerSource,
+};
 
 /// Qwen2.5's chat template, copied from the real SLM's GGUF metadata by
 /// `tests/fixtures/extract_chat_template.py` (the tiny test models carry it too).
-pub const QWEN2_5_CHAT_TEMPLATE: &str = include_str!("../tests/fixtures/qwen2_5_chat_template.jinja");
+pub const QWEN2_5_CHAT_TEMPLATE: &str =
+    include_str!("../tests/fixtures/qwen2_5_chat_template.jinja");
 
 /// Name the one template is registered under in its environment.
 const TEMPLATE_NAME: &str = "chat";
@@ -29,7 +32,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
@@ -91,8 +97,15 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.clone())
-            .map_err(|e| EngineError::InvalidInput(format!("chat template does not compile: {e:#}")))?;
-        Ok(Self { env, source, bos_token: String::new(), eos_token: String::new() })
+            .map_err(|e| {
+                EngineError::InvalidInput(format!("chat template does not compile: {e:#}"))
+            })?;
+        Ok(Self {
+            env,
+            source,
+            bos_token: String::new(),
+            eos_token: String::new(),
+        })
     }
 
     /// Sets the strings templates see as `bos_token` / `eos_token`.
@@ -108,18 +121,28 @@ impl ChatTemplate {
             .metadata
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
-            .ok_or_else(|| EngineError::Unsupported("GGUF metadata has no tokenizer.chat_template".into()))?;
+            .ok_or_else(|| {
+                EngineError::Unsupported("GGUF metadata has no tokenizer.chat_template".into())
+            })?;
         let token = |key: &str| -> String {
-            let tokens = content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok());
+            let tokens = content
+                .metadata
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.to_vec().ok());
             let id = content.metadata.get(key).and_then(gguf_u32);
             match (tokens, id) {
-                (Some(tokens), Some(id)) => {
-                    tokens.get(id as usize).and_then(|t| t.to_string().ok()).cloned().unwrap_or_default()
-                }
+                (Some(tokens), Some(id)) => tokens
+                    .get(id as usize)
+                    .and_then(|t| t.to_string().ok())
+                    .cloned()
+                    .unwrap_or_default(),
                 _ => String::new(),
             }
         };
-        let (bos, eos) = (token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id"));
+        let (bos, eos) = (
+            token("tokenizer.ggml.bos_token_id"),
+            token("tokenizer.ggml.eos_token_id"),
+        );
         Ok(Self::new(source.clone())?.with_special_tokens(bos, eos))
     }
 
@@ -131,9 +154,12 @@ impl ChatTemplate {
         if !path.is_file() {
             return Err(EngineError::NotFound(path.to_path_buf()));
         }
-        let malformed = |reason: String| EngineError::Malformed { path: path.to_path_buf(), reason };
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path)?).map_err(|e| malformed(e.to_string()))?;
+        let malformed = |reason: String| EngineError::Malformed {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)
+            .map_err(|e| malformed(e.to_string()))?;
         let jinja_file = path.with_file_name("chat_template.jinja");
         let source = if jinja_file.is_file() {
             std::fs::read_to_string(jinja_file)?
@@ -146,7 +172,12 @@ impl ChatTemplate {
                     .and_then(|t| t.get("template")?.as_str())
                     .map(str::to_owned)
                     .ok_or_else(|| malformed("chat_template list has no `default` entry".into()))?,
-                _ => return Err(EngineError::Unsupported(format!("{} has no chat_template", path.display()))),
+                _ => {
+                    return Err(EngineError::Unsupported(format!(
+                        "{} has no chat_template",
+                        path.display()
+                    )))
+                }
             }
         };
         let bos = special_token_content(config.get("bos_token")).unwrap_or_default();
@@ -162,7 +193,9 @@ impl ChatTemplate {
                 let content = read_gguf_content(&p)?;
                 Self::from_gguf(&content)
             }
-            TokenizerSource::Json(p) => Self::from_tokenizer_config(p.with_file_name("tokenizer_config.json")),
+            TokenizerSource::Json(p) => {
+                Self::from_tokenizer_config(p.with_file_name("tokenizer_config.json"))
+            }
         }
     }
 
@@ -173,24 +206,43 @@ impl ChatTemplate {
 
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        self.render_with(messages, &ChatOptions { add_generation_prompt, ..ChatOptions::default() })
+        self.render_with(
+            messages,
+            &ChatOptions {
+                add_generation_prompt,
+                ..ChatOptions::default()
+            },
+        )
     }
 
     pub fn render_with(&self, messages: &[ChatMessage], options: &ChatOptions) -> Result<String> {
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
-            ("add_generation_prompt", Value::from(options.add_generation_prompt)),
+            (
+                "add_generation_prompt",
+                Value::from(options.add_generation_prompt),
+            ),
             ("bos_token", Value::from(self.bos_token.as_str())),
             ("eos_token", Value::from(self.eos_token.as_str())),
-            ("tools", options.tools.as_ref().map(Value::from_serialize).unwrap_or(Value::from(()))),
+            (
+                "tools",
+                options
+                    .tools
+                    .as_ref()
+                    .map(Value::from_serialize)
+                    .unwrap_or(Value::from(())),
+            ),
         ];
         if let Some(thinking) = options.enable_thinking {
             ctx.push(("enable_thinking", Value::from(thinking)));
         }
-        let template = self.env.get_template(TEMPLATE_NAME).expect("registered in new()");
-        template
-            .render(Value::from_iter(ctx))
-            .map_err(|e| EngineError::InvalidInput(format!("chat template: {}", render_error_message(&e))))
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .expect("registered in new()");
+        template.render(Value::from_iter(ctx)).map_err(|e| {
+            EngineError::InvalidInput(format!("chat template: {}", render_error_message(&e)))
+        })
     }
 }
 
@@ -210,14 +262,23 @@ fn render_error_message(e: &JinjaError) -> String {
 /// `value | tojson(indent=None, separators=None, sort_keys=False)` printed like Python's
 /// `json.dumps(value, ensure_ascii=False, …)`, which is what HF renders (minijinja's own
 /// `tojson` escapes HTML characters and drops the spaces after `,` and `:`).
-fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::Result<Value, JinjaError> {
+fn tojson(
+    value: &Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, JinjaError> {
     let indent = match kwargs.get::<Option<Value>>("indent")?.or(indent) {
         Some(v) if v.is_none() || v.is_undefined() => None,
         Some(v) => Some(
             v.as_usize()
                 .map(|n| " ".repeat(n))
                 .or_else(|| v.as_str().map(str::to_owned))
-                .ok_or_else(|| JinjaError::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer"))?,
+                .ok_or_else(|| {
+                    JinjaError::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an integer",
+                    )
+                })?,
         ),
         None => None,
     };
@@ -227,14 +288,27 @@ fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::
             let parts: Vec<String> = v.try_iter()?.map(|p| p.to_string()).collect();
             match parts.as_slice() {
                 [a, b] => (a.clone(), b.clone()),
-                _ => return Err(JinjaError::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair")),
+                _ => {
+                    return Err(JinjaError::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be a pair",
+                    ))
+                }
             }
         }
-        _ => ((if indent.is_some() { "," } else { ", " }).to_string(), ": ".to_string()),
+        _ => (
+            (if indent.is_some() { "," } else { ", " }).to_string(),
+            ": ".to_string(),
+        ),
     };
     let _ = kwargs.get::<Option<bool>>("ensure_ascii")?;
     kwargs.assert_all_used()?;
-    let style = JsonStyle { indent, item_sep, key_sep, sort_keys };
+    let style = JsonStyle {
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys,
+    };
     let mut out = String::new();
     write_json(&mut out, value, &style, 0)?;
     Ok(Value::from_safe_string(out))
@@ -247,9 +321,18 @@ struct JsonStyle {
     sort_keys: bool,
 }
 
-fn write_json(out: &mut String, v: &Value, style: &JsonStyle, depth: usize) -> std::result::Result<(), JinjaError> {
-    let not_serializable =
-        |what: &str| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {what} is not JSON serializable"));
+fn write_json(
+    out: &mut String,
+    v: &Value,
+    style: &JsonStyle,
+    depth: usize,
+) -> std::result::Result<(), JinjaError> {
+    let not_serializable = |what: &str| {
+        JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: {what} is not JSON serializable"),
+        )
+    };
     match v.kind() {
         ValueKind::Undefined => return Err(not_serializable("undefined")),
         ValueKind::None => out.push_str("null"),
@@ -262,7 +345,9 @@ fn write_json(out: &mut String, v: &Value, style: &JsonStyle, depth: usize) -> s
                 out.push_str(&python_float_repr(f));
             }
         }
-        ValueKind::String => out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).expect("string")),
+        ValueKind::String => {
+            out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).expect("string"))
+        }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
             write_container(out, '[', ']', &items, style, depth, |out, item, depth| {
@@ -284,11 +369,19 @@ fn write_json(out: &mut String, v: &Value, style: &JsonStyle, depth: usize) -> s
             if style.sort_keys {
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
             }
-            write_container(out, '{', '}', &entries, style, depth, |out, (k, item), depth| {
-                out.push_str(&serde_json::to_string(k).expect("string"));
-                out.push_str(&style.key_sep);
-                write_json(out, item, style, depth)
-            })?;
+            write_container(
+                out,
+                '{',
+                '}',
+                &entries,
+                style,
+                depth,
+                |out, (k, item), depth| {
+                    out.push_str(&serde_json::to_string(k).expect("string"));
+                    out.push_str(&style.key_sep);
+                    write_json(out, item, style, depth)
+                },
+            )?;
         }
         _ => return Err(not_serializable(&format!("a value of kind {}", v.kind()))),
     }
@@ -335,7 +428,11 @@ fn python_float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let sci = format!("{f:e}");
     let (mantissa, exp) = sci.split_once('e').expect("LowerExp has an exponent");
@@ -348,7 +445,11 @@ fn python_float_repr(f: f64) -> String {
             format!("{s}.0")
         }
     } else {
-        format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+        format!(
+            "{mantissa}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
     }
 }
 

@@ -6,7 +6,9 @@ use crate::error::Result;
 
 /// Handle of one sequence (one request's view in one model). Cheap to copy; meaningless
 /// to any engine but the one that created it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SeqId(pub u64);
 
 /// What callers need to know about the loaded model.

@@ -16,7 +16,10 @@ pub enum EngineError {
     #[error("unsupported model: {0}")]
     Unsupported(String),
     #[error("malformed model file {path}: {reason}")]
-    Malformed { path: std::path::PathBuf, reason: String },
+    Malformed {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]

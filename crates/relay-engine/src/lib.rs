@@ -2,17 +2,17 @@
 //! fork, score) and its implementations, plus tokenizers, chat templates and model loading.
 
 pub mod candle;
-pub mod engine;
 pub mod chat;
+pub mod engine;
 pub mod error;
 pub mod fetch;
-pub mod model;
 pub mod generate;
+pub mod model;
 pub mod relay;
 pub mod remote;
 pub mod sampling;
-pub mod tiny;
 pub mod stream;
+pub mod tiny;
 pub mod tiny_vocab;
 pub mod tokenizer;
 

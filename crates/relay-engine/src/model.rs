@@ -37,7 +37,12 @@ impl LoadedModel {
                 None
             }
         };
-        Ok(Self { path: path.to_path_buf(), engine: Arc::new(engine), tokenizer: Arc::new(tokenizer), template })
+        Ok(Self {
+            path: path.to_path_buf(),
+            engine: Arc::new(engine),
+            tokenizer: Arc::new(tokenizer),
+            template,
+        })
     }
 
     /// The prompt as the model should see it: the chat template applied to `messages` (with
@@ -47,7 +52,10 @@ impl LoadedModel {
             return Ok(messages.iter().map(|m| m.content.as_str()).collect());
         }
         let template = self.template.as_ref().ok_or_else(|| {
-            EngineError::InvalidInput(format!("{} has no chat template; drop --chat", self.path.display()))
+            EngineError::InvalidInput(format!(
+                "{} has no chat template; drop --chat",
+                self.path.display()
+            ))
         })?;
         template.render(messages, true)
     }
@@ -89,6 +97,9 @@ impl ModelPair {
 
     /// The prompt in each model's own template and tokens: (SLM ids, LLM ids).
     pub fn prompt_ids(&self, messages: &[ChatMessage], chat: bool) -> Result<(Vec<u32>, Vec<u32>)> {
-        Ok((self.slm.prompt_ids(messages, chat)?, self.llm.prompt_ids(messages, chat)?))
+        Ok((
+            self.slm.prompt_ids(messages, chat)?,
+            self.llm.prompt_ids(messages, chat)?,
+        ))
     }
 }

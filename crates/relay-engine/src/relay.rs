@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::{
-    Action, CallProgress, LlmDelta, LlmToken, RelayConfig, RelaySession, RelayTrace, SlmOutcome, SlmToken, Source,
-    StopReason, ViewPiece,
+    Action, CallProgress, LlmDelta, LlmToken, RelayConfig, RelaySession, RelayTrace, SlmOutcome,
+    SlmToken, Source, StopReason, ViewPiece,
 };
 
 use crate::engine::{Engine, SeqId};
@@ -62,7 +62,11 @@ pub struct LlmRetry {
 
 impl Default for LlmRetry {
     fn default() -> Self {
-        Self { attempts: 3, backoff: Duration::from_millis(100), token_timeout: Duration::from_secs(60) }
+        Self {
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            token_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -89,7 +93,10 @@ pub enum RelayEvent {
     /// A call starts at this response position and may serve up to `max_tokens`.
     CallStart { at: usize, max_tokens: usize },
     /// A call ended; `error` is set when the LLM failed and the SLM goes on alone.
-    CallEnd { served: usize, error: Option<String> },
+    CallEnd {
+        served: usize,
+        error: Option<String>,
+    },
 }
 
 /// A finished relay response.
@@ -113,7 +120,9 @@ pub struct RelayOutput {
 /// Messages from the LLM worker to the driver.
 enum FromLlm {
     /// The call's prefill took this long and produced this many tokens of prefill.
-    Token { id: u32 },
+    Token {
+        id: u32,
+    },
     Failed(String),
 }
 
@@ -135,15 +144,31 @@ struct LlmSide {
 }
 
 /// Decodes one response with the SLM and the LLM together.
-pub fn relay(pair: &RelayPair, request: &RelayRequest, mut on_event: impl FnMut(RelayEvent)) -> Result<RelayOutput> {
+pub fn relay(
+    pair: &RelayPair,
+    request: &RelayRequest,
+    mut on_event: impl FnMut(RelayEvent),
+) -> Result<RelayOutput> {
     if request.slm_prompt.is_empty() {
         return Err(EngineError::InvalidInput("the prompt is empty".into()));
     }
     let mut session = RelaySession::from_config(&request.config)?;
     let slm = pair.slm.as_ref();
     let slm_seq = slm.create_sequence()?;
-    let mut llm = LlmSide { seq: None, synced_len: 0, unavailable: None, context_at_calls: Vec::new() };
-    let result = drive(pair, request, &mut session, slm_seq, &mut llm, &mut on_event);
+    let mut llm = LlmSide {
+        seq: None,
+        synced_len: 0,
+        unavailable: None,
+        context_at_calls: Vec::new(),
+    };
+    let result = drive(
+        pair,
+        request,
+        &mut session,
+        slm_seq,
+        &mut llm,
+        &mut on_event,
+    );
     let _ = slm.free(slm_seq);
     if llm.unavailable.is_none() {
         if let Some(seq) = llm.seq {
@@ -164,7 +189,10 @@ pub fn relay(pair: &RelayPair, request: &RelayRequest, mut on_event: impl FnMut(
 }
 
 fn cancelled(request: &RelayRequest) -> bool {
-    request.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    request
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Relaxed))
 }
 
 /// The loop proper; returns the SLM log-probs and any text the detokenizer still held.
@@ -207,25 +235,44 @@ fn drive(
                 // An end-of-sequence token is part of the response but writes no text.
                 let mut trial = decoder.clone();
                 let text = if eos { String::new() } else { trial.push(id)? };
-                let outcome = session.push_slm_token(SlmToken { id, text: &text, top1_prob: p1, eos })?;
+                let outcome = session.push_slm_token(SlmToken {
+                    id,
+                    text: &text,
+                    top1_prob: p1,
+                    eos,
+                })?;
                 if outcome == SlmOutcome::Dropped {
                     continue;
                 }
                 decoder = trial;
                 slm_logprobs.push(logprob);
                 if !text.is_empty() {
-                    on_event(RelayEvent::Text { text, source: Source::Slm });
+                    on_event(RelayEvent::Text {
+                        text,
+                        source: Source::Slm,
+                    });
                 }
                 if matches!(session.next_action(), Action::Stop(_)) {
                     break; // nothing will read the SLM's next logits
                 }
                 let t = Instant::now();
-                logits = slm.step(&[(slm_seq, id)])?.pop().ok_or_else(|| engine_bug("step returned nothing"))?;
+                logits = slm
+                    .step(&[(slm_seq, id)])?
+                    .pop()
+                    .ok_or_else(|| engine_bug("step returned nothing"))?;
                 session.record_time(Source::Slm, t.elapsed());
                 slm_len += 1;
             }
             Action::Llm { .. } => {
-                let served = run_call(pair, request, session, llm, &mut decoder, &mut slm_logprobs, on_event)?;
+                let served = run_call(
+                    pair,
+                    request,
+                    session,
+                    llm,
+                    &mut decoder,
+                    &mut slm_logprobs,
+                    on_event,
+                )?;
                 if served.is_empty() || matches!(session.next_action(), Action::Stop(_)) {
                     continue;
                 }
@@ -262,7 +309,9 @@ fn delta_ids(pair: &RelayPair, delta: &LlmDelta) -> Result<Vec<u32>> {
     };
     for piece in &delta.pieces {
         match piece {
-            ViewPiece::Token { id, source, .. } if pair.shared_tokenizer() || *source == Source::Llm => {
+            ViewPiece::Token { id, source, .. }
+                if pair.shared_tokenizer() || *source == Source::Llm =>
+            {
                 flush(&mut text, &mut ids)?;
                 ids.push(*id);
             }
@@ -286,23 +335,41 @@ fn run_call(
 ) -> Result<Vec<u32>> {
     let start = session.begin_call()?;
     let at = session.tokens().len();
-    on_event(RelayEvent::CallStart { at, max_tokens: start.max_tokens });
+    on_event(RelayEvent::CallStart {
+        at,
+        max_tokens: start.max_tokens,
+    });
     let call_index = session.trace().calls.len() as u64;
     let started = Instant::now();
 
-    let outcome = serve_call(pair, request, session, llm, &start.delta, call_index, decoder, on_event);
+    let outcome = serve_call(
+        pair,
+        request,
+        session,
+        llm,
+        &start.delta,
+        call_index,
+        decoder,
+        on_event,
+    );
     session.record_time(Source::Llm, started.elapsed());
     let served = match outcome {
         Ok(()) => session.end_call()?,
         Err(error) => {
             tracing::warn!(%error, "LLM call failed; the SLM goes on alone");
             let served = session.fail_call(error.clone())?;
-            on_event(RelayEvent::CallEnd { served: served.tokens.len(), error: Some(error) });
+            on_event(RelayEvent::CallEnd {
+                served: served.tokens.len(),
+                error: Some(error),
+            });
             slm_logprobs.extend(std::iter::repeat_n(None, served.tokens.len()));
             return slm_ids_for(pair, &served.tokens, &served.text);
         }
     };
-    on_event(RelayEvent::CallEnd { served: served.tokens.len(), error: None });
+    on_event(RelayEvent::CallEnd {
+        served: served.tokens.len(),
+        error: None,
+    });
     slm_logprobs.extend(std::iter::repeat_n(None, served.tokens.len()));
     if served.ends_response {
         return Ok(Vec::new());
@@ -356,7 +423,9 @@ fn serve_call(
                 continue;
             }
         };
-        match attempt_call(pair, request, session, llm, seq, &prefill, call_index, attempt, decoder, on_event) {
+        match attempt_call(
+            pair, request, session, llm, seq, &prefill, call_index, attempt, decoder, on_event,
+        ) {
             Ok(()) => return Ok(()),
             Err(CallFailure { error, retryable }) => {
                 last_error = error;
@@ -366,7 +435,9 @@ fn serve_call(
             }
         }
     }
-    Err(format!("LLM failed after {attempts} attempt(s): {last_error}"))
+    Err(format!(
+        "LLM failed after {attempts} attempt(s): {last_error}"
+    ))
 }
 
 fn prepare_llm_seq(pair: &RelayPair, llm: &mut LlmSide, first_call: bool) -> Result<SeqId> {
@@ -415,13 +486,30 @@ fn attempt_call(
     let engine = pair.llm.clone();
     let prefill_ids = prefill.to_vec();
     let mut sampling = request.sampling.clone();
-    sampling.seed = sampling.seed.wrapping_add((call_index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(attempt as u64);
+    sampling.seed = sampling
+        .seed
+        .wrapping_add((call_index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(attempt as u64);
     let context = engine.info().context_length;
     let base_len = llm.synced_len;
     std::thread::Builder::new()
         .name("relay-llm-call".into())
-        .spawn(move || llm_worker(engine, seq, prefill_ids, sampling, context, base_len, to_driver, from_driver))
-        .map_err(|e| CallFailure { error: format!("cannot start the LLM worker: {e}"), retryable: false })?;
+        .spawn(move || {
+            llm_worker(
+                engine,
+                seq,
+                prefill_ids,
+                sampling,
+                context,
+                base_len,
+                to_driver,
+                from_driver,
+            )
+        })
+        .map_err(|e| CallFailure {
+            error: format!("cannot start the LLM worker: {e}"),
+            retryable: false,
+        })?;
 
     let llm_tok = pair.llm_tok();
     let mut llm_decoder = (!pair.shared_tokenizer()).then(|| TokenStreamDecoder::new(llm_tok));
@@ -432,17 +520,31 @@ fn attempt_call(
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
                 // The worker may still hold the sequence: never touch it again.
-                let why = format!("LLM timed out after {:?} waiting for a token", request.retry.token_timeout);
+                let why = format!(
+                    "LLM timed out after {:?} waiting for a token",
+                    request.retry.token_timeout
+                );
                 llm.unavailable = Some(why.clone());
-                return Err(CallFailure { error: why, retryable: false });
+                return Err(CallFailure {
+                    error: why,
+                    retryable: false,
+                });
             }
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(CallFailure { error: "LLM worker ended unexpectedly".into(), retryable: pushed == 0 });
+                return Err(CallFailure {
+                    error: "LLM worker ended unexpectedly".into(),
+                    retryable: pushed == 0,
+                });
             }
         };
         let id = match message {
             FromLlm::Token { id } => id,
-            FromLlm::Failed(error) => return Err(CallFailure { error, retryable: pushed == 0 }),
+            FromLlm::Failed(error) => {
+                return Err(CallFailure {
+                    error,
+                    retryable: pushed == 0,
+                })
+            }
         };
         let eos = llm_tok.is_eos(id) || pair.llm.info().eos_token_ids.contains(&id);
         let text = match (eos, llm_decoder.as_mut()) {
@@ -450,19 +552,35 @@ fn attempt_call(
             (false, Some(d)) => d.push(id),
             (false, None) => decoder.push(id),
         }
-        .map_err(|e| CallFailure { error: e.to_string(), retryable: pushed == 0 })?;
+        .map_err(|e| CallFailure {
+            error: e.to_string(),
+            retryable: pushed == 0,
+        })?;
         let progress = session
-            .push_llm_token(LlmToken { id, text: &text, eos })
-            .map_err(|e| CallFailure { error: e.to_string(), retryable: false })?;
+            .push_llm_token(LlmToken {
+                id,
+                text: &text,
+                eos,
+            })
+            .map_err(|e| CallFailure {
+                error: e.to_string(),
+                retryable: false,
+            })?;
         pushed += 1;
         if !text.is_empty() {
-            on_event(RelayEvent::Text { text, source: Source::Llm });
+            on_event(RelayEvent::Text {
+                text,
+                source: Source::Llm,
+            });
         }
         match progress {
             CallProgress::More => {
                 fed += 1;
                 if to_llm.send(ToLlm::Step).is_err() {
-                    return Err(CallFailure { error: "LLM worker ended unexpectedly".into(), retryable: false });
+                    return Err(CallFailure {
+                        error: "LLM worker ended unexpectedly".into(),
+                        retryable: false,
+                    });
                 }
             }
             CallProgress::Done => {

@@ -102,7 +102,10 @@ pub struct RemoteEngine {
 
 impl std::fmt::Debug for RemoteEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteEngine").field("root", &self.root).field("model", &self.model).finish()
+        f.debug_struct("RemoteEngine")
+            .field("root", &self.root)
+            .field("model", &self.model)
+            .finish()
     }
 }
 
@@ -117,7 +120,9 @@ impl RemoteEngine {
             )));
         }
         if !url.starts_with("http://") {
-            return Err(EngineError::InvalidInput(format!("{url}: a remote model URL starts with http://")));
+            return Err(EngineError::InvalidInput(format!(
+                "{url}: a remote model URL starts with http://"
+            )));
         }
         let root = url.trim_end_matches("/v1").to_string();
         let agent = ureq::AgentBuilder::new().timeout(config.timeout).build();
@@ -139,7 +144,10 @@ impl RemoteEngine {
         let models = engine.request("GET", "/v1/models", None)?;
         let listed = models["data"].as_array().cloned().unwrap_or_default();
         let entry = match &engine.config.model {
-            Some(name) => listed.iter().find(|m| m["id"].as_str() == Some(name.as_str())).cloned(),
+            Some(name) => listed
+                .iter()
+                .find(|m| m["id"].as_str() == Some(name.as_str()))
+                .cloned(),
             None => listed.first().cloned(),
         };
         engine.model = match (&engine.config.model, &entry) {
@@ -147,7 +155,10 @@ impl RemoteEngine {
             (None, Some(m)) => m["id"].as_str().unwrap_or_default().to_string(),
             (None, None) => return Err(engine.malformed("/v1/models lists no model")),
         };
-        let meta = entry.as_ref().map(|m| m["meta"].clone()).unwrap_or(Value::Null);
+        let meta = entry
+            .as_ref()
+            .map(|m| m["meta"].clone())
+            .unwrap_or(Value::Null);
         let as_usize = |v: &Value| v.as_u64().filter(|&n| n > 0).map(|n| n as usize);
         engine.info.vocab_size = match engine.config.vocab_size.or_else(|| as_usize(&meta["n_vocab"])) {
             Some(n) => n,
@@ -158,7 +169,11 @@ impl RemoteEngine {
                 )))
             }
         };
-        if let Some(n) = engine.config.context_length.or_else(|| as_usize(&meta["n_ctx"])) {
+        if let Some(n) = engine
+            .config
+            .context_length
+            .or_else(|| as_usize(&meta["n_ctx"]))
+        {
             engine.info.context_length = n;
         }
         engine.info.name = engine.model.clone();
@@ -175,7 +190,13 @@ impl RemoteEngine {
     /// `stop_at_eos: false` sends `ignore_eos` (llama.cpp, vLLM, SGLang): the server then never
     /// picks EOS, but still reports EOS's log-prob among the top-k, so the caller can choose it
     /// (a server that picks EOS returns no log-probs for that position).
-    pub fn complete(&self, prompt: &[u32], max_tokens: usize, top_logprobs: usize, stop_at_eos: bool) -> Result<Vec<RemoteToken>> {
+    pub fn complete(
+        &self,
+        prompt: &[u32],
+        max_tokens: usize,
+        top_logprobs: usize,
+        stop_at_eos: bool,
+    ) -> Result<Vec<RemoteToken>> {
         if prompt.is_empty() {
             return Err(EngineError::InvalidInput("empty prompt".into()));
         }
@@ -215,7 +236,9 @@ impl RemoteEngine {
         let mut body = json!({"prompt": prompt, "n_predict": 1, "temperature": 0.0, "ignore_eos": true,
                               "n_probs": top_logprobs.max(1), "return_tokens": true});
         let first = self.request("POST", "/completion", Some(&body))?;
-        let picked = first["tokens"][0].as_u64().ok_or_else(|| self.malformed("no logprobs and no token ids"))?;
+        let picked = first["tokens"][0]
+            .as_u64()
+            .ok_or_else(|| self.malformed("no logprobs and no token ids"))?;
         body["logit_bias"] = json!([[picked, false]]);
         let second = self.request("POST", "/completion", Some(&body))?;
         let probs = json!({"content": second["completion_probabilities"].clone()});
@@ -231,38 +254,62 @@ impl RemoteEngine {
         let room = self.info.context_length.saturating_sub(prefix.len());
         let out = self.complete(&prefix, n.min(room), self.config.top_logprobs, true)?;
         let mut seqs = self.seqs.lock().unwrap();
-        let held = seqs.get_mut(&seq).ok_or(EngineError::UnknownSequence(seq))?;
+        let held = seqs
+            .get_mut(&seq)
+            .ok_or(EngineError::UnknownSequence(seq))?;
         held.extend(out.iter().map(|t| t.id));
         Ok(out)
     }
 
     /// The ids `seq` holds.
     pub fn tokens(&self, seq: SeqId) -> Result<Vec<u32>> {
-        self.seqs.lock().unwrap().get(&seq).cloned().ok_or(EngineError::UnknownSequence(seq))
+        self.seqs
+            .lock()
+            .unwrap()
+            .get(&seq)
+            .cloned()
+            .ok_or(EngineError::UnknownSequence(seq))
     }
 
     /// Logits for the position after `prefix`: the top-k log-probs at their ids, −∞ elsewhere.
     fn next_logits(&self, prefix: &[u32]) -> Result<Vec<f32>> {
         let tokens = self.complete(prefix, 1, self.config.top_logprobs, false)?;
-        let first = tokens.first().ok_or_else(|| self.malformed("the completion holds no token"))?;
+        let first = tokens
+            .first()
+            .ok_or_else(|| self.malformed("the completion holds no token"))?;
         let vocab = self.info.vocab_size;
         let mut logits = vec![f32::NEG_INFINITY; vocab];
-        for &(id, lp) in first.top.iter().chain(std::iter::once(&(first.id, first.logprob))) {
-            let slot = logits
-                .get_mut(id as usize)
-                .ok_or_else(|| self.malformed(&format!("token id {id} is past the vocabulary size {vocab}")))?;
+        for &(id, lp) in first
+            .top
+            .iter()
+            .chain(std::iter::once(&(first.id, first.logprob)))
+        {
+            let slot = logits.get_mut(id as usize).ok_or_else(|| {
+                self.malformed(&format!(
+                    "token id {id} is past the vocabulary size {vocab}"
+                ))
+            })?;
             *slot = if lp.is_nan() { f32::NEG_INFINITY } else { lp };
         }
         Ok(logits)
     }
 
     fn check_ids(&self, tokens: &[u32], held: usize) -> Result<()> {
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.info.vocab_size) {
-            return Err(EngineError::TokenOutOfVocab { id, vocab_size: self.info.vocab_size });
+        if let Some(&id) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.info.vocab_size)
+        {
+            return Err(EngineError::TokenOutOfVocab {
+                id,
+                vocab_size: self.info.vocab_size,
+            });
         }
         let len = held + tokens.len();
         if len > self.info.context_length {
-            return Err(EngineError::ContextOverflow { len, context_length: self.info.context_length });
+            return Err(EngineError::ContextOverflow {
+                len,
+                context_length: self.info.context_length,
+            });
         }
         Ok(())
     }
@@ -278,7 +325,9 @@ impl RemoteEngine {
 
     fn store(&self, seq: SeqId, prefix: Vec<u32>) -> Result<()> {
         let mut seqs = self.seqs.lock().unwrap();
-        let held = seqs.get_mut(&seq).ok_or(EngineError::UnknownSequence(seq))?;
+        let held = seqs
+            .get_mut(&seq)
+            .ok_or(EngineError::UnknownSequence(seq))?;
         *held = prefix;
         Ok(())
     }
@@ -309,7 +358,12 @@ impl RemoteEngine {
         }
     }
 
-    fn request_once(&self, method: &str, url: &str, body: Option<&Value>) -> std::result::Result<Value, Failure> {
+    fn request_once(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+    ) -> std::result::Result<Value, Failure> {
         let mut req = self.agent.request(method, url);
         if let Some(key) = &self.config.api_key {
             req = req.set("Authorization", &format!("Bearer {key}"));
@@ -322,7 +376,10 @@ impl RemoteEngine {
         match sent {
             Ok(resp) => {
                 let text = resp.into_string().map_err(|e| {
-                    Failure::Retryable(io(std::io::ErrorKind::Other, format!("{url}: reading the response: {e}")))
+                    Failure::Retryable(io(
+                        std::io::ErrorKind::Other,
+                        format!("{url}: reading the response: {e}"),
+                    ))
                 })?;
                 serde_json::from_str(&text).map_err(|e| {
                     let head: String = text.chars().take(200).collect();
@@ -330,7 +387,12 @@ impl RemoteEngine {
                 })
             }
             Err(ureq::Error::Status(code, resp)) => {
-                let detail: String = resp.into_string().unwrap_or_default().chars().take(500).collect();
+                let detail: String = resp
+                    .into_string()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(500)
+                    .collect();
                 let msg = format!("{url}: HTTP {code}: {detail}");
                 if code >= 500 || code == 429 {
                     Err(Failure::Retryable(io(std::io::ErrorKind::Other, msg)))
@@ -340,10 +402,20 @@ impl RemoteEngine {
             }
             Err(ureq::Error::Transport(t)) => {
                 let text = t.to_string();
-                let timed_out = text.contains("timed out") || text.contains("Timeout") || text.contains("timeout");
-                let kind = if timed_out { std::io::ErrorKind::TimedOut } else { std::io::ErrorKind::ConnectionRefused };
+                let timed_out = text.contains("timed out")
+                    || text.contains("Timeout")
+                    || text.contains("timeout");
+                let kind = if timed_out {
+                    std::io::ErrorKind::TimedOut
+                } else {
+                    std::io::ErrorKind::ConnectionRefused
+                };
                 // ureq's transport message already names the URL.
-                let msg = if timed_out { format!("timed out after {:?}: {text}", self.config.timeout) } else { text };
+                let msg = if timed_out {
+                    format!("timed out after {:?}: {text}", self.config.timeout)
+                } else {
+                    text
+                };
                 Err(Failure::Retryable(io(kind, msg)))
             }
         }
@@ -365,17 +437,29 @@ pub fn parse_logprobs(logprobs: &Value) -> std::result::Result<Vec<RemoteToken>,
         return content
             .iter()
             .map(|c| {
-                let id = json_id(&c["id"]).ok_or_else(|| format!("a logprobs entry has no token id: {c}"))?;
+                let id = json_id(&c["id"])
+                    .ok_or_else(|| format!("a logprobs entry has no token id: {c}"))?;
                 let top = c["top_logprobs"]
                     .as_array()
-                    .map(|alts| alts.iter().filter_map(|a| Some((json_id(&a["id"])?, lp(&a["logprob"])))).collect())
+                    .map(|alts| {
+                        alts.iter()
+                            .filter_map(|a| Some((json_id(&a["id"])?, lp(&a["logprob"]))))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                Ok(RemoteToken { id, logprob: lp(&c["logprob"]), top })
+                Ok(RemoteToken {
+                    id,
+                    logprob: lp(&c["logprob"]),
+                    top,
+                })
             })
             .collect();
     }
     if let Some(tokens) = logprobs["tokens"].as_array() {
-        let named = |s: &str| s.strip_prefix("token_id:").and_then(|n| n.parse::<u32>().ok());
+        let named = |s: &str| {
+            s.strip_prefix("token_id:")
+                .and_then(|n| n.parse::<u32>().ok())
+        };
         return tokens
             .iter()
             .enumerate()
@@ -393,7 +477,9 @@ pub fn parse_logprobs(logprobs: &Value) -> std::result::Result<Vec<RemoteToken>,
             })
             .collect();
     }
-    Err(format!("no logprobs in the completion (got {logprobs}); the server must support `logprobs`"))
+    Err(format!(
+        "no logprobs in the completion (got {logprobs}); the server must support `logprobs`"
+    ))
 }
 
 fn json_id(v: &Value) -> Option<u32> {
@@ -413,7 +499,9 @@ impl Engine for RemoteEngine {
 
     fn prefill(&self, seq: SeqId, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
-            return Err(EngineError::InvalidInput("prefill needs at least one token".into()));
+            return Err(EngineError::InvalidInput(
+                "prefill needs at least one token".into(),
+            ));
         }
         let prefix = self.extended(seq, tokens)?;
         let logits = self.next_logits(&prefix)?;
@@ -424,8 +512,14 @@ impl Engine for RemoteEngine {
     /// One request per listed sequence (a completions server batches concurrent requests
     /// itself; the relay steps one LLM sequence at a time).
     fn step(&self, batch: &[(SeqId, u32)]) -> Result<Vec<Vec<f32>>> {
-        let prefixes = batch.iter().map(|&(seq, tok)| self.extended(seq, &[tok])).collect::<Result<Vec<_>>>()?;
-        let logits = prefixes.iter().map(|p| self.next_logits(p)).collect::<Result<Vec<_>>>()?;
+        let prefixes = batch
+            .iter()
+            .map(|&(seq, tok)| self.extended(seq, &[tok]))
+            .collect::<Result<Vec<_>>>()?;
+        let logits = prefixes
+            .iter()
+            .map(|p| self.next_logits(p))
+            .collect::<Result<Vec<_>>>()?;
         for (&(seq, _), prefix) in batch.iter().zip(prefixes) {
             self.store(seq, prefix)?;
         }
@@ -433,14 +527,24 @@ impl Engine for RemoteEngine {
     }
 
     fn seq_len(&self, seq: SeqId) -> Result<usize> {
-        self.seqs.lock().unwrap().get(&seq).map(Vec::len).ok_or(EngineError::UnknownSequence(seq))
+        self.seqs
+            .lock()
+            .unwrap()
+            .get(&seq)
+            .map(Vec::len)
+            .ok_or(EngineError::UnknownSequence(seq))
     }
 
     fn truncate(&self, seq: SeqId, len: usize) -> Result<()> {
         let mut seqs = self.seqs.lock().unwrap();
-        let held = seqs.get_mut(&seq).ok_or(EngineError::UnknownSequence(seq))?;
+        let held = seqs
+            .get_mut(&seq)
+            .ok_or(EngineError::UnknownSequence(seq))?;
         if len > held.len() {
-            return Err(EngineError::InvalidInput(format!("cannot truncate {} tokens to {len}", held.len())));
+            return Err(EngineError::InvalidInput(format!(
+                "cannot truncate {} tokens to {len}",
+                held.len()
+            )));
         }
         held.truncate(len);
         Ok(())
@@ -454,11 +558,19 @@ impl Engine for RemoteEngine {
     }
 
     fn free(&self, seq: SeqId) -> Result<()> {
-        self.seqs.lock().unwrap().remove(&seq).map(|_| ()).ok_or(EngineError::UnknownSequence(seq))
+        self.seqs
+            .lock()
+            .unwrap()
+            .remove(&seq)
+            .map(|_| ())
+            .ok_or(EngineError::UnknownSequence(seq))
     }
 
     /// Needs prompt log-probs (`echo`), which llama.cpp's server does not offer.
     fn score(&self, _tokens: &[u32]) -> Result<Vec<f32>> {
-        Err(EngineError::Unsupported(format!("{}: scoring needs prompt log-probs, which a remote engine does not get", self.root)))
+        Err(EngineError::Unsupported(format!(
+            "{}: scoring needs prompt log-probs, which a remote engine does not get",
+            self.root
+        )))
     }
 }

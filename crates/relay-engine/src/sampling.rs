@@ -17,7 +17,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+        }
     }
 }
 
@@ -56,7 +61,11 @@ impl Sampler {
         if idx.is_empty() {
             return 0;
         }
-        let k = if p.top_k == 0 { idx.len() } else { p.top_k.min(idx.len()) };
+        let k = if p.top_k == 0 {
+            idx.len()
+        } else {
+            p.top_k.min(idx.len())
+        };
         let cmp = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
         if k < idx.len() {
             idx.select_nth_unstable_by(k - 1, cmp);
@@ -66,7 +75,10 @@ impl Sampler {
 
         let max = logits[idx[0]];
         let inv_t = 1.0 / p.temperature;
-        let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i] - max) * inv_t).exp()).collect();
+        let mut probs: Vec<f32> = idx
+            .iter()
+            .map(|&i| ((logits[i] - max) * inv_t).exp())
+            .collect();
         let sum: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
 

@@ -21,7 +21,10 @@ pub struct TokenStreamDecoder {
 
 impl TokenStreamDecoder {
     pub fn new(tokenizer: &Tokenizer) -> Self {
-        Self { tokenizer: tokenizer.clone(), pending: Vec::new() }
+        Self {
+            tokenizer: tokenizer.clone(),
+            pending: Vec::new(),
+        }
     }
 
     /// Adds one token and returns the text it completes (often empty mid-character, sometimes
@@ -70,7 +73,9 @@ impl TokenStreamDecoder {
                 Err(e) => {
                     let valid = e.valid_up_to();
                     let prefix = &self.pending[start..start + valid];
-                    out.push_str(std::str::from_utf8(prefix).expect("valid_up_to marks valid UTF-8"));
+                    out.push_str(
+                        std::str::from_utf8(prefix).expect("valid_up_to marks valid UTF-8"),
+                    );
                     start += valid;
                     match e.error_len() {
                         Some(n) => {

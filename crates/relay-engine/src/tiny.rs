@@ -65,7 +65,13 @@ impl TinyConfig {
 
     /// Qwen3-like: q/k norms, no biases, untied output, head_dim ≠ hidden / heads.
     pub fn qwen3() -> Self {
-        Self { arch: Arch::Qwen3, head_dim: 32, tie_embeddings: false, seed: 43, ..Self::qwen2() }
+        Self {
+            arch: Arch::Qwen3,
+            head_dim: 32,
+            tie_embeddings: false,
+            seed: 43,
+            ..Self::qwen2()
+        }
     }
 
     pub fn with_weights(mut self, w: TinyWeights) -> Self {
@@ -82,7 +88,13 @@ impl TinyConfig {
     pub fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut out = BTreeMap::new();
-        let (h, hd, nh, nkv, ff) = (self.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, self.intermediate_size);
+        let (h, hd, nh, nkv, ff) = (
+            self.hidden_size,
+            self.head_dim,
+            self.num_heads,
+            self.num_kv_heads,
+            self.intermediate_size,
+        );
         let mut put = |name: String, shape: &[usize], kind: Init| -> Result<()> {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = (0..n)
@@ -99,30 +111,78 @@ impl TinyConfig {
             out.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
             Ok(())
         };
-        put("model.embed_tokens.weight".into(), &[self.vocab_size, h], Init::Embed)?;
+        put(
+            "model.embed_tokens.weight".into(),
+            &[self.vocab_size, h],
+            Init::Embed,
+        )?;
         for i in 0..self.num_layers {
             let p = format!("model.layers.{i}");
             put(format!("{p}.input_layernorm.weight"), &[h], Init::Norm)?;
-            put(format!("{p}.self_attn.q_proj.weight"), &[nh * hd, h], Init::Weight(h))?;
-            put(format!("{p}.self_attn.k_proj.weight"), &[nkv * hd, h], Init::Weight(h))?;
-            put(format!("{p}.self_attn.v_proj.weight"), &[nkv * hd, h], Init::Weight(h))?;
+            put(
+                format!("{p}.self_attn.q_proj.weight"),
+                &[nh * hd, h],
+                Init::Weight(h),
+            )?;
+            put(
+                format!("{p}.self_attn.k_proj.weight"),
+                &[nkv * hd, h],
+                Init::Weight(h),
+            )?;
+            put(
+                format!("{p}.self_attn.v_proj.weight"),
+                &[nkv * hd, h],
+                Init::Weight(h),
+            )?;
             if self.arch == Arch::Qwen2 {
-                put(format!("{p}.self_attn.q_proj.bias"), &[nh * hd], Init::Small)?;
-                put(format!("{p}.self_attn.k_proj.bias"), &[nkv * hd], Init::Small)?;
-                put(format!("{p}.self_attn.v_proj.bias"), &[nkv * hd], Init::Small)?;
+                put(
+                    format!("{p}.self_attn.q_proj.bias"),
+                    &[nh * hd],
+                    Init::Small,
+                )?;
+                put(
+                    format!("{p}.self_attn.k_proj.bias"),
+                    &[nkv * hd],
+                    Init::Small,
+                )?;
+                put(
+                    format!("{p}.self_attn.v_proj.bias"),
+                    &[nkv * hd],
+                    Init::Small,
+                )?;
             } else {
                 put(format!("{p}.self_attn.q_norm.weight"), &[hd], Init::Norm)?;
                 put(format!("{p}.self_attn.k_norm.weight"), &[hd], Init::Norm)?;
             }
-            put(format!("{p}.self_attn.o_proj.weight"), &[h, nh * hd], Init::Weight(nh * hd))?;
-            put(format!("{p}.post_attention_layernorm.weight"), &[h], Init::Norm)?;
-            put(format!("{p}.mlp.gate_proj.weight"), &[ff, h], Init::Weight(h))?;
+            put(
+                format!("{p}.self_attn.o_proj.weight"),
+                &[h, nh * hd],
+                Init::Weight(nh * hd),
+            )?;
+            put(
+                format!("{p}.post_attention_layernorm.weight"),
+                &[h],
+                Init::Norm,
+            )?;
+            put(
+                format!("{p}.mlp.gate_proj.weight"),
+                &[ff, h],
+                Init::Weight(h),
+            )?;
             put(format!("{p}.mlp.up_proj.weight"), &[ff, h], Init::Weight(h))?;
-            put(format!("{p}.mlp.down_proj.weight"), &[h, ff], Init::Weight(ff))?;
+            put(
+                format!("{p}.mlp.down_proj.weight"),
+                &[h, ff],
+                Init::Weight(ff),
+            )?;
         }
         put("model.norm.weight".into(), &[h], Init::Norm)?;
         if !self.tie_embeddings {
-            put("lm_head.weight".into(), &[self.vocab_size, h], Init::Weight(h))?;
+            put(
+                "lm_head.weight".into(),
+                &[self.vocab_size, h],
+                Init::Weight(h),
+            )?;
         }
         Ok(out)
     }
@@ -134,18 +194,48 @@ impl TinyConfig {
             ("general.architecture".to_string(), V::String(a.to_string())),
             ("general.name".to_string(), V::String(format!("tiny-{a}"))),
             (format!("{a}.block_count"), V::U32(self.num_layers as u32)),
-            (format!("{a}.context_length"), V::U32(self.context_length as u32)),
-            (format!("{a}.embedding_length"), V::U32(self.hidden_size as u32)),
-            (format!("{a}.feed_forward_length"), V::U32(self.intermediate_size as u32)),
-            (format!("{a}.attention.head_count"), V::U32(self.num_heads as u32)),
-            (format!("{a}.attention.head_count_kv"), V::U32(self.num_kv_heads as u32)),
-            (format!("{a}.rope.freq_base"), V::F32(self.rope_theta as f32)),
-            (format!("{a}.attention.layer_norm_rms_epsilon"), V::F32(self.rms_norm_eps as f32)),
-            ("tokenizer.ggml.eos_token_id".to_string(), V::U32(self.eos_token_id)),
+            (
+                format!("{a}.context_length"),
+                V::U32(self.context_length as u32),
+            ),
+            (
+                format!("{a}.embedding_length"),
+                V::U32(self.hidden_size as u32),
+            ),
+            (
+                format!("{a}.feed_forward_length"),
+                V::U32(self.intermediate_size as u32),
+            ),
+            (
+                format!("{a}.attention.head_count"),
+                V::U32(self.num_heads as u32),
+            ),
+            (
+                format!("{a}.attention.head_count_kv"),
+                V::U32(self.num_kv_heads as u32),
+            ),
+            (
+                format!("{a}.rope.freq_base"),
+                V::F32(self.rope_theta as f32),
+            ),
+            (
+                format!("{a}.attention.layer_norm_rms_epsilon"),
+                V::F32(self.rms_norm_eps as f32),
+            ),
+            (
+                "tokenizer.ggml.eos_token_id".to_string(),
+                V::U32(self.eos_token_id),
+            ),
         ];
         if self.arch == Arch::Qwen3 {
-            md.push((format!("{a}.attention.key_length"), V::U32(self.head_dim as u32)));
-            md.push((format!("{a}.attention.value_length"), V::U32(self.head_dim as u32)));
+            md.push((
+                format!("{a}.attention.key_length"),
+                V::U32(self.head_dim as u32),
+            ));
+            md.push((
+                format!("{a}.attention.value_length"),
+                V::U32(self.head_dim as u32),
+            ));
         }
         md
     }
@@ -217,7 +307,11 @@ fn gguf_name(hf: &str) -> String {
 
 /// Writes the tiny model as one GGUF file. `extra_metadata` is appended after (and so may
 /// override) the model keys, e.g. tokenizer metadata.
-pub fn write_gguf(path: &Path, cfg: &TinyConfig, extra_metadata: &[(String, gguf_file::Value)]) -> Result<()> {
+pub fn write_gguf(
+    path: &Path,
+    cfg: &TinyConfig,
+    extra_metadata: &[(String, gguf_file::Value)],
+) -> Result<()> {
     let dtype = match cfg.weights {
         TinyWeights::F32 => GgmlDType::F32,
         TinyWeights::Q8_0 => GgmlDType::Q8_0,
@@ -225,7 +319,11 @@ pub fn write_gguf(path: &Path, cfg: &TinyConfig, extra_metadata: &[(String, gguf
     };
     let mut qtensors = Vec::new();
     for (name, t) in cfg.tensors()? {
-        let q = if t.rank() == 2 { QTensor::quantize(&t, dtype)? } else { QTensor::quantize(&t, GgmlDType::F32)? };
+        let q = if t.rank() == 2 {
+            QTensor::quantize(&t, dtype)?
+        } else {
+            QTensor::quantize(&t, GgmlDType::F32)?
+        };
         qtensors.push((gguf_name(&name), q));
     }
     let mut md = cfg.gguf_metadata();
@@ -246,7 +344,10 @@ pub fn write_safetensors(dir: &Path, cfg: &TinyConfig) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let tensors: std::collections::HashMap<String, Tensor> = cfg.tensors()?.into_iter().collect();
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg.hf_config()).expect("json"))?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg.hf_config()).expect("json"),
+    )?;
     Ok(())
 }
 
@@ -269,7 +370,10 @@ pub fn write_tiny_model(dir: &Path, arch: Arch) -> Result<TinyModelPaths> {
     write_gguf(&gguf, &cfg, &[])?;
     let safetensors_dir = dir.join(format!("tiny-{}-hf", arch.name()));
     write_safetensors(&safetensors_dir, &cfg)?;
-    Ok(TinyModelPaths { gguf, safetensors_dir })
+    Ok(TinyModelPaths {
+        gguf,
+        safetensors_dir,
+    })
 }
 
 /// Which file form a tiny engine is loaded from.

@@ -120,7 +120,13 @@ pub fn merges() -> Vec<String> {
 pub fn gguf_metadata() -> Vec<(String, Value)> {
     let tokens = tokens();
     let types = (0..TINY_VOCAB_SIZE)
-        .map(|id| Value::I32(if id >= ENDOFTEXT_ID as usize { TOKEN_TYPE_CONTROL } else { TOKEN_TYPE_NORMAL }))
+        .map(|id| {
+            Value::I32(if id >= ENDOFTEXT_ID as usize {
+                TOKEN_TYPE_CONTROL
+            } else {
+                TOKEN_TYPE_NORMAL
+            })
+        })
         .collect();
     let strings = |xs: Vec<String>| Value::Array(xs.into_iter().map(Value::String).collect());
     vec![
@@ -130,10 +136,19 @@ pub fn gguf_metadata() -> Vec<(String, Value)> {
         ("tokenizer.ggml.token_type".into(), Value::Array(types)),
         ("tokenizer.ggml.merges".into(), strings(merges())),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(IM_END_ID)),
-        ("tokenizer.ggml.padding_token_id".into(), Value::U32(ENDOFTEXT_ID)),
-        ("tokenizer.ggml.bos_token_id".into(), Value::U32(ENDOFTEXT_ID)),
+        (
+            "tokenizer.ggml.padding_token_id".into(),
+            Value::U32(ENDOFTEXT_ID),
+        ),
+        (
+            "tokenizer.ggml.bos_token_id".into(),
+            Value::U32(ENDOFTEXT_ID),
+        ),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::String(QWEN2_5_CHAT_TEMPLATE.into())),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(QWEN2_5_CHAT_TEMPLATE.into()),
+        ),
     ]
 }
 
@@ -209,7 +224,10 @@ pub fn write_tokenizer_files(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json");
     std::fs::write(dir.join("tokenizer.json"), pretty(&tokenizer_json()))?;
-    std::fs::write(dir.join("tokenizer_config.json"), pretty(&tokenizer_config_json()))?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        pretty(&tokenizer_config_json()),
+    )?;
     Ok(())
 }
 
@@ -233,8 +251,14 @@ mod tests {
         }
         for (i, (a, b)) in MERGES.iter().enumerate() {
             let known = &tokens[..256 + i];
-            assert!(known.iter().any(|t| t == a), "merge {i}: {a:?} not yet a token");
-            assert!(known.iter().any(|t| t == b), "merge {i}: {b:?} not yet a token");
+            assert!(
+                known.iter().any(|t| t == a),
+                "merge {i}: {a:?} not yet a token"
+            );
+            assert!(
+                known.iter().any(|t| t == b),
+                "merge {i}: {b:?} not yet a token"
+            );
         }
         assert_eq!(tokens[IM_END_ID as usize], "<|im_end|>");
     }

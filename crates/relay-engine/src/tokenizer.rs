@@ -70,7 +70,11 @@ impl Tokenizer {
             .map_err(|e| malformed(path, e))?;
         let mut eos = Vec::new();
         if let Some(v) = content.metadata.get("tokenizer.ggml.eos_token_id") {
-            eos.push(gguf_u32(v).ok_or_else(|| malformed(path, "tokenizer.ggml.eos_token_id is not an integer"))?);
+            eos.push(
+                gguf_u32(v).ok_or_else(|| {
+                    malformed(path, "tokenizer.ggml.eos_token_id is not an integer")
+                })?,
+            );
         }
         add_named_eos(&hf, &mut eos);
         Self::build(hf, eos, path)
@@ -112,7 +116,13 @@ impl Tokenizer {
         }
         let mut seen = std::collections::HashSet::new();
         eos_ids.retain(|id| (*id as usize) < size && seen.insert(*id));
-        Ok(Self { inner: Arc::new(Inner { hf, token_bytes, eos_ids }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                hf,
+                token_bytes,
+                eos_ids,
+            }),
+        })
     }
 
     /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) become their
@@ -147,8 +157,10 @@ impl Tokenizer {
     }
 
     pub(crate) fn checked_token_bytes(&self, id: u32) -> Result<&[u8]> {
-        self.token_bytes(id)
-            .ok_or(EngineError::TokenOutOfVocab { id, vocab_size: self.vocab_size() })
+        self.token_bytes(id).ok_or(EngineError::TokenOutOfVocab {
+            id,
+            vocab_size: self.vocab_size(),
+        })
     }
 
     /// Id of a token given by its vocabulary string (`"<|im_end|>"`, `"Ġthe"`).
@@ -199,7 +211,10 @@ pub(crate) fn model_tokenizer_source(path: &Path) -> Result<TokenizerSource> {
         }
         let ggufs: Vec<PathBuf> = std::fs::read_dir(path)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+            })
             .collect();
         return match ggufs.as_slice() {
             [one] => Ok(TokenizerSource::Gguf(one.clone())),
@@ -209,7 +224,10 @@ pub(crate) fn model_tokenizer_source(path: &Path) -> Result<TokenizerSource> {
     if is_gguf(path)? {
         return Ok(TokenizerSource::Gguf(path.to_path_buf()));
     }
-    let json = path.parent().unwrap_or(Path::new(".")).join("tokenizer.json");
+    let json = path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("tokenizer.json");
     if json.is_file() {
         Ok(TokenizerSource::Json(json))
     } else {
@@ -335,7 +353,13 @@ pub(crate) fn byte_to_char_table() -> &'static [char; 256] {
 
 fn char_to_byte_map() -> &'static HashMap<char, u8> {
     static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
-    MAP.get_or_init(|| byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect())
+    MAP.get_or_init(|| {
+        byte_to_char_table()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect()
+    })
 }
 
 /// Bytes a byte-level token string stands for. Same rule as `tokenizers`' ByteLevel decoder:
@@ -357,13 +381,19 @@ pub(crate) fn bytes_to_byte_level(bytes: &[u8]) -> String {
 }
 
 fn malformed(path: &Path, reason: impl std::fmt::Display) -> EngineError {
-    EngineError::Malformed { path: path.to_path_buf(), reason: reason.to_string() }
+    EngineError::Malformed {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 fn with_path(e: EngineError, path: &Path) -> EngineError {
     match e {
         EngineError::Malformed { path: p, reason } if p == Path::new(GGUF_METADATA) => {
-            EngineError::Malformed { path: path.to_path_buf(), reason }
+            EngineError::Malformed {
+                path: path.to_path_buf(),
+                reason,
+            }
         }
         other => other,
     }

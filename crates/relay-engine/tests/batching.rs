@@ -6,7 +6,10 @@ use relay_engine::tiny::{tiny_engine, TinyConfig, TinyFormat, TinyWeights};
 use relay_engine::{Engine, EngineError, LoadOptions};
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -15,8 +18,16 @@ fn batched_step_equals_per_sequence_steps() {
         (TinyConfig::qwen2(), TinyFormat::Gguf, 1e-4),
         (TinyConfig::qwen3(), TinyFormat::Gguf, 1e-4),
         (TinyConfig::qwen2(), TinyFormat::Safetensors, 1e-4),
-        (TinyConfig::qwen2().with_weights(TinyWeights::Q8_0), TinyFormat::Gguf, 1e-3),
-        (TinyConfig::qwen2().with_weights(TinyWeights::Q4K), TinyFormat::Gguf, 1e-3),
+        (
+            TinyConfig::qwen2().with_weights(TinyWeights::Q8_0),
+            TinyFormat::Gguf,
+            1e-3,
+        ),
+        (
+            TinyConfig::qwen2().with_weights(TinyWeights::Q4K),
+            TinyFormat::Gguf,
+            1e-3,
+        ),
     ];
     for (cfg, format, tol) in cases {
         let (e, _d) = tiny_engine(&cfg, format, LoadOptions::default()).unwrap();
@@ -33,12 +44,24 @@ fn batched_step_equals_per_sequence_steps() {
         let alone: Vec<_> = batch.iter().map(|&s| e.fork(s).unwrap()).collect();
         for round in 0..4u32 {
             let toks = [5 + round, 100 + round, 200 + round];
-            let together = e.step(&[(batch[0], toks[0]), (batch[1], toks[1]), (batch[2], toks[2])]).unwrap();
+            let together = e
+                .step(&[
+                    (batch[0], toks[0]),
+                    (batch[1], toks[1]),
+                    (batch[2], toks[2]),
+                ])
+                .unwrap();
             assert_eq!(together.len(), 3);
             for i in 0..3 {
                 let single = e.step(&[(alone[i], toks[i])]).unwrap().remove(0);
                 let d = max_diff(&together[i], &single);
-                assert!(d <= tol, "{:?} {:?} {:?} round {round} seq {i}: batched vs alone differ by {d}", cfg.arch, cfg.weights, format);
+                assert!(
+                    d <= tol,
+                    "{:?} {:?} {:?} round {round} seq {i}: batched vs alone differ by {d}",
+                    cfg.arch,
+                    cfg.weights,
+                    format
+                );
             }
         }
         // Order of the batch does not matter.
@@ -53,7 +76,12 @@ fn batched_step_equals_per_sequence_steps() {
 
 #[test]
 fn empty_step_is_empty_and_duplicates_are_rejected() {
-    let (e, _d) = tiny_engine(&TinyConfig::qwen2(), TinyFormat::Gguf, LoadOptions::default()).unwrap();
+    let (e, _d) = tiny_engine(
+        &TinyConfig::qwen2(),
+        TinyFormat::Gguf,
+        LoadOptions::default(),
+    )
+    .unwrap();
     assert!(e.step(&[]).unwrap().is_empty());
     let s = e.create_sequence().unwrap();
     e.prefill(s, &[1, 2]).unwrap();
@@ -64,7 +92,12 @@ fn empty_step_is_empty_and_duplicates_are_rejected() {
 
 #[test]
 fn engine_is_shareable_across_threads() {
-    let (e, _d) = tiny_engine(&TinyConfig::qwen3(), TinyFormat::Gguf, LoadOptions::default()).unwrap();
+    let (e, _d) = tiny_engine(
+        &TinyConfig::qwen3(),
+        TinyFormat::Gguf,
+        LoadOptions::default(),
+    )
+    .unwrap();
     let e = std::sync::Arc::new(e);
     let expect = {
         let s = e.create_sequence().unwrap();

@@ -17,7 +17,10 @@ fn qwen25() -> ChatTemplate {
 
 #[test]
 fn qwen2_5_renders_system_and_user_exactly() {
-    let messages = [ChatMessage::system("You are a careful math tutor."), ChatMessage::user("What is 2+2?")];
+    let messages = [
+        ChatMessage::system("You are a careful math tutor."),
+        ChatMessage::user("What is 2+2?"),
+    ];
     let expected = "<|im_start|>system\nYou are a careful math tutor.<|im_end|>\n\
                     <|im_start|>user\nWhat is 2+2?<|im_end|>\n\
                     <|im_start|>assistant\n";
@@ -52,13 +55,22 @@ fn qwen2_5_tools_render_like_python_json_dumps() {
     // Python: json.dumps(tool, ensure_ascii=False) — ", " and ": " separators, no HTML escaping.
     let tools = serde_json::json!([{"function": {"description": "a < b & ü", "name": "cmp",
         "parameters": {"n": 1.5, "xs": [1, true, null]}}, "type": "function"}]);
-    let options = ChatOptions { add_generation_prompt: true, tools: Some(tools), ..Default::default() };
-    let out = qwen25().render_with(&[ChatMessage::user("go")], &options).unwrap();
+    let options = ChatOptions {
+        add_generation_prompt: true,
+        tools: Some(tools),
+        ..Default::default()
+    };
+    let out = qwen25()
+        .render_with(&[ChatMessage::user("go")], &options)
+        .unwrap();
     let tool_line = r#"{"function": {"description": "a < b & ü", "name": "cmp", "parameters": {"n": 1.5, "xs": [1, true, null]}}, "type": "function"}"#;
     assert!(out.starts_with(
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n# Tools\n"
     ));
-    assert!(out.contains(&format!("<tools>\n{tool_line}\n</tools>")), "{out}");
+    assert!(
+        out.contains(&format!("<tools>\n{tool_line}\n</tools>")),
+        "{out}"
+    );
     assert!(out.ends_with("<|im_start|>user\ngo<|im_end|>\n<|im_start|>assistant\n"));
 }
 
@@ -89,10 +101,16 @@ fn the_fixture_is_the_real_slm_template() {
     assert_eq!(from_gguf.source(), QWEN2_5_CHAT_TEMPLATE);
     assert_eq!(from_json.source(), QWEN2_5_CHAT_TEMPLATE);
     let msgs = [ChatMessage::user("x")];
-    assert_eq!(from_gguf.render(&msgs, true).unwrap(), from_json.render(&msgs, true).unwrap());
+    assert_eq!(
+        from_gguf.render(&msgs, true).unwrap(),
+        from_json.render(&msgs, true).unwrap()
+    );
 
     if let Some(real) = real_slm() {
-        assert_eq!(ChatTemplate::load_for_model(real).unwrap().source(), QWEN2_5_CHAT_TEMPLATE);
+        assert_eq!(
+            ChatTemplate::load_for_model(real).unwrap().source(),
+            QWEN2_5_CHAT_TEMPLATE
+        );
     }
 }
 
@@ -102,9 +120,20 @@ fn qwen3_style_thinking_switch() {
     let msgs = [ChatMessage::system("Be brief."), ChatMessage::user("1+1?")];
     let base = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n";
     let render = |enable_thinking| {
-        t.render_with(&msgs, &ChatOptions { add_generation_prompt: true, enable_thinking, tools: None }).unwrap()
+        t.render_with(
+            &msgs,
+            &ChatOptions {
+                add_generation_prompt: true,
+                enable_thinking,
+                tools: None,
+            },
+        )
+        .unwrap()
     };
-    assert_eq!(render(Some(false)), format!("{base}<think>\n\n</think>\n\n"));
+    assert_eq!(
+        render(Some(false)),
+        format!("{base}<think>\n\n</think>\n\n")
+    );
     assert_eq!(render(Some(true)), base);
     assert_eq!(render(None), base);
 }
@@ -128,9 +157,13 @@ fn qwen3_style_strips_old_reasoning_with_python_string_methods() {
 #[test]
 fn raise_exception_becomes_an_error() {
     let t = ChatTemplate::new(QWEN3_STYLE).unwrap();
-    let err = t.render(&[ChatMessage::new("robot", "beep")], true).unwrap_err();
+    let err = t
+        .render(&[ChatMessage::new("robot", "beep")], true)
+        .unwrap_err();
     match err {
-        EngineError::InvalidInput(msg) => assert!(msg.contains("Unexpected message role: robot"), "{msg}"),
+        EngineError::InvalidInput(msg) => {
+            assert!(msg.contains("Unexpected message role: robot"), "{msg}")
+        }
         other => panic!("expected InvalidInput, got {other:?}"),
     }
 }
@@ -142,12 +175,17 @@ fn python_string_methods_work() {
          {{ c.strip().endswith('c') }}|{{ c.upper().strip() }}|{{ c.replace(',', ';') }}",
     )
     .unwrap();
-    assert_eq!(t.render(&[ChatMessage::user("  a,b,c ")], false).unwrap(), "a,b,c|b|True|True|A,B,C|  a;b;c ");
+    assert_eq!(
+        t.render(&[ChatMessage::user("  a,b,c ")], false).unwrap(),
+        "a,b,c|b|True|True|A,B,C|  a;b;c "
+    );
 }
 
 #[test]
 fn bad_templates_are_clear_errors() {
-    assert!(matches!(ChatTemplate::new("{% if %}"), Err(EngineError::InvalidInput(m)) if m.contains("does not compile")));
+    assert!(
+        matches!(ChatTemplate::new("{% if %}"), Err(EngineError::InvalidInput(m)) if m.contains("does not compile"))
+    );
     let dir = tempfile::tempdir().unwrap();
     // A tokenizer_config.json without a template.
     std::fs::write(dir.path().join("tokenizer_config.json"), "{}").unwrap();
@@ -155,7 +193,10 @@ fn bad_templates_are_clear_errors() {
         ChatTemplate::from_tokenizer_config(dir.path().join("tokenizer_config.json")),
         Err(EngineError::Unsupported(_))
     ));
-    assert!(matches!(ChatTemplate::load_for_model(dir.path().join("missing.gguf")), Err(EngineError::NotFound(_))));
+    assert!(matches!(
+        ChatTemplate::load_for_model(dir.path().join("missing.gguf")),
+        Err(EngineError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -166,15 +207,30 @@ fn tokenizer_config_variants() {
     let list = serde_json::json!({"eos_token": {"content": "<|im_end|>"}, "chat_template": [
         {"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "D{{ eos_token }}"}]});
     std::fs::write(&cfg, list.to_string()).unwrap();
-    assert_eq!(ChatTemplate::from_tokenizer_config(&cfg).unwrap().render(&[], false).unwrap(), "D<|im_end|>");
+    assert_eq!(
+        ChatTemplate::from_tokenizer_config(&cfg)
+            .unwrap()
+            .render(&[], false)
+            .unwrap(),
+        "D<|im_end|>"
+    );
     // chat_template.jinja beside it wins (newer HF exports).
     std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
-    assert_eq!(ChatTemplate::from_tokenizer_config(&cfg).unwrap().render(&[], false).unwrap(), "J");
+    assert_eq!(
+        ChatTemplate::from_tokenizer_config(&cfg)
+            .unwrap()
+            .render(&[], false)
+            .unwrap(),
+        "J"
+    );
 }
 
 fn real_slm() -> Option<PathBuf> {
-    [std::env::var_os("RELAYLLM_SLM_GGUF").map(PathBuf::from), Some(PathBuf::from("/tmp/models/slm.gguf"))]
-        .into_iter()
-        .flatten()
-        .find(|p| Path::new(p).is_file())
+    [
+        std::env::var_os("RELAYLLM_SLM_GGUF").map(PathBuf::from),
+        Some(PathBuf::from("/tmp/models/slm.gguf")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| Path::new(p).is_file())
 }

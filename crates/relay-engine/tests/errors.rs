@@ -6,7 +6,12 @@ use relay_engine::tiny::{tiny_engine, write_gguf, write_safetensors, TinyConfig,
 use relay_engine::{CandleEngine, Engine, EngineError, LoadOptions, SeqId};
 
 fn tiny() -> (CandleEngine, tempfile::TempDir) {
-    tiny_engine(&TinyConfig::qwen2(), TinyFormat::Gguf, LoadOptions::default()).unwrap()
+    tiny_engine(
+        &TinyConfig::qwen2(),
+        TinyFormat::Gguf,
+        LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 fn load_err(path: &std::path::Path) -> EngineError {
@@ -21,16 +26,34 @@ fn unknown_sequence() {
     let (e, _d) = tiny();
     let ghost = SeqId(999_999);
     assert!(matches!(e.prefill(ghost, &[1]), Err(EngineError::UnknownSequence(s)) if s == ghost));
-    assert!(matches!(e.step(&[(ghost, 1)]), Err(EngineError::UnknownSequence(_))));
-    assert!(matches!(e.seq_len(ghost), Err(EngineError::UnknownSequence(_))));
-    assert!(matches!(e.truncate(ghost, 0), Err(EngineError::UnknownSequence(_))));
-    assert!(matches!(e.fork(ghost), Err(EngineError::UnknownSequence(_))));
-    assert!(matches!(e.free(ghost), Err(EngineError::UnknownSequence(_))));
+    assert!(matches!(
+        e.step(&[(ghost, 1)]),
+        Err(EngineError::UnknownSequence(_))
+    ));
+    assert!(matches!(
+        e.seq_len(ghost),
+        Err(EngineError::UnknownSequence(_))
+    ));
+    assert!(matches!(
+        e.truncate(ghost, 0),
+        Err(EngineError::UnknownSequence(_))
+    ));
+    assert!(matches!(
+        e.fork(ghost),
+        Err(EngineError::UnknownSequence(_))
+    ));
+    assert!(matches!(
+        e.free(ghost),
+        Err(EngineError::UnknownSequence(_))
+    ));
     // A freed sequence is unknown from then on.
     let s = e.create_sequence().unwrap();
     e.free(s).unwrap();
     assert!(matches!(e.free(s), Err(EngineError::UnknownSequence(_))));
-    assert!(matches!(e.prefill(s, &[1]), Err(EngineError::UnknownSequence(_))));
+    assert!(matches!(
+        e.prefill(s, &[1]),
+        Err(EngineError::UnknownSequence(_))
+    ));
     assert_eq!(EngineError::UnknownSequence(s).label(), "unknown_sequence");
 }
 
@@ -39,8 +62,14 @@ fn failed_batch_leaves_sequences_unchanged() {
     let (e, _d) = tiny();
     let s = e.create_sequence().unwrap();
     e.prefill(s, &[1, 2, 3]).unwrap();
-    assert!(matches!(e.step(&[(s, 4), (SeqId(424242), 5)]), Err(EngineError::UnknownSequence(_))));
-    assert!(matches!(e.step(&[(s, 4), (s, 5000)]), Err(EngineError::TokenOutOfVocab { id: 5000, .. })));
+    assert!(matches!(
+        e.step(&[(s, 4), (SeqId(424242), 5)]),
+        Err(EngineError::UnknownSequence(_))
+    ));
+    assert!(matches!(
+        e.step(&[(s, 4), (s, 5000)]),
+        Err(EngineError::TokenOutOfVocab { id: 5000, .. })
+    ));
     assert_eq!(e.seq_len(s).unwrap(), 3);
 }
 
@@ -50,9 +79,17 @@ fn token_out_of_vocab() {
     let vocab = e.info().vocab_size;
     let s = e.create_sequence().unwrap();
     let bad = vocab as u32;
-    assert!(matches!(e.prefill(s, &[1, bad]), Err(EngineError::TokenOutOfVocab { id, vocab_size }) if id == bad && vocab_size == vocab));
-    assert!(matches!(e.step(&[(s, bad)]), Err(EngineError::TokenOutOfVocab { .. })));
-    assert!(matches!(e.score(&[1, u32::MAX]), Err(EngineError::TokenOutOfVocab { .. })));
+    assert!(
+        matches!(e.prefill(s, &[1, bad]), Err(EngineError::TokenOutOfVocab { id, vocab_size }) if id == bad && vocab_size == vocab)
+    );
+    assert!(matches!(
+        e.step(&[(s, bad)]),
+        Err(EngineError::TokenOutOfVocab { .. })
+    ));
+    assert!(matches!(
+        e.score(&[1, u32::MAX]),
+        Err(EngineError::TokenOutOfVocab { .. })
+    ));
     assert_eq!(e.seq_len(s).unwrap(), 0);
     // The largest valid id is fine.
     e.prefill(s, &[bad - 1]).unwrap();
@@ -60,16 +97,39 @@ fn token_out_of_vocab() {
 
 #[test]
 fn context_overflow() {
-    let (e, _d) = tiny_engine(&TinyConfig::qwen2(), TinyFormat::Gguf, LoadOptions { max_context: Some(8), ..Default::default() }).unwrap();
+    let (e, _d) = tiny_engine(
+        &TinyConfig::qwen2(),
+        TinyFormat::Gguf,
+        LoadOptions {
+            max_context: Some(8),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let s = e.create_sequence().unwrap();
     let long: Vec<u32> = (0..9).collect();
-    assert!(matches!(e.prefill(s, &long), Err(EngineError::ContextOverflow { len: 9, context_length: 8 })));
-    assert!(matches!(e.score(&long), Err(EngineError::ContextOverflow { .. })));
+    assert!(matches!(
+        e.prefill(s, &long),
+        Err(EngineError::ContextOverflow {
+            len: 9,
+            context_length: 8
+        })
+    ));
+    assert!(matches!(
+        e.score(&long),
+        Err(EngineError::ContextOverflow { .. })
+    ));
     e.prefill(s, &long[..6]).unwrap();
-    assert!(matches!(e.prefill(s, &[1, 2, 3]), Err(EngineError::ContextOverflow { len: 9, .. })));
+    assert!(matches!(
+        e.prefill(s, &[1, 2, 3]),
+        Err(EngineError::ContextOverflow { len: 9, .. })
+    ));
     e.step(&[(s, 1)]).unwrap();
     e.step(&[(s, 1)]).unwrap();
-    assert!(matches!(e.step(&[(s, 1)]), Err(EngineError::ContextOverflow { len: 9, .. })));
+    assert!(matches!(
+        e.step(&[(s, 1)]),
+        Err(EngineError::ContextOverflow { len: 9, .. })
+    ));
     assert_eq!(e.seq_len(s).unwrap(), 8);
     // Truncating makes room again.
     e.truncate(s, 7).unwrap();
@@ -80,17 +140,26 @@ fn context_overflow() {
 fn empty_prefill_and_bad_truncate() {
     let (e, _d) = tiny();
     let s = e.create_sequence().unwrap();
-    assert!(matches!(e.prefill(s, &[]), Err(EngineError::InvalidInput(_))));
+    assert!(matches!(
+        e.prefill(s, &[]),
+        Err(EngineError::InvalidInput(_))
+    ));
     assert!(matches!(e.score(&[]), Err(EngineError::InvalidInput(_))));
     e.prefill(s, &[1, 2]).unwrap();
-    assert!(matches!(e.truncate(s, 3), Err(EngineError::InvalidInput(_))));
+    assert!(matches!(
+        e.truncate(s, 3),
+        Err(EngineError::InvalidInput(_))
+    ));
     assert_eq!(e.seq_len(s).unwrap(), 2);
 }
 
 #[test]
 fn missing_files() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(load_err(&dir.path().join("nope.gguf")), EngineError::NotFound(_)));
+    assert!(matches!(
+        load_err(&dir.path().join("nope.gguf")),
+        EngineError::NotFound(_)
+    ));
     // A directory without config.json.
     assert!(matches!(load_err(dir.path()), EngineError::NotFound(p) if p.ends_with("config.json")));
     // config.json but no weights.
@@ -104,13 +173,23 @@ fn missing_files() {
 fn wrong_architecture() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("llama.gguf");
-    write_gguf(&p, &TinyConfig::qwen2(), &[("general.architecture".into(), Value::String("llama".into()))]).unwrap();
+    write_gguf(
+        &p,
+        &TinyConfig::qwen2(),
+        &[("general.architecture".into(), Value::String("llama".into()))],
+    )
+    .unwrap();
     let err = load_err(&p);
-    assert!(matches!(&err, EngineError::Unsupported(m) if m.contains("llama")), "{err}");
+    assert!(
+        matches!(&err, EngineError::Unsupported(m) if m.contains("llama")),
+        "{err}"
+    );
 
     let hf = dir.path().join("hf");
     write_safetensors(&hf, &TinyConfig::qwen2()).unwrap();
-    let cfg = std::fs::read_to_string(hf.join("config.json")).unwrap().replace("\"qwen2\"", "\"llama\"");
+    let cfg = std::fs::read_to_string(hf.join("config.json"))
+        .unwrap()
+        .replace("\"qwen2\"", "\"llama\"");
     std::fs::write(hf.join("config.json"), cfg).unwrap();
     assert!(matches!(load_err(&hf), EngineError::Unsupported(_)));
 }
@@ -125,13 +204,21 @@ fn truncated_or_corrupt_gguf() {
         let q = dir.path().join(format!("cut{cut}.gguf"));
         std::fs::write(&q, &bytes[..cut]).unwrap();
         let err = load_err(&q);
-        assert!(matches!(err, EngineError::Malformed { .. }), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, EngineError::Malformed { .. }),
+            "cut at {cut}: {err}"
+        );
     }
     let q = dir.path().join("garbage.gguf");
     std::fs::write(&q, b"this is not a gguf file at all, just text").unwrap();
     assert!(matches!(load_err(&q), EngineError::Malformed { .. }));
     // Metadata that is missing a required key.
     let r = dir.path().join("nokey.gguf");
-    write_gguf(&r, &TinyConfig::qwen2(), &[("general.architecture".into(), Value::String("qwen3".into()))]).unwrap();
+    write_gguf(
+        &r,
+        &TinyConfig::qwen2(),
+        &[("general.architecture".into(), Value::String("qwen3".into()))],
+    )
+    .unwrap();
     assert!(matches!(load_err(&r), EngineError::Malformed { .. }));
 }

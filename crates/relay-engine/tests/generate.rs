@@ -17,7 +17,12 @@ fn tiny() -> (CandleEngine, Tokenizer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     // Untied output weights: with tied random embeddings the model only repeats its last token.
-    let cfg = TinyConfig { vocab_size: TINY_VOCAB_SIZE, eos_token_id: IM_END_ID, tie_embeddings: false, ..TinyConfig::qwen2() };
+    let cfg = TinyConfig {
+        vocab_size: TINY_VOCAB_SIZE,
+        eos_token_id: IM_END_ID,
+        tie_embeddings: false,
+        ..TinyConfig::qwen2()
+    };
     write_gguf(&path, &cfg, &tiny_vocab::gguf_metadata()).unwrap();
     let engine = CandleEngine::load(&path, LoadOptions::default()).unwrap();
     let tokenizer = Tokenizer::load_for_model(&path).unwrap();
@@ -25,13 +30,21 @@ fn tiny() -> (CandleEngine, Tokenizer, tempfile::TempDir) {
 }
 
 fn prompt(tok: &Tokenizer) -> Vec<u32> {
-    tok.encode("<|im_start|>user\nWhat is the answer? <call>4</call><|im_end|>\n<|im_start|>assistant\n", false)
-        .unwrap()
+    tok.encode(
+        "<|im_start|>user\nWhat is the answer? <call>4</call><|im_end|>\n<|im_start|>assistant\n",
+        false,
+    )
+    .unwrap()
 }
 
 /// Runs `generate` and checks what every run must satisfy: the streamed chunks add up to the
 /// text, and no sequence is left behind.
-fn run(engine: &CandleEngine, tok: &Tokenizer, prompt: &[u32], params: &GenerateParams) -> GenerateOutput {
+fn run(
+    engine: &CandleEngine,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+) -> GenerateOutput {
     let mut streamed = String::new();
     let out = generate(engine, tok, prompt, params, |chunk| {
         assert!(!chunk.is_empty());
@@ -46,7 +59,12 @@ fn run(engine: &CandleEngine, tok: &Tokenizer, prompt: &[u32], params: &Generate
 fn sampled(seed: u64, max_tokens: usize) -> GenerateParams {
     GenerateParams {
         max_tokens,
-        sampling: SamplingParams { temperature: 1.0, top_p: 0.95, top_k: 0, seed },
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 0,
+            seed,
+        },
         stop: vec![],
     }
 }
@@ -58,15 +76,23 @@ fn same_seed_same_output() {
     let a = run(&engine, &tok, &p, &sampled(5, 24));
     let b = run(&engine, &tok, &p, &sampled(5, 24));
     assert_eq!(a, b);
-    let others: HashSet<Vec<u32>> = (6..10).map(|seed| run(&engine, &tok, &p, &sampled(seed, 24)).tokens).collect();
-    assert!(others.iter().any(|t| t != &a.tokens), "other seeds should give other samples");
+    let others: HashSet<Vec<u32>> = (6..10)
+        .map(|seed| run(&engine, &tok, &p, &sampled(seed, 24)).tokens)
+        .collect();
+    assert!(
+        others.iter().any(|t| t != &a.tokens),
+        "other seeds should give other samples"
+    );
 }
 
 #[test]
 fn greedy_generate_equals_manual_argmax_loop() {
     let (engine, tok, _dir) = tiny();
     let p = prompt(&tok);
-    let params = GenerateParams { max_tokens: 32, ..GenerateParams::default() };
+    let params = GenerateParams {
+        max_tokens: 32,
+        ..GenerateParams::default()
+    };
     let out = run(&engine, &tok, &p, &params);
 
     let seq = engine.create_sequence().unwrap();
@@ -83,7 +109,11 @@ fn greedy_generate_equals_manual_argmax_loop() {
     engine.free(seq).unwrap();
 
     assert_eq!(out.tokens, manual);
-    let expected_reason = if tok.is_eos(*manual.last().unwrap()) { FinishReason::Eos } else { FinishReason::Length };
+    let expected_reason = if tok.is_eos(*manual.last().unwrap()) {
+        FinishReason::Eos
+    } else {
+        FinishReason::Length
+    };
     assert_eq!(out.finish_reason, expected_reason);
     let text_ids: Vec<u32> = manual.iter().copied().filter(|&t| !tok.is_eos(t)).collect();
     assert_eq!(out.text, tok.decode(&text_ids).unwrap());
@@ -93,7 +123,15 @@ fn greedy_generate_equals_manual_argmax_loop() {
 fn stop_string_spanning_two_tokens() {
     let (engine, tok, _dir) = tiny();
     let p = prompt(&tok);
-    let free_run = run(&engine, &tok, &p, &GenerateParams { max_tokens: 48, ..GenerateParams::default() });
+    let free_run = run(
+        &engine,
+        &tok,
+        &p,
+        &GenerateParams {
+            max_tokens: 48,
+            ..GenerateParams::default()
+        },
+    );
 
     // Text after each token; a stop string made of the last char before a token boundary and
     // the first char after it, whose first occurrence is exactly there.
@@ -105,7 +143,10 @@ fn stop_string_spanning_two_tokens() {
     let (boundary, stop) = (0..ends.len() - 1)
         .find_map(|i| {
             let before = &ends[i];
-            if !full.starts_with(before.as_str()) || before.is_empty() || !full.is_char_boundary(before.len()) {
+            if !full.starts_with(before.as_str())
+                || before.is_empty()
+                || !full.is_char_boundary(before.len())
+            {
                 return None;
             }
             let last = before.chars().last()?;
@@ -119,21 +160,38 @@ fn stop_string_spanning_two_tokens() {
         })
         .expect("some token boundary gives a fresh two-character stop string");
 
-    let params = GenerateParams { max_tokens: 48, stop: vec!["never there".into(), stop.clone()], ..GenerateParams::default() };
+    let params = GenerateParams {
+        max_tokens: 48,
+        stop: vec!["never there".into(), stop.clone()],
+        ..GenerateParams::default()
+    };
     let out = run(&engine, &tok, &p, &params);
     assert_eq!(out.finish_reason, FinishReason::Stop);
     let at = full.find(&stop).unwrap();
     assert_eq!(out.text, full[..at], "text stops right before {stop:?}");
     // Generation ended with the token that completed the stop string: the one after the boundary.
-    let completing = (boundary + 1..ends.len()).find(|&i| ends[i].len() >= at + stop.len()).unwrap();
+    let completing = (boundary + 1..ends.len())
+        .find(|&i| ends[i].len() >= at + stop.len())
+        .unwrap();
     assert_eq!(out.tokens, free_run.tokens[..=completing]);
 }
 
 #[test]
 fn max_tokens_zero_and_empty_prompt() {
     let (engine, tok, _dir) = tiny();
-    let out = run(&engine, &tok, &prompt(&tok), &GenerateParams { max_tokens: 0, ..GenerateParams::default() });
-    assert_eq!((out.tokens.len(), out.text.as_str(), out.finish_reason), (0, "", FinishReason::Length));
+    let out = run(
+        &engine,
+        &tok,
+        &prompt(&tok),
+        &GenerateParams {
+            max_tokens: 0,
+            ..GenerateParams::default()
+        },
+    );
+    assert_eq!(
+        (out.tokens.len(), out.text.as_str(), out.finish_reason),
+        (0, "", FinishReason::Length)
+    );
     let err = generate(&engine, &tok, &[], &GenerateParams::default(), |_| {}).unwrap_err();
     assert!(matches!(err, EngineError::InvalidInput(_)));
 }
@@ -143,7 +201,10 @@ fn errors_free_the_sequence() {
     let (engine, tok, _dir) = tiny();
     let bad = [1, TINY_VOCAB_SIZE as u32 + 5];
     let err = generate(&engine, &tok, &bad, &GenerateParams::default(), |_| {}).unwrap_err();
-    assert!(matches!(err, EngineError::TokenOutOfVocab { .. }), "{err:?}");
+    assert!(
+        matches!(err, EngineError::TokenOutOfVocab { .. }),
+        "{err:?}"
+    );
     assert_eq!(engine.num_sequences(), 0);
 }
 
@@ -201,7 +262,10 @@ impl Engine for ScriptedEngine {
     fn prefill(&self, _seq: SeqId, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
         let mut s = self.state.lock().unwrap();
         if tokens.len() > self.info.context_length {
-            return Err(EngineError::ContextOverflow { len: tokens.len(), context_length: self.info.context_length });
+            return Err(EngineError::ContextOverflow {
+                len: tokens.len(),
+                context_length: self.info.context_length,
+            });
         }
         s.len = tokens.len();
         Ok(self.logits(0))
@@ -212,7 +276,10 @@ impl Engine for ScriptedEngine {
         if Some(s.steps) == self.fail_at_step {
             return Err(EngineError::InvalidInput("scripted failure".into()));
         }
-        assert!(s.len < self.info.context_length, "generate stepped past the context length");
+        assert!(
+            s.len < self.info.context_length,
+            "generate stepped past the context length"
+        );
         s.len += 1;
         Ok(batch.iter().map(|_| self.logits(s.steps)).collect())
     }
@@ -239,12 +306,22 @@ impl Engine for ScriptedEngine {
 fn tiny_tokenizer() -> (Tokenizer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     tiny_vocab::write_tokenizer_files(dir.path()).unwrap();
-    (Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap(), dir)
+    (
+        Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap(),
+        dir,
+    )
 }
 
-fn scripted_run(engine: &ScriptedEngine, tok: &Tokenizer, params: &GenerateParams) -> (GenerateOutput, Vec<String>) {
+fn scripted_run(
+    engine: &ScriptedEngine,
+    tok: &Tokenizer,
+    params: &GenerateParams,
+) -> (GenerateOutput, Vec<String>) {
     let mut chunks = Vec::new();
-    let out = generate(engine, tok, &[1, 2, 3], params, |c| chunks.push(c.to_string())).unwrap();
+    let out = generate(engine, tok, &[1, 2, 3], params, |c| {
+        chunks.push(c.to_string())
+    })
+    .unwrap();
     assert!(engine.state.lock().unwrap().live.is_empty());
     (out, chunks)
 }
@@ -256,11 +333,21 @@ fn eos_ends_generation_and_is_not_text() {
     script.push(IM_END_ID);
     script.extend(tok.encode("never", false).unwrap());
     let engine = ScriptedEngine::new(&script, 64);
-    let (out, chunks) = scripted_run(&engine, &tok, &GenerateParams { max_tokens: 50, ..Default::default() });
+    let (out, chunks) = scripted_run(
+        &engine,
+        &tok,
+        &GenerateParams {
+            max_tokens: 50,
+            ..Default::default()
+        },
+    );
     assert_eq!(out.finish_reason, FinishReason::Eos);
     assert_eq!(out.text, "the answer");
     assert_eq!(chunks.concat(), "the answer");
-    assert_eq!(out.tokens, script[..script.iter().position(|&t| t == IM_END_ID).unwrap() + 1]);
+    assert_eq!(
+        out.tokens,
+        script[..script.iter().position(|&t| t == IM_END_ID).unwrap() + 1]
+    );
 }
 
 #[test]
@@ -269,7 +356,11 @@ fn stop_inside_one_token_and_text_after_it_withheld() {
     // " the" is one token in the tiny vocabulary: the stop string "th" lies inside it.
     let script = tok.encode("go the rest", false).unwrap();
     let engine = ScriptedEngine::new(&script, 64);
-    let params = GenerateParams { max_tokens: 50, stop: vec!["th".into()], ..Default::default() };
+    let params = GenerateParams {
+        max_tokens: 50,
+        stop: vec!["th".into()],
+        ..Default::default()
+    };
     let (out, chunks) = scripted_run(&engine, &tok, &params);
     assert_eq!(out.finish_reason, FinishReason::Stop);
     assert_eq!(out.text, "go ");
@@ -283,12 +374,29 @@ fn split_utf8_character_streams_whole_and_completes_a_stop() {
     // "é!" as three byte tokens (0xC3, 0xA9, '!'): the stop "é" completes on the second.
     let script = [0xC3, 0xA9, b'!' as u32, b'?' as u32];
     let engine = ScriptedEngine::new(&script, 64);
-    let (out, chunks) = scripted_run(&engine, &tok, &GenerateParams { max_tokens: 4, ..Default::default() });
-    assert_eq!((out.text.as_str(), out.finish_reason), ("é!?", FinishReason::Length));
+    let (out, chunks) = scripted_run(
+        &engine,
+        &tok,
+        &GenerateParams {
+            max_tokens: 4,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        (out.text.as_str(), out.finish_reason),
+        ("é!?", FinishReason::Length)
+    );
     assert!(chunks.iter().all(|c| !c.contains('\u{FFFD}')), "{chunks:?}");
-    let params = GenerateParams { max_tokens: 4, stop: vec!["é".into()], ..Default::default() };
+    let params = GenerateParams {
+        max_tokens: 4,
+        stop: vec!["é".into()],
+        ..Default::default()
+    };
     let (out, chunks) = scripted_run(&engine, &tok, &params);
-    assert_eq!((out.text.as_str(), out.tokens.len(), out.finish_reason), ("", 2, FinishReason::Stop));
+    assert_eq!(
+        (out.text.as_str(), out.tokens.len(), out.finish_reason),
+        ("", 2, FinishReason::Stop)
+    );
     assert!(chunks.is_empty());
 }
 
@@ -298,10 +406,18 @@ fn context_length_ends_generation_with_length() {
     let script = tok.encode("abcdefghij", false).unwrap();
     // Prompt of 3 in a context of 6: tokens 4..=6 are stepped in, the 4th generated can't be.
     let engine = ScriptedEngine::new(&script, 6);
-    let (out, _) = scripted_run(&engine, &tok, &GenerateParams { max_tokens: 50, ..Default::default() });
+    let (out, _) = scripted_run(
+        &engine,
+        &tok,
+        &GenerateParams {
+            max_tokens: 50,
+            ..Default::default()
+        },
+    );
     assert_eq!(out.finish_reason, FinishReason::Length);
     assert_eq!(out.tokens.len(), 4);
-    let too_long = generate(&engine, &tok, &[1; 7], &GenerateParams::default(), |_| {}).unwrap_err();
+    let too_long =
+        generate(&engine, &tok, &[1; 7], &GenerateParams::default(), |_| {}).unwrap_err();
     assert!(matches!(too_long, EngineError::ContextOverflow { .. }));
     assert!(engine.state.lock().unwrap().live.is_empty());
 }

@@ -11,7 +11,10 @@ use relay_engine::{CandleEngine, Engine, LoadOptions};
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn configs() -> Vec<(TinyConfig, f32)> {
@@ -35,7 +38,9 @@ fn fresh(e: &CandleEngine, tokens: &[u32]) -> Vec<f32> {
     l
 }
 
-const TOKENS: [u32; 16] = [5, 17, 300, 42, 9, 111, 250, 3, 77, 180, 64, 12, 199, 8, 140, 31];
+const TOKENS: [u32; 16] = [
+    5, 17, 300, 42, 9, 111, 250, 3, 77, 180, 64, 12, 199, 8, 140, 31,
+];
 
 #[test]
 fn incremental_decode_matches_recompute() {
@@ -46,7 +51,12 @@ fn incremental_decode_matches_recompute() {
         assert_eq!(logits.len(), cfg.vocab_size);
         for i in 4..TOKENS.len() {
             let d = max_diff(&logits, &fresh(&e, &TOKENS[..i]));
-            assert!(d <= tol, "{:?} {:?}: after {i} tokens, cached vs recomputed differ by {d}", cfg.arch, cfg.weights);
+            assert!(
+                d <= tol,
+                "{:?} {:?}: after {i} tokens, cached vs recomputed differ by {d}",
+                cfg.arch,
+                cfg.weights
+            );
             logits = e.step(&[(s, TOKENS[i])]).unwrap().remove(0);
         }
         assert_eq!(e.seq_len(s).unwrap(), TOKENS.len());
@@ -60,7 +70,10 @@ fn logits_depend_on_context() {
     let (e, _d) = engine(&TinyConfig::qwen2());
     let a = fresh(&e, &[1, 2, 3, 4]);
     let b = fresh(&e, &[9, 2, 3, 4]);
-    assert!(max_diff(&a, &b) > 1e-2, "different prefixes must give different logits");
+    assert!(
+        max_diff(&a, &b) > 1e-2,
+        "different prefixes must give different logits"
+    );
 }
 
 #[test]
@@ -75,7 +88,11 @@ fn foreign_chunk_mid_sequence_equals_one_prefill() {
         e.prefill(s, &TOKENS[7..12]).unwrap();
         let l = e.step(&[(s, TOKENS[12])]).unwrap().remove(0);
         let d = max_diff(&l, &fresh(&e, &TOKENS[..13]));
-        assert!(d <= tol, "{:?}: chunked vs one prefill differ by {d}", cfg.arch);
+        assert!(
+            d <= tol,
+            "{:?}: chunked vs one prefill differ by {d}",
+            cfg.arch
+        );
         assert_eq!(e.seq_len(s).unwrap(), 13);
     }
 }
@@ -93,7 +110,11 @@ fn truncate_then_redecode_equals_fresh_run() {
         let mut expect: Vec<u32> = TOKENS[..6].to_vec();
         expect.extend([100, 101, 102]);
         let d = max_diff(&l, &fresh(&e, &expect));
-        assert!(d <= tol, "{:?}: truncated+redecoded vs fresh differ by {d}", cfg.arch);
+        assert!(
+            d <= tol,
+            "{:?}: truncated+redecoded vs fresh differ by {d}",
+            cfg.arch
+        );
         let l = e.step(&[(s, 7)]).unwrap().remove(0);
         expect.push(7);
         assert!(max_diff(&l, &fresh(&e, &expect)) <= tol);
@@ -120,8 +141,16 @@ fn fork_is_independent() {
         ta.extend([50, 51]);
         let mut tb = TOKENS[..6].to_vec();
         tb.extend([60, 61, 62]);
-        assert!(max_diff(&la, &fresh(&e, &ta)) <= tol, "{:?}: original changed by fork", cfg.arch);
-        assert!(max_diff(&lb, &fresh(&e, &tb)) <= tol, "{:?}: fork diverged wrongly", cfg.arch);
+        assert!(
+            max_diff(&la, &fresh(&e, &ta)) <= tol,
+            "{:?}: original changed by fork",
+            cfg.arch
+        );
+        assert!(
+            max_diff(&lb, &fresh(&e, &tb)) <= tol,
+            "{:?}: fork diverged wrongly",
+            cfg.arch
+        );
         // Freeing or truncating one leaves the other intact.
         e.truncate(a, 2).unwrap();
         e.free(a).unwrap();
@@ -134,7 +163,10 @@ fn fork_is_independent() {
 
 #[test]
 fn cache_grows_geometrically_and_truncate_keeps_capacity() {
-    let cfg = TinyConfig { context_length: 4096, ..TinyConfig::qwen2() };
+    let cfg = TinyConfig {
+        context_length: 4096,
+        ..TinyConfig::qwen2()
+    };
     let (e, _d) = engine(&cfg);
     let s = e.create_sequence().unwrap();
     assert_eq!(e.cache_capacity(s).unwrap(), 0);
@@ -167,7 +199,12 @@ fn score_matches_step_by_step_log_softmax() {
         let mut logits = e.prefill(s, &TOKENS[..1]).unwrap();
         for i in 1..10 {
             let lp = relay_engine::sampling::log_softmax(&logits)[TOKENS[i] as usize];
-            assert!((lp - scores[i - 1]).abs() <= tol * 2.0, "{:?}: position {i}: score {} vs step {lp}", cfg.arch, scores[i - 1]);
+            assert!(
+                (lp - scores[i - 1]).abs() <= tol * 2.0,
+                "{:?}: position {i}: score {} vs step {lp}",
+                cfg.arch,
+                scores[i - 1]
+            );
             assert!(lp < 0.0);
             if i < 9 {
                 logits = e.step(&[(s, TOKENS[i])]).unwrap().remove(0);

@@ -7,7 +7,10 @@ use relay_engine::tiny::{tiny_engine, write_tiny_model, TinyConfig, TinyFormat, 
 use relay_engine::{CandleEngine, Engine, LoadOptions};
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
@@ -35,7 +38,11 @@ fn gguf_f32_and_safetensors_agree() {
         let (s, _d2) = tiny_engine(&cfg, TinyFormat::Safetensors, LoadOptions::default()).unwrap();
         for (a, b) in run(&g, &TOKENS).iter().zip(run(&s, &TOKENS)) {
             let d = max_diff(a, &b);
-            assert!(d <= 1e-4, "{:?}: GGUF vs safetensors differ by {d}", cfg.arch);
+            assert!(
+                d <= 1e-4,
+                "{:?}: GGUF vs safetensors differ by {d}",
+                cfg.arch
+            );
         }
     }
 }
@@ -51,11 +58,27 @@ fn model_info_is_read_from_the_file() {
             assert_eq!(info.context_length, cfg.context_length);
             assert_eq!(info.eos_token_ids, vec![cfg.eos_token_id]);
             let c = e.config();
-            assert_eq!((c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim), (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim));
+            assert_eq!(
+                (c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim),
+                (
+                    cfg.num_layers,
+                    cfg.num_heads,
+                    cfg.num_kv_heads,
+                    cfg.head_dim
+                )
+            );
             assert_eq!(c.rope_theta, cfg.rope_theta);
         }
     }
-    let (e, _d) = tiny_engine(&TinyConfig::qwen2(), TinyFormat::Gguf, LoadOptions { max_context: Some(32), ..Default::default() }).unwrap();
+    let (e, _d) = tiny_engine(
+        &TinyConfig::qwen2(),
+        TinyFormat::Gguf,
+        LoadOptions {
+            max_context: Some(32),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(e.info().context_length, 32);
 }
 
@@ -69,13 +92,23 @@ fn quantized_gguf_stays_close_to_f32() {
     ] {
         let qcfg = arch_cfg.with_weights(weights);
         // Same shape and seed, F32 storage: the reference.
-        let fcfg = TinyConfig { weights: TinyWeights::F32, ..qcfg.clone() };
+        let fcfg = TinyConfig {
+            weights: TinyWeights::F32,
+            ..qcfg.clone()
+        };
         let (q, _d1) = tiny_engine(&qcfg, TinyFormat::Gguf, LoadOptions::default()).unwrap();
         let (f, _d2) = tiny_engine(&fcfg, TinyFormat::Gguf, LoadOptions::default()).unwrap();
         for (a, b) in run(&q, &TOKENS).iter().zip(run(&f, &TOKENS)) {
             let e = rel_l2(a, &b);
-            assert!(e <= bound, "{:?} {weights:?}: relative L2 error {e} > {bound}", qcfg.arch);
-            assert!(e > 0.0, "quantized weights should not be bit-identical to f32");
+            assert!(
+                e <= bound,
+                "{:?} {weights:?}: relative L2 error {e} > {bound}",
+                qcfg.arch
+            );
+            assert!(
+                e > 0.0,
+                "quantized weights should not be bit-identical to f32"
+            );
         }
     }
 }
@@ -84,7 +117,10 @@ fn quantized_gguf_stays_close_to_f32() {
 fn qwen2_and_qwen3_are_different_forwards() {
     // Same seed and shape except the arch: q/k norm and biases must change the output.
     let a = TinyConfig::qwen2();
-    let b = TinyConfig { arch: Arch::Qwen3, ..TinyConfig::qwen2() };
+    let b = TinyConfig {
+        arch: Arch::Qwen3,
+        ..TinyConfig::qwen2()
+    };
     let (ea, _d1) = tiny_engine(&a, TinyFormat::Gguf, LoadOptions::default()).unwrap();
     let (eb, _d2) = tiny_engine(&b, TinyFormat::Gguf, LoadOptions::default()).unwrap();
     let (la, lb) = (run(&ea, &TOKENS), run(&eb, &TOKENS));
@@ -109,9 +145,16 @@ fn write_tiny_model_writes_both_forms() {
 fn tiny_weights_are_deterministic_from_the_seed() {
     let a = TinyConfig::qwen2().tensors().unwrap();
     let b = TinyConfig::qwen2().tensors().unwrap();
-    let c = TinyConfig { seed: 7, ..TinyConfig::qwen2() }.tensors().unwrap();
+    let c = TinyConfig {
+        seed: 7,
+        ..TinyConfig::qwen2()
+    }
+    .tensors()
+    .unwrap();
     let name = "model.layers.1.mlp.down_proj.weight";
-    let v = |m: &std::collections::BTreeMap<String, candle_core::Tensor>| m[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let v = |m: &std::collections::BTreeMap<String, candle_core::Tensor>| {
+        m[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
     assert_eq!(v(&a), v(&b));
     assert_ne!(v(&a), v(&c));
 }

@@ -34,17 +34,48 @@ fn tiny_pair() -> Tiny {
         ..TinyConfig::qwen2()
     };
     let slm_path = dir.path().join("slm.gguf");
-    write_gguf(&slm_path, &TinyConfig { seed: 7, ..base.clone() }, &meta).unwrap();
+    write_gguf(
+        &slm_path,
+        &TinyConfig {
+            seed: 7,
+            ..base.clone()
+        },
+        &meta,
+    )
+    .unwrap();
     let llm_path = dir.path().join("llm.gguf");
-    write_gguf(&llm_path, &TinyConfig { seed: 99, hidden_size: 96, head_dim: 24, num_layers: 3, ..base }, &meta).unwrap();
+    write_gguf(
+        &llm_path,
+        &TinyConfig {
+            seed: 99,
+            hidden_size: 96,
+            head_dim: 24,
+            num_layers: 3,
+            ..base
+        },
+        &meta,
+    )
+    .unwrap();
     let slm = Arc::new(CandleEngine::load(&slm_path, LoadOptions::default()).unwrap());
     let llm = Arc::new(CandleEngine::load(&llm_path, LoadOptions::default()).unwrap());
     let tokenizer = Arc::new(Tokenizer::load_for_model(&slm_path).unwrap());
-    Tiny { _dir: dir, slm, llm, tokenizer, llm_path }
+    Tiny {
+        _dir: dir,
+        slm,
+        llm,
+        tokenizer,
+        llm_path,
+    }
 }
 
 fn request(t: &Tiny, policy: PolicyKind, max_tokens: usize) -> RelayRequest {
-    let prompt = t.tokenizer.encode("<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
+    let prompt = t
+        .tokenizer
+        .encode(
+            "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        )
+        .unwrap();
     let mut config = RelayConfig::default();
     config.policy.kind = policy;
     config.limits.max_response_tokens = max_tokens;
@@ -53,13 +84,22 @@ fn request(t: &Tiny, policy: PolicyKind, max_tokens: usize) -> RelayRequest {
         llm_prompt: prompt,
         config,
         sampling: SamplingParams::greedy(),
-        retry: LlmRetry { attempts: 2, backoff: Duration::from_millis(1), token_timeout: Duration::from_secs(30) },
+        retry: LlmRetry {
+            attempts: 2,
+            backoff: Duration::from_millis(1),
+            token_timeout: Duration::from_secs(30),
+        },
         cancel: None,
     }
 }
 
 fn pair(t: &Tiny, slm: Arc<dyn Engine>, llm: Arc<dyn Engine>) -> RelayPair {
-    RelayPair { slm, llm, slm_tokenizer: t.tokenizer.clone(), llm_tokenizer: None }
+    RelayPair {
+        slm,
+        llm,
+        slm_tokenizer: t.tokenizer.clone(),
+        llm_tokenizer: None,
+    }
 }
 
 /// Greedy choice of `engine` after `context`, computed in one fresh prefill.
@@ -90,11 +130,17 @@ fn confidence_policy_serves_calls_and_accounting_holds() {
     let trace = &out.trace;
     trace.check().unwrap();
     assert!(trace.calls.len() >= 2, "expected calls, trace: {trace:?}");
-    assert!(trace.calls.iter().all(|c| c.llm_error.is_none() && c.served > 0));
+    assert!(trace
+        .calls
+        .iter()
+        .all(|c| c.llm_error.is_none() && c.served > 0));
     assert_eq!(out.tokens.len(), out.sources.len());
     assert_eq!(out.slm_logprobs.len(), out.tokens.len());
     let llm_tokens = out.sources.iter().filter(|s| **s == Source::Llm).count();
-    assert_eq!(llm_tokens, trace.calls.iter().map(|c| c.served).sum::<usize>());
+    assert_eq!(
+        llm_tokens,
+        trace.calls.iter().map(|c| c.served).sum::<usize>()
+    );
     for (lp, src) in out.slm_logprobs.iter().zip(&out.sources) {
         assert_eq!(lp.is_some(), *src == Source::Slm);
     }
@@ -117,7 +163,10 @@ fn llm_prefill_is_incremental_and_output_equals_from_scratch() {
     let out = relay(&pair(&t, t.slm.clone(), t.llm.clone()), &req, |_| {}).unwrap();
     let trace = &out.trace;
     let calls = &trace.calls;
-    assert!(calls.len() >= 3, "need several calls to tell reuse from re-sending: {calls:?}");
+    assert!(
+        calls.len() >= 3,
+        "need several calls to tell reuse from re-sending: {calls:?}"
+    );
     let prompt = req.llm_prompt.len();
     let last = calls.last().unwrap();
     // At its last call the LLM view is prompt + response so far (no tags with this policy).
@@ -128,12 +177,26 @@ fn llm_prefill_is_incremental_and_output_equals_from_scratch() {
     assert_eq!(trace.prefill_tokens.llm, prompt + last.at - self_stepped);
     let resend_cost: usize = calls.iter().map(|c| prompt + c.at).sum();
     let contexts: Vec<usize> = calls.iter().map(|c| prompt + c.at).collect();
-    assert_eq!(out.llm_context_at_calls, contexts, "the context the LLM held at each call");
-    assert!(trace.prefill_tokens.llm < resend_cost, "{} vs re-sending {}", trace.prefill_tokens.llm, resend_cost);
+    assert_eq!(
+        out.llm_context_at_calls, contexts,
+        "the context the LLM held at each call"
+    );
+    assert!(
+        trace.prefill_tokens.llm < resend_cost,
+        "{} vs re-sending {}",
+        trace.prefill_tokens.llm,
+        resend_cost
+    );
     // The SLM prefilled its prompt and the served tokens that it wrote after, nothing else.
-    let served_then_slm: usize =
-        calls.iter().filter(|c| c.at + c.served < out.tokens.len()).map(|c| c.served).sum();
-    assert_eq!(trace.prefill_tokens.slm, req.slm_prompt.len() + served_then_slm);
+    let served_then_slm: usize = calls
+        .iter()
+        .filter(|c| c.at + c.served < out.tokens.len())
+        .map(|c| c.served)
+        .sum();
+    assert_eq!(
+        trace.prefill_tokens.slm,
+        req.slm_prompt.len() + served_then_slm
+    );
 
     // Every token is the greedy choice of the model that wrote it, recomputed from scratch
     // over the same interleaving (the SLM over its prompt, the LLM over its own).
@@ -183,7 +246,11 @@ impl Engine for ScriptedSlm {
     }
     fn step(&self, batch: &[(SeqId, u32)]) -> relay_engine::Result<Vec<Vec<f32>>> {
         let out = self.inner.step(batch)?;
-        batch.iter().zip(out).map(|(&(s, _), l)| self.steer(s, l)).collect()
+        batch
+            .iter()
+            .zip(out)
+            .map(|(&(s, _), l)| self.steer(s, l))
+            .collect()
     }
     fn seq_len(&self, seq: SeqId) -> relay_engine::Result<usize> {
         self.inner.seq_len(seq)
@@ -209,18 +276,39 @@ fn tag_policy_hands_the_pen_to_the_llm_for_n_tokens() {
     let p = req.slm_prompt.len();
     // The SLM writes 4 tokens of its own, then "<call>3</call>", then goes on.
     let tag = t.tokenizer.encode("<call>3</call>", false).unwrap();
-    let force: HashMap<usize, u32> = tag.iter().enumerate().map(|(i, &id)| (p + 4 + i, id)).collect();
-    let slm = Arc::new(ScriptedSlm { inner: t.slm.clone(), force });
+    let force: HashMap<usize, u32> = tag
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (p + 4 + i, id))
+        .collect();
+    let slm = Arc::new(ScriptedSlm {
+        inner: t.slm.clone(),
+        force,
+    });
     let out = relay(&pair(&t, slm, t.llm.clone()), &req, |_| {}).unwrap();
     let trace = &out.trace;
     trace.check().unwrap();
     assert_eq!(trace.calls.len(), 1, "{trace:?}");
     let call = &trace.calls[0];
-    assert_eq!((call.requested_n, call.served, call.at), (3, 3, 4 + tag.len()));
-    assert!(out.text.contains("<call>3</call>"), "the SLM view keeps the tag: {:?}", out.text);
-    let llm_span: Vec<_> = trace.spans.iter().filter(|s| s.source == Source::Llm).collect();
+    assert_eq!(
+        (call.requested_n, call.served, call.at),
+        (3, 3, 4 + tag.len())
+    );
+    assert!(
+        out.text.contains("<call>3</call>"),
+        "the SLM view keeps the tag: {:?}",
+        out.text
+    );
+    let llm_span: Vec<_> = trace
+        .spans
+        .iter()
+        .filter(|s| s.source == Source::Llm)
+        .collect();
     assert_eq!(llm_span.len(), 1);
-    assert_eq!((llm_span[0].start, llm_span[0].end), (4 + tag.len(), 7 + tag.len()));
+    assert_eq!(
+        (llm_span[0].start, llm_span[0].end),
+        (4 + tag.len(), 7 + tag.len())
+    );
     // The LLM saw the prompt and the SLM's 4 tokens, without the tag.
     assert_eq!(trace.prefill_tokens.llm, p + 4);
 }
@@ -244,10 +332,17 @@ impl Engine for FlakyLlm {
         if let Some(d) = self.hang {
             std::thread::sleep(d);
         }
-        if self.always_fail || self.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        if self.always_fail
+            || self
+                .fail_first
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
             // Fail after a partial prefill, as a real crash might leave the cache.
             self.inner.prefill(seq, &tokens[..tokens.len() / 2 + 1])?;
-            return Err(relay_engine::EngineError::InvalidInput("backend unavailable (test)".into()));
+            return Err(relay_engine::EngineError::InvalidInput(
+                "backend unavailable (test)".into(),
+            ));
         }
         self.inner.prefill(seq, tokens)
     }
@@ -284,23 +379,47 @@ fn a_failing_llm_is_retried_and_then_the_slm_goes_on_alone() {
     let t = tiny_pair();
     let req = confident_calls(&t);
     // Fails once: the retry serves the call, the trace shows no error.
-    let flaky = Arc::new(FlakyLlm { inner: t.llm.clone(), fail_first: AtomicUsize::new(1), always_fail: false, hang: None });
+    let flaky = Arc::new(FlakyLlm {
+        inner: t.llm.clone(),
+        fail_first: AtomicUsize::new(1),
+        always_fail: false,
+        hang: None,
+    });
     let out = relay(&pair(&t, t.slm.clone(), flaky), &req, |_| {}).unwrap();
-    assert!(out.trace.calls.iter().all(|c| c.llm_error.is_none() && c.served > 0), "{:?}", out.trace.calls);
+    assert!(
+        out.trace
+            .calls
+            .iter()
+            .all(|c| c.llm_error.is_none() && c.served > 0),
+        "{:?}",
+        out.trace.calls
+    );
 
     // Always fails: every call records the error, the response is the SLM's alone.
-    let dead = Arc::new(FlakyLlm { inner: t.llm.clone(), fail_first: AtomicUsize::new(0), always_fail: true, hang: None });
+    let dead = Arc::new(FlakyLlm {
+        inner: t.llm.clone(),
+        fail_first: AtomicUsize::new(0),
+        always_fail: true,
+        hang: None,
+    });
     let out = relay(&pair(&t, t.slm.clone(), dead), &req, |_| {}).unwrap();
     out.trace.check().unwrap();
     assert!(!out.trace.calls.is_empty());
     for call in &out.trace.calls {
         let err = call.llm_error.as_deref().expect("error recorded");
-        assert!(err.contains("backend unavailable") && err.contains("2 attempt"), "{err}");
+        assert!(
+            err.contains("backend unavailable") && err.contains("2 attempt"),
+            "{err}"
+        );
         assert_eq!(call.served, 0);
     }
     assert!(out.sources.iter().all(|s| *s == Source::Slm));
     assert_eq!(out.tokens.len(), 32, "the SLM wrote the whole budget");
-    assert_eq!(t.llm.num_sequences(), 0, "the LLM sequence is freed after failures");
+    assert_eq!(
+        t.llm.num_sequences(),
+        0,
+        "the LLM sequence is freed after failures"
+    );
 }
 
 #[test]
@@ -317,9 +436,17 @@ fn a_hanging_llm_costs_at_most_the_timeout() {
     let started = Instant::now();
     let out = relay(&pair(&t, t.slm.clone(), hung), &req, |_| {}).unwrap();
     // One timeout (later calls fail at once), not one per call.
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(out.trace.calls.len() >= 2);
-    assert!(out.trace.calls[0].llm_error.as_deref().unwrap().contains("timed out"));
+    assert!(out.trace.calls[0]
+        .llm_error
+        .as_deref()
+        .unwrap()
+        .contains("timed out"));
     assert!(out.trace.calls.iter().all(|c| c.llm_error.is_some()));
     assert_eq!(out.tokens.len(), 32);
 }
@@ -337,9 +464,20 @@ fn different_tokenizers_bridge_by_text() {
     // What each call served, decoded with the LLM's tokenizer, is in the response text, and
     // the SLM's view (its text) is the concatenation of all the pieces.
     let llm_tok = p.llm_tokenizer.as_ref().unwrap();
-    for span in bridged.trace.spans.iter().filter(|s| s.source == Source::Llm) {
-        let served = llm_tok.decode(&bridged.tokens[span.start..span.end]).unwrap();
-        assert!(bridged.text.contains(&served), "{served:?} not in {:?}", bridged.text);
+    for span in bridged
+        .trace
+        .spans
+        .iter()
+        .filter(|s| s.source == Source::Llm)
+    {
+        let served = llm_tok
+            .decode(&bridged.tokens[span.start..span.end])
+            .unwrap();
+        assert!(
+            bridged.text.contains(&served),
+            "{served:?} not in {:?}",
+            bridged.text
+        );
     }
     // Re-tokenizing by text loses nothing: the LLM's prefill counts the text, not the ids.
     assert!(bridged.trace.prefill_tokens.llm > req.llm_prompt.len());
@@ -348,10 +486,24 @@ fn different_tokenizers_bridge_by_text() {
 #[test]
 fn llm_only_and_slm_only_policies() {
     let t = tiny_pair();
-    let out = relay(&pair(&t, t.slm.clone(), t.llm.clone()), &request(&t, PolicyKind::LlmOnly, 16), |_| {}).unwrap();
-    assert!(out.sources.iter().all(|s| *s == Source::Llm), "{:?}", out.sources);
+    let out = relay(
+        &pair(&t, t.slm.clone(), t.llm.clone()),
+        &request(&t, PolicyKind::LlmOnly, 16),
+        |_| {},
+    )
+    .unwrap();
+    assert!(
+        out.sources.iter().all(|s| *s == Source::Llm),
+        "{:?}",
+        out.sources
+    );
     assert!((out.trace.call_ratio - 1.0).abs() < 1e-9);
-    let out = relay(&pair(&t, t.slm.clone(), t.llm.clone()), &request(&t, PolicyKind::SlmOnly, 16), |_| {}).unwrap();
+    let out = relay(
+        &pair(&t, t.slm.clone(), t.llm.clone()),
+        &request(&t, PolicyKind::SlmOnly, 16),
+        |_| {},
+    )
+    .unwrap();
     assert!(out.sources.iter().all(|s| *s == Source::Slm));
     assert_eq!(out.trace.call_ratio, 0.0);
     assert_eq!(out.trace.prefill_tokens.llm, 0);

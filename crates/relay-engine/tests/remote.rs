@@ -31,7 +31,11 @@ use serde_json::{json, Value};
 fn llama_server_binary() -> PathBuf {
     if let Ok(p) = std::env::var("RELAYLLM_LLAMA_SERVER") {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "RELAYLLM_LLAMA_SERVER={} does not exist", p.display());
+        assert!(
+            p.is_file(),
+            "RELAYLLM_LLAMA_SERVER={} does not exist",
+            p.display()
+        );
         return p;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -52,28 +56,49 @@ struct LlamaServer {
 
 impl LlamaServer {
     fn start(model: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let log = std::fs::File::create(model.with_extension("server.log")).unwrap();
         let child = Command::new(llama_server_binary())
-            .args(["-m", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "-m",
+                model.to_str().unwrap(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
             .args(["-c", "512", "-np", "1", "-t", "2", "--no-webui"])
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn llama-server");
-        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let mut server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = server.child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(model.with_extension("server.log")).unwrap_or_default();
-                panic!("llama-server exited ({status}) while loading {}:\n{log}", model.display());
+                let log =
+                    std::fs::read_to_string(model.with_extension("server.log")).unwrap_or_default();
+                panic!(
+                    "llama-server exited ({status}) while loading {}:\n{log}",
+                    model.display()
+                );
             }
             if let Ok(r) = ureq::get(&format!("{}/health", server.url)).call() {
                 if r.status() == 200 {
                     return server;
                 }
             }
-            assert!(Instant::now() < deadline, "llama-server did not become healthy in 120 s");
+            assert!(
+                Instant::now() < deadline,
+                "llama-server did not become healthy in 120 s"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -108,12 +133,36 @@ fn tiny_pair() -> Tiny {
         ..TinyConfig::qwen2()
     };
     let slm_path = dir.path().join("slm.gguf");
-    write_gguf(&slm_path, &TinyConfig { seed: 7, ..base.clone() }, &meta).unwrap();
+    write_gguf(
+        &slm_path,
+        &TinyConfig {
+            seed: 7,
+            ..base.clone()
+        },
+        &meta,
+    )
+    .unwrap();
     let llm_path = dir.path().join("llm.gguf");
-    write_gguf(&llm_path, &TinyConfig { seed: 99, hidden_size: 96, head_dim: 24, num_layers: 3, ..base }, &meta).unwrap();
+    write_gguf(
+        &llm_path,
+        &TinyConfig {
+            seed: 99,
+            hidden_size: 96,
+            head_dim: 24,
+            num_layers: 3,
+            ..base
+        },
+        &meta,
+    )
+    .unwrap();
     let slm = Arc::new(CandleEngine::load(&slm_path, LoadOptions::default()).unwrap());
     let tokenizer = Arc::new(Tokenizer::load_for_model(&slm_path).unwrap());
-    Tiny { dir, slm, llm_path, tokenizer }
+    Tiny {
+        dir,
+        slm,
+        llm_path,
+        tokenizer,
+    }
 }
 
 fn remote(url: &str, tokenizer: &Tokenizer) -> RemoteEngine {
@@ -126,7 +175,12 @@ fn remote(url: &str, tokenizer: &Tokenizer) -> RemoteEngine {
 }
 
 fn prompt(t: &Tiny) -> Vec<u32> {
-    t.tokenizer.encode("<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n", false).unwrap()
+    t.tokenizer
+        .encode(
+            "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        )
+        .unwrap()
 }
 
 fn relay_request(prompt: Vec<u32>) -> RelayRequest {
@@ -142,7 +196,11 @@ fn relay_request(prompt: Vec<u32>) -> RelayRequest {
         llm_prompt: prompt,
         config,
         sampling: SamplingParams::greedy(),
-        retry: LlmRetry { attempts: 2, backoff: Duration::from_millis(10), token_timeout: Duration::from_secs(30) },
+        retry: LlmRetry {
+            attempts: 2,
+            backoff: Duration::from_millis(10),
+            token_timeout: Duration::from_secs(30),
+        },
         cancel: None,
     }
 }
@@ -153,18 +211,29 @@ fn greedy_tokens_equal_llama_server_completion() {
     let t = tiny_pair();
     let server = LlamaServer::start(&t.llm_path);
     let engine = remote(&server.url, &t.tokenizer);
-    assert_eq!(engine.info().vocab_size, tiny_vocab::TINY_VOCAB_SIZE, "vocab size from /v1/models");
+    assert_eq!(
+        engine.info().vocab_size,
+        tiny_vocab::TINY_VOCAB_SIZE,
+        "vocab size from /v1/models"
+    );
     let prompt = prompt(&t);
     const N: usize = 24;
 
     // llama-server's own greedy continuation, through its native endpoint.
     let native: Value = ureq::post(&format!("{}/completion", server.url))
-        .send_json(json!({"prompt": prompt, "n_predict": N, "temperature": 0.0, "top_k": 1,
-                          "ignore_eos": true, "return_tokens": true, "cache_prompt": false}))
+        .send_json(
+            json!({"prompt": prompt, "n_predict": N, "temperature": 0.0, "top_k": 1,
+                          "ignore_eos": true, "return_tokens": true, "cache_prompt": false}),
+        )
         .unwrap()
         .into_json()
         .unwrap();
-    let expected: Vec<u32> = native["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let expected: Vec<u32> = native["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     assert_eq!(expected.len(), N, "{native}");
 
     // Ours: prefill + step over the engine trait, argmax of the returned top-k "logits".
@@ -174,15 +243,24 @@ fn greedy_tokens_equal_llama_server_completion() {
     for _ in 0..N {
         assert_eq!(logits.len(), tiny_vocab::TINY_VOCAB_SIZE);
         let finite = logits.iter().filter(|x| x.is_finite()).count();
-        assert!((1..=20).contains(&finite), "top-k log-probs only, got {finite} finite entries");
+        assert!(
+            (1..=20).contains(&finite),
+            "top-k log-probs only, got {finite} finite entries"
+        );
         let tok = argmax(&logits) as u32;
         got.push(tok);
         logits = engine.step(&[(seq, tok)]).unwrap().pop().unwrap();
     }
     eprintln!("llama-server greedy: {expected:?}");
     let distinct: std::collections::HashSet<_> = expected.iter().collect();
-    assert!(distinct.len() > 1, "a degenerate continuation would prove little: {expected:?}");
-    assert_eq!(got, expected, "RemoteEngine greedy vs llama-server /completion");
+    assert!(
+        distinct.len() > 1,
+        "a degenerate continuation would prove little: {expected:?}"
+    );
+    assert_eq!(
+        got, expected,
+        "RemoteEngine greedy vs llama-server /completion"
+    );
     assert_eq!(engine.seq_len(seq).unwrap(), prompt.len() + N);
 
     // Truncate back and let the server decode the same tokens in one call.
@@ -191,23 +269,44 @@ fn greedy_tokens_equal_llama_server_completion() {
     let batch = engine.generate(fork, 8).unwrap();
     let ids: Vec<u32> = batch.iter().map(|t| t.id).collect();
     // The server stops at EOS in `generate`; compare what came back.
-    assert!(!ids.is_empty() && ids[..] == expected[..ids.len()], "generate {ids:?} vs {expected:?}");
+    assert!(
+        !ids.is_empty() && ids[..] == expected[..ids.len()],
+        "generate {ids:?} vs {expected:?}"
+    );
     assert_eq!(engine.seq_len(fork).unwrap(), prompt.len() + ids.len());
-    assert_eq!(engine.seq_len(seq).unwrap(), prompt.len(), "the fork evolves alone");
+    assert_eq!(
+        engine.seq_len(seq).unwrap(),
+        prompt.len(),
+        "the fork evolves alone"
+    );
     engine.free(fork).unwrap();
     engine.free(seq).unwrap();
-    assert!(matches!(engine.free(seq), Err(EngineError::UnknownSequence(_))));
+    assert!(matches!(
+        engine.free(seq),
+        Err(EngineError::UnknownSequence(_))
+    ));
 
     // More contexts (random weights settle into repeats; other prompts move them).
-    for text in ["hello world", "<|im_start|>system\nBe brief.<|im_end|>\n", "12 + 30 = 42. 7 * 6"] {
+    for text in [
+        "hello world",
+        "<|im_start|>system\nBe brief.<|im_end|>\n",
+        "12 + 30 = 42. 7 * 6",
+    ] {
         let p = t.tokenizer.encode(text, false).unwrap();
         let native: Value = ureq::post(&format!("{}/completion", server.url))
-            .send_json(json!({"prompt": p, "n_predict": 8, "temperature": 0.0, "top_k": 1,
-                              "ignore_eos": true, "return_tokens": true}))
+            .send_json(
+                json!({"prompt": p, "n_predict": 8, "temperature": 0.0, "top_k": 1,
+                              "ignore_eos": true, "return_tokens": true}),
+            )
             .unwrap()
             .into_json()
             .unwrap();
-        let want: Vec<u32> = native["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = native["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let seq = engine.create_sequence().unwrap();
         let mut logits = engine.prefill(seq, &p).unwrap();
         let mut got = Vec::new();
@@ -242,12 +341,21 @@ fn llama_server_log_probs_match_candle_on_our_gguf() {
         let lse = max + logits.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
         logits.iter().map(|x| x - lse).collect::<Vec<f32>>()
     };
-    let mut top: Vec<(usize, f32)> = remote_logits.iter().cloned().enumerate().filter(|(_, x)| x.is_finite()).collect();
+    let mut top: Vec<(usize, f32)> = remote_logits
+        .iter()
+        .cloned()
+        .enumerate()
+        .filter(|(_, x)| x.is_finite())
+        .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     eprintln!("llama-server top-5: {:?}", &top[..5]);
     assert_eq!(top[0].0, argmax(&local), "top-1 id");
     for &(id, lp) in &top[..5] {
-        assert!((lp - local[id]).abs() < 0.05, "token {id}: llama.cpp {lp} vs candle {}", local[id]);
+        assert!(
+            (lp - local[id]).abs() < 0.05,
+            "token {id}: llama.cpp {lp} vs candle {}",
+            local[id]
+        );
     }
 }
 
@@ -257,21 +365,44 @@ fn relay_serves_calls_through_llama_server() {
     let t = tiny_pair();
     let server = LlamaServer::start(&t.llm_path);
     let llm = Arc::new(remote(&server.url, &t.tokenizer));
-    let pair = RelayPair { slm: t.slm.clone(), llm: llm.clone(), slm_tokenizer: t.tokenizer.clone(), llm_tokenizer: None };
+    let pair = RelayPair {
+        slm: t.slm.clone(),
+        llm: llm.clone(),
+        slm_tokenizer: t.tokenizer.clone(),
+        llm_tokenizer: None,
+    };
     let req = relay_request(prompt(&t));
     let out = relay(&pair, &req, |_| {}).expect("relay");
     let trace = &out.trace;
     eprintln!("calls: {:?}", trace.calls);
-    assert!(!trace.calls.is_empty(), "the confidence policy calls the LLM");
-    assert!(trace.calls.iter().all(|c| c.llm_error.is_none() && c.served > 0), "{:?}", trace.calls);
+    assert!(
+        !trace.calls.is_empty(),
+        "the confidence policy calls the LLM"
+    );
+    assert!(
+        trace
+            .calls
+            .iter()
+            .all(|c| c.llm_error.is_none() && c.served > 0),
+        "{:?}",
+        trace.calls
+    );
     let llm_tokens = out.sources.iter().filter(|s| **s == Source::Llm).count();
-    assert_eq!(llm_tokens, trace.calls.iter().map(|c| c.served as usize).sum::<usize>());
+    assert_eq!(
+        llm_tokens,
+        trace.calls.iter().map(|c| c.served as usize).sum::<usize>()
+    );
     // Every LLM token is the server's greedy choice for its context (LLM view = ids here).
     let mut context = prompt(&t);
     for (&tok, &src) in out.tokens.iter().zip(&out.sources) {
         if src == Source::Llm {
             let next = llm.complete(&context, 1, 20, false).unwrap();
-            let best = next[0].top.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+            let best = next[0]
+                .top
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap()
+                .0;
             assert_eq!(best, tok, "LLM token at context length {}", context.len());
         }
         context.push(tok);
@@ -283,7 +414,11 @@ fn relay_serves_calls_through_llama_server() {
     req.config.limits.max_response_tokens = 40;
     let out = relay(&pair, &req, |_| {}).expect("relay");
     eprintln!("calls: {:?}", out.trace.calls);
-    assert!(out.trace.calls.iter().all(|c| c.llm_error.is_none()), "{:?}", out.trace.calls);
+    assert!(
+        out.trace.calls.iter().all(|c| c.llm_error.is_none()),
+        "{:?}",
+        out.trace.calls
+    );
     drop(t.dir);
 }
 
@@ -294,14 +429,23 @@ fn killing_llama_server_mid_run_leaves_the_slm_to_finish() {
     let mut server = Some(LlamaServer::start(&t.llm_path));
     let url = server.as_ref().unwrap().url.clone();
     let llm = Arc::new(remote(&url, &t.tokenizer));
-    let pair = RelayPair { slm: t.slm.clone(), llm, slm_tokenizer: t.tokenizer.clone(), llm_tokenizer: None };
+    let pair = RelayPair {
+        slm: t.slm.clone(),
+        llm,
+        slm_tokenizer: t.tokenizer.clone(),
+        llm_tokenizer: None,
+    };
     let mut req = relay_request(prompt(&t));
     req.config.limits.max_calls = 8;
     req.config.limits.max_response_tokens = 64;
     let mut killed_at = None;
     let mut position = 0usize;
     let out = relay(&pair, &req, |e| {
-        if let RelayEvent::Text { source: Source::Llm, .. } = e {
+        if let RelayEvent::Text {
+            source: Source::Llm,
+            ..
+        } = e
+        {
             if let Some(mut s) = server.take() {
                 s.kill(); // mid-call: the call's next token already fails
                 killed_at = Some(position);
@@ -315,12 +459,31 @@ fn killing_llama_server_mid_run_leaves_the_slm_to_finish() {
     assert!(killed_at.is_some(), "the LLM was called before the kill");
     let trace = &out.trace;
     eprintln!("calls: {:?}", trace.calls);
-    let errors: Vec<&str> = trace.calls.iter().filter_map(|c| c.llm_error.as_deref()).collect();
-    assert!(!errors.is_empty(), "the trace records the LLM error: {:?}", trace.calls);
-    assert!(errors.iter().all(|e| e.contains("127.0.0.1")), "errors name the server: {errors:?}");
-    assert!(out.sources.iter().any(|s| *s == Source::Llm), "tokens served before the kill stay");
+    let errors: Vec<&str> = trace
+        .calls
+        .iter()
+        .filter_map(|c| c.llm_error.as_deref())
+        .collect();
     assert!(
-        out.sources.iter().rev().take_while(|s| **s == Source::Slm).count() > 0,
+        !errors.is_empty(),
+        "the trace records the LLM error: {:?}",
+        trace.calls
+    );
+    assert!(
+        errors.iter().all(|e| e.contains("127.0.0.1")),
+        "errors name the server: {errors:?}"
+    );
+    assert!(
+        out.sources.iter().any(|s| *s == Source::Llm),
+        "tokens served before the kill stay"
+    );
+    assert!(
+        out.sources
+            .iter()
+            .rev()
+            .take_while(|s| **s == Source::Slm)
+            .count()
+            > 0,
         "the SLM wrote on after the failure: {:?}",
         out.sources
     );
@@ -355,7 +518,11 @@ fn stub(reply: Reply) -> Stub {
     Stub { url, requests }
 }
 
-fn serve_one(mut stream: TcpStream, n: usize, reply: &(dyn Fn(usize, &str) -> Option<(u16, String)> + Send + Sync)) {
+fn serve_one(
+    mut stream: TcpStream,
+    n: usize,
+    reply: &(dyn Fn(usize, &str) -> Option<(u16, String)> + Send + Sync),
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -388,7 +555,10 @@ fn serve_one(mut stream: TcpStream, n: usize, reply: &(dyn Fn(usize, &str) -> Op
 const MODELS: &str = r#"{"object":"list","data":[{"id":"stub","meta":{"n_vocab":50,"n_ctx":64}}]}"#;
 
 fn completion(id: u32, top: &[(u32, f32)]) -> String {
-    let top: Vec<Value> = top.iter().map(|(i, lp)| json!({"id": i, "token": "t", "logprob": lp})).collect();
+    let top: Vec<Value> = top
+        .iter()
+        .map(|(i, lp)| json!({"id": i, "token": "t", "logprob": lp}))
+        .collect();
     json!({"choices": [{"text": "t", "index": 0, "finish_reason": "length",
         "logprobs": {"content": [{"id": id, "token": "t", "logprob": -0.1, "top_logprobs": top}]}}]})
     .to_string()
@@ -405,10 +575,21 @@ fn stub_config(url: &str) -> RemoteConfig {
 #[test]
 fn logits_hold_the_top_k_at_their_ids_and_sequences_stay_local() {
     let s = stub(Box::new(|_, path| {
-        Some(if path == "/v1/models" { (200, MODELS.into()) } else { (200, completion(7, &[(7, -0.1), (3, -2.5)])) })
+        Some(if path == "/v1/models" {
+            (200, MODELS.into())
+        } else {
+            (200, completion(7, &[(7, -0.1), (3, -2.5)]))
+        })
     }));
     let e = RemoteEngine::connect(stub_config(&s.url)).unwrap();
-    assert_eq!((e.info().vocab_size, e.info().context_length, e.info().name.as_str()), (50, 64, "stub"));
+    assert_eq!(
+        (
+            e.info().vocab_size,
+            e.info().context_length,
+            e.info().name.as_str()
+        ),
+        (50, 64, "stub")
+    );
     let seq = e.create_sequence().unwrap();
     let logits = e.prefill(seq, &[1, 2, 3]).unwrap();
     assert_eq!(logits.len(), 50);
@@ -420,10 +601,24 @@ fn logits_hold_the_top_k_at_their_ids_and_sequences_stay_local() {
     e.truncate(fork, 1).unwrap();
     assert_eq!((e.seq_len(seq).unwrap(), e.seq_len(fork).unwrap()), (3, 1));
     e.free(fork).unwrap();
-    assert_eq!(s.requests.load(Ordering::SeqCst), before, "truncate/fork/free send nothing");
-    assert!(matches!(e.prefill(seq, &[50]), Err(EngineError::TokenOutOfVocab { id: 50, .. })));
-    assert!(matches!(e.prefill(seq, &[1; 62]), Err(EngineError::ContextOverflow { .. })));
-    assert_eq!(e.seq_len(seq).unwrap(), 3, "a rejected prefill leaves the sequence as it was");
+    assert_eq!(
+        s.requests.load(Ordering::SeqCst),
+        before,
+        "truncate/fork/free send nothing"
+    );
+    assert!(matches!(
+        e.prefill(seq, &[50]),
+        Err(EngineError::TokenOutOfVocab { id: 50, .. })
+    ));
+    assert!(matches!(
+        e.prefill(seq, &[1; 62]),
+        Err(EngineError::ContextOverflow { .. })
+    ));
+    assert_eq!(
+        e.seq_len(seq).unwrap(),
+        3,
+        "a rejected prefill leaves the sequence as it was"
+    );
 }
 
 #[test]
@@ -439,32 +634,54 @@ fn a_5xx_is_retried_with_backoff() {
     let seq = e.create_sequence().unwrap();
     let logits = e.prefill(seq, &[1]).unwrap();
     assert_eq!(argmax(&logits), 4);
-    assert_eq!(s.requests.load(Ordering::SeqCst), 4, "models + 2 failures + success");
+    assert_eq!(
+        s.requests.load(Ordering::SeqCst),
+        4,
+        "models + 2 failures + success"
+    );
 }
 
 #[test]
 fn a_persistent_5xx_fails_after_the_retries_and_leaves_the_sequence() {
     let s = stub(Box::new(|_, path| {
-        Some(if path == "/v1/models" { (200, MODELS.into()) } else { (500, r#"{"error":"boom"}"#.into()) })
+        Some(if path == "/v1/models" {
+            (200, MODELS.into())
+        } else {
+            (500, r#"{"error":"boom"}"#.into())
+        })
     }));
     let e = RemoteEngine::connect(stub_config(&s.url)).unwrap();
     let seq = e.create_sequence().unwrap();
     let err = e.prefill(seq, &[1, 2]).unwrap_err();
     assert!(matches!(err, EngineError::Io(_)), "{err:?}");
-    assert!(err.to_string().contains("HTTP 500") && err.to_string().contains("boom"), "{err}");
-    assert_eq!(s.requests.load(Ordering::SeqCst), 1 + 3, "models + 1 try + 2 retries");
+    assert!(
+        err.to_string().contains("HTTP 500") && err.to_string().contains("boom"),
+        "{err}"
+    );
+    assert_eq!(
+        s.requests.load(Ordering::SeqCst),
+        1 + 3,
+        "models + 1 try + 2 retries"
+    );
     assert_eq!(e.seq_len(seq).unwrap(), 0);
 }
 
 #[test]
 fn a_4xx_is_not_retried() {
     let s = stub(Box::new(|_, path| {
-        Some(if path == "/v1/models" { (200, MODELS.into()) } else { (400, r#"{"error":"bad prompt"}"#.into()) })
+        Some(if path == "/v1/models" {
+            (200, MODELS.into())
+        } else {
+            (400, r#"{"error":"bad prompt"}"#.into())
+        })
     }));
     let e = RemoteEngine::connect(stub_config(&s.url)).unwrap();
     let seq = e.create_sequence().unwrap();
     let err = e.prefill(seq, &[1]).unwrap_err();
-    assert!(matches!(&err, EngineError::InvalidInput(m) if m.contains("400") && m.contains("bad prompt")), "{err:?}");
+    assert!(
+        matches!(&err, EngineError::InvalidInput(m) if m.contains("400") && m.contains("bad prompt")),
+        "{err:?}"
+    );
     assert_eq!(s.requests.load(Ordering::SeqCst), 2);
 }
 
@@ -480,42 +697,71 @@ fn malformed_json_and_missing_logprobs_are_clear_errors() {
     let e = RemoteEngine::connect(stub_config(&s.url)).unwrap();
     let seq = e.create_sequence().unwrap();
     let err = e.prefill(seq, &[1]).unwrap_err().to_string();
-    assert!(err.contains("malformed response") && err.contains("not JSON"), "{err}");
+    assert!(
+        err.contains("malformed response") && err.contains("not JSON"),
+        "{err}"
+    );
     let err = e.prefill(seq, &[1]).unwrap_err().to_string();
     assert!(err.contains("no logprobs"), "{err}");
 }
 
 #[test]
 fn a_server_that_never_answers_times_out() {
-    let s = stub(Box::new(|_, path| if path == "/v1/models" { Some((200, MODELS.into())) } else { None }));
+    let s = stub(Box::new(|_, path| {
+        if path == "/v1/models" {
+            Some((200, MODELS.into()))
+        } else {
+            None
+        }
+    }));
     let mut c = stub_config(&s.url);
     c.retries = 1;
     let e = RemoteEngine::connect(c).unwrap();
     let seq = e.create_sequence().unwrap();
     let start = Instant::now();
     let err = e.prefill(seq, &[1]).unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     match &err {
         EngineError::Io(io) => assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{err}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.requests.load(Ordering::SeqCst), 3, "models + 1 try + 1 retry");
+    assert_eq!(
+        s.requests.load(Ordering::SeqCst),
+        3,
+        "models + 1 try + 1 retry"
+    );
 }
 
 #[test]
 fn connection_refused_and_bad_urls_fail_at_connect() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(); // freed: refused
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // freed: refused
     let mut c = stub_config(&format!("http://127.0.0.1:{port}"));
     c.retries = 0;
     let err = RemoteEngine::connect(c).unwrap_err();
     assert!(err.to_string().contains(&port.to_string()), "{err}");
-    assert!(matches!(RemoteEngine::connect(RemoteConfig::new("ftp://x")), Err(EngineError::InvalidInput(_))));
-    assert!(matches!(RemoteEngine::connect(RemoteConfig::new("https://x")), Err(EngineError::Unsupported(_))));
+    assert!(matches!(
+        RemoteEngine::connect(RemoteConfig::new("ftp://x")),
+        Err(EngineError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        RemoteEngine::connect(RemoteConfig::new("https://x")),
+        Err(EngineError::Unsupported(_))
+    ));
 }
 
 #[test]
 fn vocab_size_must_come_from_the_server_or_the_caller() {
-    let s = stub(Box::new(|_, _| Some((200, r#"{"data":[{"id":"m"}]}"#.into()))));
+    let s = stub(Box::new(|_, _| {
+        Some((200, r#"{"data":[{"id":"m"}]}"#.into()))
+    }));
     let err = RemoteEngine::connect(stub_config(&s.url)).unwrap_err();
     assert!(err.to_string().contains("vocabulary size"), "{err}");
     let mut c = stub_config(&s.url);
@@ -529,7 +775,13 @@ fn openai_legacy_logprobs_with_token_ids_parse() {
     let v = json!({"tokens": ["token_id:5"], "token_logprobs": [-0.3],
                    "top_logprobs": [{"token_id:5": -0.3, "token_id:9": -1.0}]});
     let t = relay_engine::remote::parse_logprobs(&v).unwrap();
-    assert_eq!((t[0].id, t[0].logprob, t[0].top.clone()), (5, -0.3, vec![(5, -0.3), (9, -1.0)]));
-    let err = relay_engine::remote::parse_logprobs(&json!({"tokens": ["hello"], "token_logprobs": [-0.3]})).unwrap_err();
+    assert_eq!(
+        (t[0].id, t[0].logprob, t[0].top.clone()),
+        (5, -0.3, vec![(5, -0.3), (9, -1.0)])
+    );
+    let err = relay_engine::remote::parse_logprobs(
+        &json!({"tokens": ["hello"], "token_logprobs": [-0.3]}),
+    )
+    .unwrap_err();
     assert!(err.contains("return_tokens_as_token_ids"), "{err}");
 }

@@ -5,7 +5,9 @@ use relay_engine::sampling::{argmax, log_softmax, top1_prob, Sampler, SamplingPa
 
 fn logits() -> Vec<f32> {
     // A spread-out distribution over 50 tokens with its maximum at 17.
-    (0..50).map(|i| ((i * 37 % 50) as f32) * 0.1 - if i == 17 { -10.0 } else { 0.0 }).collect()
+    (0..50)
+        .map(|i| ((i * 37 % 50) as f32) * 0.1 - if i == 17 { -10.0 } else { 0.0 })
+        .collect()
 }
 
 fn draw(p: SamplingParams, n: usize, l: &[f32]) -> Vec<u32> {
@@ -17,7 +19,9 @@ fn draw(p: SamplingParams, n: usize, l: &[f32]) -> Vec<u32> {
 fn greedy_is_argmax() {
     let l = logits();
     assert_eq!(argmax(&l), 17);
-    assert!(draw(SamplingParams::greedy(), 20, &l).iter().all(|&t| t == 17));
+    assert!(draw(SamplingParams::greedy(), 20, &l)
+        .iter()
+        .all(|&t| t == 17));
     let flat: Vec<f32> = (0..10).map(|i| i as f32).collect();
     assert_eq!(Sampler::new(SamplingParams::default()).sample(&flat), 9);
 }
@@ -25,14 +29,24 @@ fn greedy_is_argmax() {
 #[test]
 fn top_k_one_is_greedy() {
     let l: Vec<f32> = (0..30).map(|i| (i % 7) as f32 * 0.01).collect();
-    let p = SamplingParams { temperature: 5.0, top_k: 1, top_p: 1.0, seed: 3 };
+    let p = SamplingParams {
+        temperature: 5.0,
+        top_k: 1,
+        top_p: 1.0,
+        seed: 3,
+    };
     assert!(draw(p, 50, &l).iter().all(|&t| t as usize == argmax(&l)));
 }
 
 #[test]
 fn same_seed_same_tokens_other_seed_other_tokens() {
     let l: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-    let p = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: 1234 };
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+        seed: 1234,
+    };
     let a = draw(p.clone(), 64, &l);
     let b = draw(p.clone(), 64, &l);
     assert_eq!(a, b);
@@ -48,9 +62,17 @@ fn same_seed_same_tokens_other_seed_other_tokens() {
 #[test]
 fn top_k_restricts_candidates() {
     let l: Vec<f32> = (0..40).map(|i| i as f32 * 0.05).collect();
-    let p = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 3, seed: 5 };
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 3,
+        seed: 5,
+    };
     let toks = draw(p, 300, &l);
-    assert!(toks.iter().all(|&t| t >= 37), "only the 3 largest logits (ids 37..39) may appear");
+    assert!(
+        toks.iter().all(|&t| t >= 37),
+        "only the 3 largest logits (ids 37..39) may appear"
+    );
     for id in 37..40 {
         assert!(toks.contains(&id));
     }
@@ -60,25 +82,56 @@ fn top_k_restricts_candidates() {
 fn top_p_keeps_the_nucleus() {
     // Probabilities ~ [0.5, 0.3, 0.15, 0.05] (ids 0..3).
     let l: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-    let p = SamplingParams { temperature: 1.0, top_p: 0.75, top_k: 0, seed: 11 };
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.75,
+        top_k: 0,
+        seed: 11,
+    };
     let toks = draw(p.clone(), 500, &l);
     // 0.5 < 0.75 ≤ 0.8: the nucleus is {0, 1}.
     assert!(toks.iter().all(|&t| t <= 1));
     let ones = toks.iter().filter(|&&t| t == 1).count() as f32 / 500.0;
-    assert!((ones - 0.375).abs() < 0.08, "token 1 share {ones}, expected 0.3/0.8");
+    assert!(
+        (ones - 0.375).abs() < 0.08,
+        "token 1 share {ones}, expected 0.3/0.8"
+    );
     // Tiny top_p keeps only the best token.
     let p = SamplingParams { top_p: 0.01, ..p };
     assert!(draw(p, 50, &l).iter().all(|&t| t == 0));
     // top_p = 1 lets the tail through.
-    let p = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: 11 };
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+        seed: 11,
+    };
     assert!(draw(p, 500, &l).contains(&3));
 }
 
 #[test]
 fn temperature_sharpens() {
     let l: Vec<f32> = [1.0f32, 0.0, 0.0, 0.0].to_vec();
-    let cold = draw(SamplingParams { temperature: 0.1, top_p: 1.0, top_k: 0, seed: 2 }, 200, &l);
-    let hot = draw(SamplingParams { temperature: 10.0, top_p: 1.0, top_k: 0, seed: 2 }, 200, &l);
+    let cold = draw(
+        SamplingParams {
+            temperature: 0.1,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 2,
+        },
+        200,
+        &l,
+    );
+    let hot = draw(
+        SamplingParams {
+            temperature: 10.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 2,
+        },
+        200,
+        &l,
+    );
     let share = |v: &[u32]| v.iter().filter(|&&t| t == 0).count();
     assert!(share(&cold) > 195 && share(&hot) < 100);
 }

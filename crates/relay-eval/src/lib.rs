@@ -25,9 +25,11 @@ pub mod summary;
 
 pub use dataset::{Dataset, Problem, INSTRUCTION};
 pub use error::{EvalError, Result};
-pub use metrics::{call_ratio, cost_reduction, gap_recovered, random_router_accuracy, CostReduction};
+pub use metrics::{
+    call_ratio, cost_reduction, gap_recovered, random_router_accuracy, CostReduction,
+};
+pub use relay_grader::GradeMode;
 pub use report::{report, write_report, Report, ReportRow};
 pub use results::{read_results, ResultLine};
-pub use runner::{run, RunOptions, RunSettings, Selection, SolveError, Solution, Solver};
+pub use runner::{run, RunOptions, RunSettings, Selection, Solution, SolveError, Solver};
 pub use summary::{summarize, Summary, Timing, TokenTotals};
-pub use relay_grader::GradeMode;

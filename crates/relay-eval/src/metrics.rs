@@ -18,7 +18,11 @@ pub fn gap_recovered(slm: f64, llm: f64, relay: f64) -> Option<f64> {
 /// Accuracy of a random query router that sends a fraction `share` of the queries to the LLM:
 /// SLM + share·(LLM − SLM). `share` is clamped to [0, 1].
 pub fn random_router_accuracy(slm: f64, llm: f64, share: f64) -> f64 {
-    let p = if share.is_nan() { 0.0 } else { share.clamp(0.0, 1.0) };
+    let p = if share.is_nan() {
+        0.0
+    } else {
+        share.clamp(0.0, 1.0)
+    };
     slm + p * (llm - slm)
 }
 

@@ -52,12 +52,16 @@ pub fn load_summary(dir: &Path) -> Result<Summary> {
             EvalError::Io { path: path.clone(), source: e }
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| EvalError::Report(format!("{}: not a summary: {e}", path.display())))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| EvalError::Report(format!("{}: not a summary: {e}", path.display())))
 }
 
 /// The report for the runs in `dirs`, which must all be on the same data file and problems.
 pub fn report(dirs: &[PathBuf]) -> Result<Report> {
-    let runs = dirs.iter().map(|d| Ok((d.clone(), load_summary(d)?))).collect::<Result<Vec<_>>>()?;
+    let runs = dirs
+        .iter()
+        .map(|d| Ok((d.clone(), load_summary(d)?)))
+        .collect::<Result<Vec<_>>>()?;
     report_from_summaries(runs)
 }
 
@@ -88,19 +92,34 @@ pub fn report_from_summaries(runs: Vec<(PathBuf, Summary)>) -> Result<Report> {
             )));
         }
     }
-    let slm = runs.iter().find(|(_, s)| s.settings.policy == "slm-only").map(|(_, s)| s.accuracy);
-    let llm = runs.iter().find(|(_, s)| s.settings.policy == "llm-only").map(|(_, s)| s.accuracy);
+    let slm = runs
+        .iter()
+        .find(|(_, s)| s.settings.policy == "slm-only")
+        .map(|(_, s)| s.accuracy);
+    let llm = runs
+        .iter()
+        .find(|(_, s)| s.settings.policy == "llm-only")
+        .map(|(_, s)| s.accuracy);
     let mut rows: Vec<ReportRow> = runs
         .into_iter()
         .map(|(dir, summary)| {
             let (acc, ratio) = (summary.accuracy, summary.call_ratio);
             let (gap, router, cost) = match (slm, llm) {
-                (Some(s), Some(l)) => {
-                    (gap_recovered(s, l, acc), Some(random_router_accuracy(s, l, ratio)), cost_reduction(s, l, acc, ratio))
-                }
+                (Some(s), Some(l)) => (
+                    gap_recovered(s, l, acc),
+                    Some(random_router_accuracy(s, l, ratio)),
+                    cost_reduction(s, l, acc, ratio),
+                ),
                 _ => (None, None, CostReduction::NoGap),
             };
-            ReportRow { label: run_label(&summary), dir, summary, gap_recovered: gap, router_accuracy: router, cost_reduction: cost }
+            ReportRow {
+                label: run_label(&summary),
+                dir,
+                summary,
+                gap_recovered: gap,
+                router_accuracy: router,
+                cost_reduction: cost,
+            }
         })
         .collect();
     rows.sort_by(|a, b| {
@@ -118,7 +137,12 @@ pub fn report_from_summaries(runs: Vec<(PathBuf, Summary)>) -> Result<Report> {
     let plot = PlotData::new(&rows, slm, llm, &first);
     let svg = render_svg(&plot)?;
     let png = render_png(&plot)?;
-    Ok(Report { markdown, svg, png, rows })
+    Ok(Report {
+        markdown,
+        svg,
+        png,
+        rows,
+    })
 }
 
 /// Writes report.md, plot.svg and plot.png into `out` (atomically); returns their paths.
@@ -153,10 +177,17 @@ fn pct(x: f64) -> String {
 
 fn markdown(rows: &[ReportRow], slm: Option<f64>, llm: Option<f64>) -> String {
     let first = &rows[0].summary;
-    let data_name = Path::new(&first.settings.data).file_name().map_or(first.settings.data.clone(), |n| n.to_string_lossy().into_owned());
+    let data_name = Path::new(&first.settings.data)
+        .file_name()
+        .map_or(first.settings.data.clone(), |n| {
+            n.to_string_lossy().into_owned()
+        });
     let k = rows.iter().map(|r| r.summary.samples).max().unwrap_or(1);
     let mut md = String::new();
-    let _ = writeln!(md, "# {data_name}: accuracy against the LLM's token share\n");
+    let _ = writeln!(
+        md,
+        "# {data_name}: accuracy against the LLM's token share\n"
+    );
     let _ = writeln!(
         md,
         "Data `{}` (sha256 {}…), problems {}..{} ({}), grader `{}`{}.\n",
@@ -166,21 +197,36 @@ fn markdown(rows: &[ReportRow], slm: Option<f64>, llm: Option<f64>) -> String {
         first.selection.offset + first.n,
         first.n,
         first.settings.grader,
-        if k > 1 { format!(", accuracy is avg@k over up to {k} samples") } else { String::new() },
+        if k > 1 {
+            format!(", accuracy is avg@k over up to {k} samples")
+        } else {
+            String::new()
+        },
     );
     match (slm, llm) {
         (Some(s), Some(l)) => {
-            let _ = writeln!(md, "SLM only: {}, LLM only: {} (gap {:+.1} points).\n", pct(s), pct(l), (l - s) * 100.0);
+            let _ = writeln!(
+                md,
+                "SLM only: {}, LLM only: {} (gap {:+.1} points).\n",
+                pct(s),
+                pct(l),
+                (l - s) * 100.0
+            );
         }
         _ => {
-            let _ = writeln!(md, "No `slm-only` and `llm-only` runs among these, so gap and cost columns are n/a.\n");
+            let _ = writeln!(
+                md,
+                "No `slm-only` and `llm-only` runs among these, so gap and cost columns are n/a.\n"
+            );
         }
     }
     let _ = writeln!(md, "| run | policy | threshold | n | accuracy | LLM token share | gap recovered | random router at this share | cost reduction vs random router |");
     let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let s = &r.summary;
-        let dir = r.dir.file_name().map_or(r.dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let dir = r.dir.file_name().map_or(r.dir.display().to_string(), |n| {
+            n.to_string_lossy().into_owned()
+        });
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -215,11 +261,19 @@ struct PlotData {
 
 impl PlotData {
     fn new(rows: &[ReportRow], slm: Option<f64>, llm: Option<f64>, first: &Summary) -> PlotData {
-        let name = Path::new(&first.settings.data).file_stem().map_or("benchmark".into(), |n| n.to_string_lossy().into_owned());
+        let name = Path::new(&first.settings.data)
+            .file_stem()
+            .map_or("benchmark".into(), |n| n.to_string_lossy().into_owned());
         let runs = rows
             .iter()
             .filter(|r| !matches!(r.summary.settings.policy.as_str(), "slm-only" | "llm-only"))
-            .map(|r| (r.summary.call_ratio, r.summary.accuracy * 100.0, r.label.clone()))
+            .map(|r| {
+                (
+                    r.summary.call_ratio,
+                    r.summary.accuracy * 100.0,
+                    r.label.clone(),
+                )
+            })
             .collect();
         PlotData {
             title: format!("{name} (n = {}): accuracy vs LLM token share", first.n),
@@ -230,7 +284,13 @@ impl PlotData {
     }
 
     fn y_range(&self) -> std::ops::Range<f64> {
-        let ys: Vec<f64> = self.slm.iter().chain(self.llm.iter()).copied().chain(self.runs.iter().map(|r| r.1)).collect();
+        let ys: Vec<f64> = self
+            .slm
+            .iter()
+            .chain(self.llm.iter())
+            .copied()
+            .chain(self.runs.iter().map(|r| r.1))
+            .collect();
         let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         if !lo.is_finite() {
@@ -273,13 +333,20 @@ fn render_png(plot: &PlotData) -> Result<Vec<u8>> {
     let mut encoder = png::Encoder::new(&mut png_bytes, w, h);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| EvalError::Plot(e.to_string()))?;
-    writer.write_image_data(&rgb).map_err(|e| EvalError::Plot(e.to_string()))?;
-    writer.finish().map_err(|e| EvalError::Plot(e.to_string()))?;
+    let mut writer = encoder
+        .write_header()
+        .map_err(|e| EvalError::Plot(e.to_string()))?;
+    writer
+        .write_image_data(&rgb)
+        .map_err(|e| EvalError::Plot(e.to_string()))?;
+    writer
+        .finish()
+        .map_err(|e| EvalError::Plot(e.to_string()))?;
     Ok(png_bytes)
 }
 
-type DrawResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+type DrawResult<DB> =
+    std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &PlotData) -> DrawResult<DB> {
     root.fill(&WHITE)?;
@@ -303,7 +370,12 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &PlotData) -> D
     let grey = RGBColor(120, 120, 120);
     if let (Some(slm), Some(llm)) = (plot.slm, plot.llm) {
         chart
-            .draw_series(DashedLineSeries::new([(0.0, slm), (1.0, llm)], 8, 6, grey.stroke_width(2)))?
+            .draw_series(DashedLineSeries::new(
+                [(0.0, slm), (1.0, llm)],
+                8,
+                6,
+                grey.stroke_width(2),
+            ))?
             .label("random query router")
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey.stroke_width(2)));
     }
@@ -315,23 +387,41 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &PlotData) -> D
         .collect();
     if !ends.is_empty() {
         chart
-            .draw_series(ends.iter().map(|&(x, y, _)| Rectangle::new([(x - 0.008, y - 0.5), (x + 0.008, y + 0.5)], BLACK.filled())))?
+            .draw_series(ends.iter().map(|&(x, y, _)| {
+                Rectangle::new([(x - 0.008, y - 0.5), (x + 0.008, y + 0.5)], BLACK.filled())
+            }))?
             .label("single model")
             .legend(|(x, y)| Rectangle::new([(x + 5, y - 4), (x + 13, y + 4)], BLACK.filled()));
         for &(x, y, name) in &ends {
-            let anchor = if x < 0.5 { (x + 0.02, y) } else { (x - 0.13, y) };
-            chart.draw_series(std::iter::once(Text::new(format!("{name} {y:.1}%"), anchor, (FONT_FAMILY, 15))))?;
+            let anchor = if x < 0.5 {
+                (x + 0.02, y)
+            } else {
+                (x - 0.13, y)
+            };
+            chart.draw_series(std::iter::once(Text::new(
+                format!("{name} {y:.1}%"),
+                anchor,
+                (FONT_FAMILY, 15),
+            )))?;
         }
     }
     let blue = RGBColor(31, 119, 180);
     if !plot.runs.is_empty() {
         chart
-            .draw_series(plot.runs.iter().map(|&(x, y, _)| Circle::new((x, y), 5, blue.filled())))?
+            .draw_series(
+                plot.runs
+                    .iter()
+                    .map(|&(x, y, _)| Circle::new((x, y), 5, blue.filled())),
+            )?
             .label("relay runs")
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, blue.filled()));
         for (x, y, label) in &plot.runs {
             let text = format!("{label} ({y:.1}%)");
-            chart.draw_series(std::iter::once(Text::new(text, (x + 0.012, *y + 0.4), (FONT_FAMILY, 14))))?;
+            chart.draw_series(std::iter::once(Text::new(
+                text,
+                (x + 0.012, *y + 0.4),
+                (FONT_FAMILY, 14),
+            )))?;
         }
     }
     chart

@@ -59,7 +59,12 @@ pub fn read_results(path: &Path) -> Result<ResultsFile> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ResultsFile::default()),
-        Err(e) => return Err(EvalError::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(EvalError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     };
     let mut out = ResultsFile::default();
     let mut start = 0usize;
@@ -89,7 +94,11 @@ pub fn read_results(path: &Path) -> Result<ResultsFile> {
             }
             Err(_) if is_last => out.torn_tail = true,
             Err(reason) => {
-                return Err(EvalError::CorruptResults { path: path.to_path_buf(), line: line_no, reason })
+                return Err(EvalError::CorruptResults {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    reason,
+                })
             }
         }
         start = end;

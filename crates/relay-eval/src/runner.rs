@@ -99,11 +99,27 @@ impl RunSettings {
                 out.push(format!("  {name}: {was} (stored) → {now} (now)"));
             }
         };
-        check("data file contents (sha256)", stored.data_sha256.clone(), self.data_sha256.clone());
+        check(
+            "data file contents (sha256)",
+            stored.data_sha256.clone(),
+            self.data_sha256.clone(),
+        );
         check("policy", stored.policy.clone(), self.policy.clone());
-        check("threshold", format!("{:?}", stored.threshold), format!("{:?}", self.threshold));
-        check("slm", format!("{:?}", stored.slm), format!("{:?}", self.slm));
-        check("llm", format!("{:?}", stored.llm), format!("{:?}", self.llm));
+        check(
+            "threshold",
+            format!("{:?}", stored.threshold),
+            format!("{:?}", self.threshold),
+        );
+        check(
+            "slm",
+            format!("{:?}", stored.slm),
+            format!("{:?}", self.slm),
+        );
+        check(
+            "llm",
+            format!("{:?}", stored.llm),
+            format!("{:?}", self.llm),
+        );
         check("grader", stored.grader.to_string(), self.grader.to_string());
         check("solver", stored.solver.to_string(), self.solver.to_string());
         out
@@ -119,7 +135,9 @@ mod grade_mode_serde {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<GradeMode, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -133,7 +151,11 @@ pub struct Selection {
 
 impl Default for Selection {
     fn default() -> Self {
-        Selection { offset: 0, limit: None, samples: 1 }
+        Selection {
+            offset: 0,
+            limit: None,
+            samples: 1,
+        }
     }
 }
 
@@ -146,7 +168,11 @@ impl Selection {
             None => dataset.len(),
         };
         if start >= end || self.samples == 0 {
-            return Err(EvalError::EmptySelection { path: dataset.path.clone(), offset: self.offset, len: dataset.len() });
+            return Err(EvalError::EmptySelection {
+                path: dataset.path.clone(),
+                offset: self.offset,
+                len: dataset.len(),
+            });
         }
         Ok(&dataset.problems[start..end])
     }
@@ -175,7 +201,12 @@ struct RunFile {
 /// Runs every selected item that `OUT` does not have yet, then writes and returns the
 /// summary. On a solver error or panic, the items already finished are kept (also those that
 /// other workers finish while the run stops) and the error is returned; rerun to go on.
-pub fn run(dataset: &Dataset, solver: &dyn Solver, settings: &RunSettings, options: &RunOptions) -> Result<Summary> {
+pub fn run(
+    dataset: &Dataset,
+    solver: &dyn Solver,
+    settings: &RunSettings,
+    options: &RunOptions,
+) -> Result<Summary> {
     let started = Instant::now();
     let out = &options.out;
     let mut settings = settings.clone();
@@ -203,17 +234,26 @@ pub fn run(dataset: &Dataset, solver: &dyn Solver, settings: &RunSettings, optio
         .write(true)
         .open(&results_path)
         .map_err(EvalError::io(&results_path))?;
-    file.set_len(existing.valid_len).map_err(EvalError::io(&results_path))?;
+    file.set_len(existing.valid_len)
+        .map_err(EvalError::io(&results_path))?;
     let mut writer = std::io::BufWriter::new(file);
     use std::io::Seek;
-    writer.seek(std::io::SeekFrom::End(0)).map_err(EvalError::io(&results_path))?;
+    writer
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(EvalError::io(&results_path))?;
 
     let bar = progress_bar(options.progress, pending.len());
     if resumed > 0 {
-        bar.println(format!("{}: {resumed} of {total} items already done", out.display()));
+        bar.println(format!(
+            "{}: {resumed} of {total} items already done",
+            out.display()
+        ));
     }
     if existing.torn_tail {
-        bar.println(format!("{}: a torn last line was dropped and will be redone", results_path.display()));
+        bar.println(format!(
+            "{}: a torn last line was dropped and will be redone",
+            results_path.display()
+        ));
     }
 
     let mode = settings.grader;
@@ -233,7 +273,9 @@ pub fn run(dataset: &Dataset, solver: &dyn Solver, settings: &RunSettings, optio
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&(problem, sample)) = pending.get(i) else { break };
+                let Some(&(problem, sample)) = pending.get(i) else {
+                    break;
+                };
                 let item = solve_one(solver, mode, problem, sample);
                 if item.is_err() {
                     stop.store(true, Ordering::SeqCst);
@@ -249,7 +291,10 @@ pub fn run(dataset: &Dataset, solver: &dyn Solver, settings: &RunSettings, optio
                 Ok(line) => {
                     if write_error.is_none() {
                         if let Err(e) = append_line(&mut writer, &line) {
-                            write_error = Some(EvalError::Io { path: results_path.clone(), source: e });
+                            write_error = Some(EvalError::Io {
+                                path: results_path.clone(),
+                                source: e,
+                            });
                             stop.store(true, Ordering::SeqCst);
                         }
                     }
@@ -271,26 +316,46 @@ pub fn run(dataset: &Dataset, solver: &dyn Solver, settings: &RunSettings, optio
     }
 
     let indices: Vec<usize> = problems.iter().map(|p| p.index).collect();
-    let timing = Timing { wall_s: started.elapsed().as_secs_f64(), solve_s: 0.0, items_run: ran, items_resumed: resumed };
+    let timing = Timing {
+        wall_s: started.elapsed().as_secs_f64(),
+        solve_s: 0.0,
+        items_run: ran,
+        items_resumed: resumed,
+    };
     let summary = summarize(&settings, &options.selection, &indices, &lines, timing);
     write_json_atomic(&out.join(SUMMARY_FILE), &summary)?;
     Ok(summary)
 }
 
-fn solve_one(solver: &dyn Solver, mode: GradeMode, problem: &Problem, sample: usize) -> Result<ResultLine> {
+fn solve_one(
+    solver: &dyn Solver,
+    mode: GradeMode,
+    problem: &Problem,
+    sample: usize,
+) -> Result<ResultLine> {
     let t0 = Instant::now();
     let solved = catch_unwind(AssertUnwindSafe(|| solver.solve(problem, sample)));
     let wall_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let solution = match solved {
         Ok(Ok(solution)) => solution,
-        Ok(Err(e)) => return Err(EvalError::Solver { index: problem.index, sample, message: error_chain(&*e) }),
+        Ok(Err(e)) => {
+            return Err(EvalError::Solver {
+                index: problem.index,
+                sample,
+                message: error_chain(&*e),
+            })
+        }
         Err(payload) => {
             let message = payload
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".into());
-            return Err(EvalError::SolverPanic { index: problem.index, sample, message });
+            return Err(EvalError::SolverPanic {
+                index: problem.index,
+                sample,
+                message,
+            });
         }
     };
     let correct = relay_grader::grade(mode, &problem.answer, &solution.text);
@@ -332,28 +397,45 @@ fn append_line(writer: &mut impl Write, line: &ResultLine) -> std::io::Result<()
     writer.flush()
 }
 
-fn check_or_store_settings(out: &Path, settings: &RunSettings, selection: &Selection) -> Result<()> {
+fn check_or_store_settings(
+    out: &Path,
+    settings: &RunSettings,
+    selection: &Selection,
+) -> Result<()> {
     let path = out.join(RUN_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let stored: RunFile = serde_json::from_slice(&bytes).map_err(|e| EvalError::SettingsMismatch {
-                path: path.clone(),
-                diff: format!("  it is not a run file this version can read: {e}"),
-            })?;
+            let stored: RunFile =
+                serde_json::from_slice(&bytes).map_err(|e| EvalError::SettingsMismatch {
+                    path: path.clone(),
+                    diff: format!("  it is not a run file this version can read: {e}"),
+                })?;
             let diff = settings.differences(&stored.settings);
             if !diff.is_empty() {
-                return Err(EvalError::SettingsMismatch { path, diff: diff.join("\n") });
+                return Err(EvalError::SettingsMismatch {
+                    path,
+                    diff: diff.join("\n"),
+                });
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(EvalError::Io { path, source: e }),
     }
-    write_json_atomic(&path, &RunFile { settings: settings.clone(), selection: selection.clone() })
+    write_json_atomic(
+        &path,
+        &RunFile {
+            settings: settings.clone(),
+            selection: selection.clone(),
+        },
+    )
 }
 
 /// Writes pretty JSON to a temporary file beside `path` and renames it into place.
 pub(crate) fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| EvalError::Io { path: path.to_path_buf(), source: e.into() })?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| EvalError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
@@ -361,17 +443,28 @@ pub(crate) fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<(
 /// Writes `bytes` to a temporary file in `path`'s folder and renames it over `path`: readers
 /// see the old file or the new one, never half of one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(EvalError::io(dir))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(EvalError::io(dir))?;
     tmp.write_all(bytes).map_err(EvalError::io(path))?;
     // tempfile creates 0600; results and reports are meant to be read by others too.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(EvalError::io(path))?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(EvalError::io(path))?;
     }
     tmp.as_file().sync_all().map_err(EvalError::io(path))?;
-    tmp.persist(path).map_err(|e| EvalError::Io { path: path.to_path_buf(), source: e.error })?;
+    tmp.persist(path).map_err(|e| EvalError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -381,9 +474,11 @@ fn progress_bar(show: bool, len: usize) -> ProgressBar {
     }
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} items  {elapsed_precise} elapsed, ETA {eta_precise}  {msg}")
-            .expect("static template")
-            .progress_chars("##-"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} items  {elapsed_precise} elapsed, ETA {eta_precise}  {msg}",
+        )
+        .expect("static template")
+        .progress_chars("##-"),
     );
     bar
 }

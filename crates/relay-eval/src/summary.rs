@@ -70,7 +70,10 @@ pub fn summarize(
     let wanted: std::collections::BTreeSet<usize> = indices.iter().copied().collect();
     // One line per key: the first one wins, as in the runner.
     let mut by_key: BTreeMap<(usize, usize), &ResultLine> = BTreeMap::new();
-    for line in lines.iter().filter(|l| wanted.contains(&l.index) && l.sample < k) {
+    for line in lines
+        .iter()
+        .filter(|l| wanted.contains(&l.index) && l.sample < k)
+    {
         by_key.entry(line.key()).or_insert(line);
     }
     let mut per_sample_total = vec![0u64; k];
@@ -94,9 +97,17 @@ pub fn summarize(
         .zip(&per_sample_correct)
         .map(|(&t, &c)| if t == 0 { 0.0 } else { c as f64 / t as f64 })
         .collect();
-    let sampled: Vec<f64> =
-        sample_accuracy.iter().zip(&per_sample_total).filter(|(_, &t)| t > 0).map(|(&a, _)| a).collect();
-    let accuracy = if sampled.is_empty() { 0.0 } else { sampled.iter().sum::<f64>() / sampled.len() as f64 };
+    let sampled: Vec<f64> = sample_accuracy
+        .iter()
+        .zip(&per_sample_total)
+        .filter(|(_, &t)| t > 0)
+        .map(|(&a, _)| a)
+        .collect();
+    let accuracy = if sampled.is_empty() {
+        0.0
+    } else {
+        sampled.iter().sum::<f64>() / sampled.len() as f64
+    };
     let pass_at_k = if any_correct.is_empty() {
         0.0
     } else {
@@ -113,9 +124,16 @@ pub fn summarize(
         call_ratio: call_ratio(tokens.llm, tokens.response),
         tokens,
         calls,
-        mean_response_tokens: if results == 0 { 0.0 } else { tokens.response as f64 / results as f64 },
+        mean_response_tokens: if results == 0 {
+            0.0
+        } else {
+            tokens.response as f64 / results as f64
+        },
         settings: settings.clone(),
         selection: selection.clone(),
-        timing: Timing { solve_s: solve_ms / 1000.0, ..timing },
+        timing: Timing {
+            solve_s: solve_ms / 1000.0,
+            ..timing
+        },
     }
 }

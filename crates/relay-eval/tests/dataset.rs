@@ -24,19 +24,33 @@ fn loads_records_and_appends_the_instruction_once() {
     );
     let ds = load(&text).unwrap();
     assert_eq!(ds.len(), 3);
-    assert_eq!(ds.problems[0].problem, format!("What is 1+1?\n{INSTRUCTION}"));
+    assert_eq!(
+        ds.problems[0].problem,
+        format!("What is 1+1?\n{INSTRUCTION}")
+    );
     assert_eq!(ds.problems[0].answer, "2");
-    assert_eq!(ds.problems[1].problem, format!("Find x.\n{INSTRUCTION}"), "already there: not appended twice");
+    assert_eq!(
+        ds.problems[1].problem,
+        format!("Find x.\n{INSTRUCTION}"),
+        "already there: not appended twice"
+    );
     assert_eq!(ds.problems[1].answer, "\\frac{1}{2}");
-    assert_eq!(ds.problems[2].answer, "204", "a numeric answer becomes its text");
+    assert_eq!(
+        ds.problems[2].answer, "204",
+        "a numeric answer becomes its text"
+    );
     // Indices count records, not lines: the blank line does not shift them.
-    assert_eq!(ds.problems.iter().map(|p| p.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(
+        ds.problems.iter().map(|p| p.index).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
     assert_eq!(ds.sha256.len(), 64);
 }
 
 #[test]
 fn missing_answer_names_the_line_and_field() {
-    let (line, reason) = error_at("{\"problem\": \"a\", \"answer\": \"1\"}\n{\"problem\": \"b\"}\n");
+    let (line, reason) =
+        error_at("{\"problem\": \"a\", \"answer\": \"1\"}\n{\"problem\": \"b\"}\n");
     assert_eq!(line, 2);
     assert!(reason.contains("missing field `answer`"), "{reason}");
 }
@@ -50,7 +64,8 @@ fn missing_problem_names_the_field() {
 
 #[test]
 fn invalid_json_names_the_line() {
-    let (line, reason) = error_at("{\"problem\": \"a\", \"answer\": \"1\"}\n\n{\"problem\": \"b\", \"answer\": \n");
+    let (line, reason) =
+        error_at("{\"problem\": \"a\", \"answer\": \"1\"}\n\n{\"problem\": \"b\", \"answer\": \n");
     assert_eq!(line, 3, "blank lines still count for the line number");
     assert!(reason.contains("not valid JSON"), "{reason}");
 }
@@ -58,9 +73,15 @@ fn invalid_json_names_the_line() {
 #[test]
 fn wrong_types_are_named() {
     let (_, reason) = error_at("{\"problem\": 5, \"answer\": \"1\"}\n");
-    assert!(reason.contains("`problem` must be a string, got a number"), "{reason}");
+    assert!(
+        reason.contains("`problem` must be a string, got a number"),
+        "{reason}"
+    );
     let (_, reason) = error_at("{\"problem\": \"a\", \"answer\": [1]}\n");
-    assert!(reason.contains("`answer` must be a string or a number, got an array"), "{reason}");
+    assert!(
+        reason.contains("`answer` must be a string or a number, got an array"),
+        "{reason}"
+    );
     let (_, reason) = error_at("[\"a\", \"1\"]\n");
     assert!(reason.contains("expected a JSON object"), "{reason}");
     let (_, reason) = error_at("{\"problem\": \"a\", \"answer\": \" \"}\n");
@@ -84,15 +105,25 @@ fn error_message_has_path_and_line() {
 #[test]
 fn shared_benchmarks_load_when_present() {
     // The shared benchmark files sit beside the repository (../shared); skipped elsewhere.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
     if !dir.exists() {
         return;
     }
-    for (name, n) in [("gsm8k.jsonl", 1319), ("math500.jsonl", 500), ("aime24.jsonl", 30)] {
+    for (name, n) in [
+        ("gsm8k.jsonl", 1319),
+        ("math500.jsonl", 500),
+        ("aime24.jsonl", 30),
+    ] {
         let ds = Dataset::load(dir.join(name)).unwrap();
         assert_eq!(ds.len(), n, "{name}");
         for p in &ds.problems {
-            assert_eq!(p.problem.matches(INSTRUCTION).count(), 1, "{name} #{}", p.index);
+            assert_eq!(
+                p.problem.matches(INSTRUCTION).count(),
+                1,
+                "{name} #{}",
+                p.index
+            );
         }
     }
 }

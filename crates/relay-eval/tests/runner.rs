@@ -11,7 +11,13 @@ fn writes_one_graded_line_per_problem_and_the_summary() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 12)).unwrap();
     let out = tmp.path().join("run");
-    let summary = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 1, 3)).unwrap();
+    let summary = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 1, 3),
+    )
+    .unwrap();
 
     let lines = sorted_results(&out);
     assert_eq!(lines.len(), 12);
@@ -19,11 +25,18 @@ fn writes_one_graded_line_per_problem_and_the_summary() {
         assert_eq!((line.index, line.sample), (i, 0));
         assert_eq!(line.gold, (2 * i).to_string());
         assert_eq!(line.correct, scripted_correct(i, 0), "problem {i}");
-        let answer = if scripted_correct(i, 0) { 2 * i } else { 2 * i + 1 };
+        let answer = if scripted_correct(i, 0) {
+            2 * i
+        } else {
+            2 * i + 1
+        };
         assert_eq!(line.extracted.as_deref(), Some(answer.to_string().as_str()));
         assert!(line.response.ends_with(&format!("\\boxed{{{answer}}}.")));
         assert!(line.problem.starts_with(&format!("What is {i} + {i}?")));
-        assert_eq!((line.slm_tokens, line.llm_tokens, line.calls), (10 + i, i % 4, usize::from(i % 4 > 0)));
+        assert_eq!(
+            (line.slm_tokens, line.llm_tokens, line.calls),
+            (10 + i, i % 4, usize::from(i % 4 > 0))
+        );
         assert_eq!(line.trace["index"], i);
     }
 
@@ -37,7 +50,11 @@ fn writes_one_graded_line_per_problem_and_the_summary() {
     assert_eq!(summary.tokens.slm, slm);
     assert_eq!(summary.tokens.llm, llm);
     assert_eq!(summary.tokens.response, slm + llm);
-    assert_eq!(summary.call_ratio, llm as f64 / (slm + llm) as f64, "micro-average: Σ LLM / Σ response");
+    assert_eq!(
+        summary.call_ratio,
+        llm as f64 / (slm + llm) as f64,
+        "micro-average: Σ LLM / Σ response"
+    );
     assert_eq!(summary.calls, 9);
     assert_eq!(summary.timing.items_run, 12);
     assert_eq!(summary.timing.items_resumed, 0);
@@ -49,7 +66,8 @@ fn writes_one_graded_line_per_problem_and_the_summary() {
     let on_disk: relay_eval::Summary =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(on_disk, summary);
-    let run_json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    let run_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(run_json["settings"]["grader"], "verify");
     assert_eq!(run_json["settings"]["policy"], "confidence");
 }
@@ -61,14 +79,25 @@ fn call_ratio_is_micro_averaged_not_a_mean_of_ratios() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 4)).unwrap();
     let out = tmp.path().join("run");
-    let sel = Selection { offset: 1, limit: Some(3), samples: 1 };
-    let opts = relay_eval::RunOptions { selection: sel, ..options(&out, None, 1, 1) };
+    let sel = Selection {
+        offset: 1,
+        limit: Some(3),
+        samples: 1,
+    };
+    let opts = relay_eval::RunOptions {
+        selection: sel,
+        ..options(&out, None, 1, 1)
+    };
     let summary = run(&ds, &ScriptedSolver::new(), &settings(&ds), &opts).unwrap();
     // offset 1, limit 3 → problems 1, 2, 3: SLM 11+12+13 = 36, LLM 1+2+3 = 6.
     assert_eq!(summary.n, 3);
     assert_eq!(summary.call_ratio, 6.0 / 42.0);
     let keys: Vec<_> = sorted_results(&out).iter().map(|l| l.key()).collect();
-    assert_eq!(keys, vec![(1, 0), (2, 0), (3, 0)], "offset and limit pick the problems; indices stay file indices");
+    assert_eq!(
+        keys,
+        vec![(1, 0), (2, 0), (3, 0)],
+        "offset and limit pick the problems; indices stay file indices"
+    );
 }
 
 #[test]
@@ -76,18 +105,31 @@ fn avg_at_k_is_the_mean_of_per_sample_accuracies_and_pass_at_k_counts_any_correc
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 6)).unwrap();
     let out = tmp.path().join("run");
-    let summary = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&out, None, 3, 2)).unwrap();
+    let summary = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 3, 2),
+    )
+    .unwrap();
     assert_eq!(sorted_results(&out).len(), 18);
     // Sample s is correct unless (i + 2s) % 3 == 0: for each s exactly 2 of the 6 problems fail.
     for s in 0..3 {
         let correct = (0..6).filter(|&i| scripted_correct(i, s)).count();
-        assert_eq!(summary.sample_accuracy[s], correct as f64 / 6.0, "sample {s}");
+        assert_eq!(
+            summary.sample_accuracy[s],
+            correct as f64 / 6.0,
+            "sample {s}"
+        );
     }
     let avg = summary.sample_accuracy.iter().sum::<f64>() / 3.0;
     assert!((summary.accuracy - avg).abs() < 1e-12);
     assert!((summary.accuracy - 4.0 / 6.0).abs() < 1e-12);
     // Every problem has some correct sample (the failing sample rotates with s).
-    let pass = (0..6).filter(|&i| (0..3).any(|s| scripted_correct(i, s))).count() as f64 / 6.0;
+    let pass = (0..6)
+        .filter(|&i| (0..3).any(|s| scripted_correct(i, s)))
+        .count() as f64
+        / 6.0;
     assert_eq!(summary.pass_at_k, pass);
     assert_eq!(summary.pass_at_k, 1.0);
     assert_eq!(summary.samples, 3);
@@ -97,16 +139,34 @@ fn avg_at_k_is_the_mean_of_per_sample_accuracies_and_pass_at_k_counts_any_correc
 fn avg_at_k_differs_from_pass_at_k_when_a_problem_is_never_solved() {
     struct HalfRight;
     impl relay_eval::Solver for HalfRight {
-        fn solve(&self, p: &relay_eval::Problem, sample: usize) -> Result<relay_eval::Solution, relay_eval::SolveError> {
+        fn solve(
+            &self,
+            p: &relay_eval::Problem,
+            sample: usize,
+        ) -> Result<relay_eval::Solution, relay_eval::SolveError> {
             // Problem 0: never right; problem 1: right on even samples.
             let right = p.index == 1 && sample % 2 == 0;
-            let text = if right { format!("\\boxed{{{}}}", p.answer) } else { "\\boxed{-1}".into() };
-            Ok(relay_eval::Solution { text, slm_tokens: 1, ..Default::default() })
+            let text = if right {
+                format!("\\boxed{{{}}}", p.answer)
+            } else {
+                "\\boxed{-1}".into()
+            };
+            Ok(relay_eval::Solution {
+                text,
+                slm_tokens: 1,
+                ..Default::default()
+            })
         }
     }
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 2)).unwrap();
-    let summary = run(&ds, &HalfRight, &settings(&ds), &options(&tmp.path().join("r"), None, 4, 1)).unwrap();
+    let summary = run(
+        &ds,
+        &HalfRight,
+        &settings(&ds),
+        &options(&tmp.path().join("r"), None, 4, 1),
+    )
+    .unwrap();
     assert_eq!(summary.sample_accuracy, vec![0.5, 0.0, 0.5, 0.0]);
     assert_eq!(summary.accuracy, 0.25);
     assert_eq!(summary.pass_at_k, 0.5);
@@ -124,25 +184,49 @@ fn the_grader_mode_is_applied() {
     ];
     let (gold, response) = candidates
         .into_iter()
-        .find(|(g, r)| relay_grader::grade(GradeMode::Verify, g, r) != relay_grader::grade(GradeMode::MathRuler, g, r))
+        .find(|(g, r)| {
+            relay_grader::grade(GradeMode::Verify, g, r)
+                != relay_grader::grade(GradeMode::MathRuler, g, r)
+        })
         .expect("some pair on which verify and mathruler disagree");
     struct Fixed(&'static str);
     impl relay_eval::Solver for Fixed {
-        fn solve(&self, _: &relay_eval::Problem, _: usize) -> Result<relay_eval::Solution, relay_eval::SolveError> {
-            Ok(relay_eval::Solution { text: self.0.into(), ..Default::default() })
+        fn solve(
+            &self,
+            _: &relay_eval::Problem,
+            _: usize,
+        ) -> Result<relay_eval::Solution, relay_eval::SolveError> {
+            Ok(relay_eval::Solution {
+                text: self.0.into(),
+                ..Default::default()
+            })
         }
     }
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("one.jsonl");
-    std::fs::write(&path, serde_json::json!({"problem": "p", "answer": gold}).to_string()).unwrap();
+    std::fs::write(
+        &path,
+        serde_json::json!({"problem": "p", "answer": gold}).to_string(),
+    )
+    .unwrap();
     let ds = Dataset::load(&path).unwrap();
     let mut accuracies = Vec::new();
     for mode in [GradeMode::Verify, GradeMode::MathRuler] {
         let mut s = settings(&ds);
         s.grader = mode;
-        let summary = run(&ds, &Fixed(response), &s, &options(&tmp.path().join(mode.to_string()), None, 1, 1)).unwrap();
+        let summary = run(
+            &ds,
+            &Fixed(response),
+            &s,
+            &options(&tmp.path().join(mode.to_string()), None, 1, 1),
+        )
+        .unwrap();
         assert_eq!(summary.settings.grader, mode);
-        assert_eq!(summary.accuracy, f64::from(u8::from(relay_grader::grade(mode, gold, response))), "{mode}");
+        assert_eq!(
+            summary.accuracy,
+            f64::from(u8::from(relay_grader::grade(mode, gold, response))),
+            "{mode}"
+        );
         accuracies.push(summary.accuracy);
     }
     assert_ne!(accuracies[0], accuracies[1]);
@@ -152,17 +236,49 @@ fn the_grader_mode_is_applied() {
 fn an_offset_past_the_end_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 3)).unwrap();
-    let opts = relay_eval::RunOptions { selection: Selection { offset: 3, limit: None, samples: 1 }, ..options(tmp.path(), None, 1, 1) };
+    let opts = relay_eval::RunOptions {
+        selection: Selection {
+            offset: 3,
+            limit: None,
+            samples: 1,
+        },
+        ..options(tmp.path(), None, 1, 1)
+    };
     let err = run(&ds, &ScriptedSolver::new(), &settings(&ds), &opts).unwrap_err();
-    assert!(matches!(err, EvalError::EmptySelection { offset: 3, len: 3, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EvalError::EmptySelection {
+                offset: 3,
+                len: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn results_do_not_depend_on_concurrency() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = Dataset::load(write_dataset(tmp.path(), 20)).unwrap();
-    let one = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&tmp.path().join("a"), None, 2, 1)).unwrap();
-    let four = run(&ds, &ScriptedSolver::new(), &settings(&ds), &options(&tmp.path().join("b"), None, 2, 4)).unwrap();
+    let one = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&tmp.path().join("a"), None, 2, 1),
+    )
+    .unwrap();
+    let four = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&tmp.path().join("b"), None, 2, 4),
+    )
+    .unwrap();
     assert_eq!(without_timing(&one), without_timing(&four));
-    assert_eq!(sorted_results(&tmp.path().join("a")), sorted_results(&tmp.path().join("b")));
+    assert_eq!(
+        sorted_results(&tmp.path().join("a")),
+        sorted_results(&tmp.path().join("b"))
+    );
 }

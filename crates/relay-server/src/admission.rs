@@ -19,7 +19,10 @@ pub struct Slot {
 
 impl Slots {
     pub fn new(concurrency: usize, queue: usize) -> Self {
-        Self { semaphore: Arc::new(Semaphore::new(concurrency.max(1))), queue }
+        Self {
+            semaphore: Arc::new(Semaphore::new(concurrency.max(1))),
+            queue,
+        }
     }
 
     /// A slot now, or after waiting in the queue; 429 when the queue is full.
@@ -40,7 +43,12 @@ impl Slots {
             }
         }
         let _in_queue = InQueue(depth);
-        let p = self.semaphore.clone().acquire_owned().await.map_err(|_| ApiError::internal("server shutting down"))?;
+        let p = self
+            .semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("server shutting down"))?;
         Ok(Slot { _permit: p })
     }
 }

@@ -66,10 +66,16 @@ fn num(obj: &Obj, name: &str, param: &str, lo: f64, hi: f64) -> Result<Option<f6
             if v.is_finite() && v >= lo && v <= hi {
                 Ok(Some(v))
             } else {
-                Err(ApiError::invalid(param, format!("{param} must be between {lo} and {hi}, got {v}")))
+                Err(ApiError::invalid(
+                    param,
+                    format!("{param} must be between {lo} and {hi}, got {v}"),
+                ))
             }
         }
-        Some(other) => Err(ApiError::invalid(param, format!("{param} must be a number, got {other}"))),
+        Some(other) => Err(ApiError::invalid(
+            param,
+            format!("{param} must be a number, got {other}"),
+        )),
     }
 }
 
@@ -78,9 +84,15 @@ fn int(obj: &Obj, name: &str, param: &str, lo: u64, hi: u64) -> Result<Option<u6
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v >= lo && v <= hi => Ok(Some(v)),
-            _ => Err(ApiError::invalid(param, format!("{param} must be an integer from {lo} to {hi}, got {n}"))),
+            _ => Err(ApiError::invalid(
+                param,
+                format!("{param} must be an integer from {lo} to {hi}, got {n}"),
+            )),
         },
-        Some(other) => Err(ApiError::invalid(param, format!("{param} must be an integer, got {other}"))),
+        Some(other) => Err(ApiError::invalid(
+            param,
+            format!("{param} must be an integer, got {other}"),
+        )),
     }
 }
 
@@ -88,7 +100,10 @@ fn boolean(obj: &Obj, name: &str, param: &str) -> Result<Option<bool>, ApiError>
     match obj.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ApiError::invalid(param, format!("{param} must be a boolean, got {other}"))),
+        Some(other) => Err(ApiError::invalid(
+            param,
+            format!("{param} must be a boolean, got {other}"),
+        )),
     }
 }
 
@@ -96,8 +111,13 @@ fn boolean(obj: &Obj, name: &str, param: &str) -> Result<Option<bool>, ApiError>
 pub fn model_choice(obj: &Obj, default: Option<ModelChoice>) -> Result<ModelChoice, ApiError> {
     match obj.get("model") {
         Some(Value::String(s)) => ModelChoice::parse(s).ok_or_else(|| ApiError::unknown_model(s)),
-        None | Some(Value::Null) => default.ok_or_else(|| ApiError::invalid("model", "model is required")),
-        Some(other) => Err(ApiError::invalid("model", format!("model must be a string, got {other}"))),
+        None | Some(Value::Null) => {
+            default.ok_or_else(|| ApiError::invalid("model", "model is required"))
+        }
+        Some(other) => Err(ApiError::invalid(
+            "model",
+            format!("model must be a string, got {other}"),
+        )),
     }
 }
 
@@ -109,10 +129,22 @@ pub struct Settings {
 }
 
 pub fn settings(state: &AppState, obj: &Obj) -> Result<Settings, ApiError> {
-    let ctx = state.pair.slm.info().context_length.min(state.pair.llm.info().context_length) as u64;
-    let max_tokens = match int(obj, "max_completion_tokens", "max_completion_tokens", 1, ctx)? {
+    let ctx = state
+        .pair
+        .slm
+        .info()
+        .context_length
+        .min(state.pair.llm.info().context_length) as u64;
+    let max_tokens = match int(
+        obj,
+        "max_completion_tokens",
+        "max_completion_tokens",
+        1,
+        ctx,
+    )? {
         Some(v) => v,
-        None => int(obj, "max_tokens", "max_tokens", 1, ctx)?.unwrap_or(state.config.default_max_tokens as u64),
+        None => int(obj, "max_tokens", "max_tokens", 1, ctx)?
+            .unwrap_or(state.config.default_max_tokens as u64),
     } as usize;
     let mut sampling = SamplingParams::default();
     if let Some(t) = num(obj, "temperature", "temperature", 0.0, 2.0)? {
@@ -145,24 +177,46 @@ pub fn settings(state: &AppState, obj: &Obj) -> Result<Settings, ApiError> {
         Some(Value::Object(r)) => relay_settings(r, &mut config)?,
         Some(_) => return Err(ApiError::invalid("relay", "relay must be an object")),
     }
-    Ok(Settings { max_tokens, sampling, config })
+    Ok(Settings {
+        max_tokens,
+        sampling,
+        config,
+    })
 }
 
 /// The `relay` object: policy and limits.
 fn relay_settings(r: &Obj, c: &mut RelayConfig) -> Result<(), ApiError> {
     const KNOWN: [&str; 10] = [
-        "policy", "threshold", "max_calls", "max_call_tokens", "call_tokens", "cooldown", "until_newline",
-        "token_probability", "query_probability", "on_llm_eos",
+        "policy",
+        "threshold",
+        "max_calls",
+        "max_call_tokens",
+        "call_tokens",
+        "cooldown",
+        "until_newline",
+        "token_probability",
+        "query_probability",
+        "on_llm_eos",
     ];
     if let Some(k) = r.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::invalid(&format!("relay.{k}"), format!("unknown relay setting {k:?}; known: {}", KNOWN.join(", "))));
+        return Err(ApiError::invalid(
+            &format!("relay.{k}"),
+            format!("unknown relay setting {k:?}; known: {}", KNOWN.join(", ")),
+        ));
     }
     match r.get("policy") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => {
-            c.policy.kind = s.parse::<PolicyKind>().map_err(|e| ApiError::invalid("relay.policy", e.to_string()))?
+            c.policy.kind = s
+                .parse::<PolicyKind>()
+                .map_err(|e| ApiError::invalid("relay.policy", e.to_string()))?
         }
-        Some(_) => return Err(ApiError::invalid("relay.policy", "relay.policy must be a string")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "relay.policy",
+                "relay.policy must be a string",
+            ))
+        }
     }
     if let Some(v) = num(r, "threshold", "relay.threshold", 0.0, 1.0)? {
         c.policy.threshold = v as f32;
@@ -191,8 +245,9 @@ fn relay_settings(r: &Obj, c: &mut RelayConfig) -> Result<(), ApiError> {
     match r.get("on_llm_eos") {
         None | Some(Value::Null) => {}
         Some(v) => {
-            c.limits.on_llm_eos = serde_json::from_value(v.clone())
-                .map_err(|e| ApiError::invalid("relay.on_llm_eos", format!("relay.on_llm_eos: {e}")))?
+            c.limits.on_llm_eos = serde_json::from_value(v.clone()).map_err(|e| {
+                ApiError::invalid("relay.on_llm_eos", format!("relay.on_llm_eos: {e}"))
+            })?
         }
     }
     Ok(())
@@ -204,12 +259,24 @@ fn stops(obj: &Obj) -> Result<Vec<String>, ApiError> {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid("stop", "stop must be a string or a list of strings")))
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::invalid("stop", "stop must be a string or a list of strings")
+                })
+            })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::invalid("stop", "stop must be a string or a list of strings")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "stop must be a string or a list of strings",
+            ))
+        }
     };
     if list.len() > MAX_STOPS {
-        return Err(ApiError::invalid("stop", format!("at most {MAX_STOPS} stop strings")));
+        return Err(ApiError::invalid(
+            "stop",
+            format!("at most {MAX_STOPS} stop strings"),
+        ));
     }
     Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
 }
@@ -217,30 +284,55 @@ fn stops(obj: &Obj) -> Result<Vec<String>, ApiError> {
 fn messages(obj: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
     let list = match obj.get("messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "messages must not be empty")),
-        None | Some(Value::Null) => return Err(ApiError::invalid("messages", "messages is required")),
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid("messages", "messages must not be empty"))
+        }
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid("messages", "messages is required"))
+        }
         Some(_) => return Err(ApiError::invalid("messages", "messages must be a list")),
     };
     list.iter()
         .enumerate()
         .map(|(i, m)| {
             let param = format!("messages[{i}]");
-            let m = m.as_object().ok_or_else(|| ApiError::invalid(&param, "each message must be an object"))?;
-            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(&format!("{param}.role"), "role is required"))?;
+            let m = m
+                .as_object()
+                .ok_or_else(|| ApiError::invalid(&param, "each message must be an object"))?;
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::invalid(&format!("{param}.role"), "role is required"))?;
             if !["system", "developer", "user", "assistant", "tool"].contains(&role) {
-                return Err(ApiError::invalid(&format!("{param}.role"), format!("unknown role {role:?}")));
+                return Err(ApiError::invalid(
+                    &format!("{param}.role"),
+                    format!("unknown role {role:?}"),
+                ));
             }
             let content = match m.get("content") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Array(parts)) => parts
                     .iter()
-                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(t)) => Ok(t.to_string()),
-                        _ => Err(ApiError::invalid(&format!("{param}.content"), "only text content parts are supported")),
+                    .map(|p| {
+                        match (
+                            p.get("type").and_then(Value::as_str),
+                            p.get("text").and_then(Value::as_str),
+                        ) {
+                            (Some("text"), Some(t)) => Ok(t.to_string()),
+                            _ => Err(ApiError::invalid(
+                                &format!("{param}.content"),
+                                "only text content parts are supported",
+                            )),
+                        }
                     })
                     .collect::<Result<String, _>>()?,
                 None | Some(Value::Null) => String::new(),
-                Some(_) => return Err(ApiError::invalid(&format!("{param}.content"), "content must be a string or a list of parts")),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        &format!("{param}.content"),
+                        "content must be a string or a list of parts",
+                    ))
+                }
             };
             let role = if role == "developer" { "system" } else { role };
             Ok(ChatMessage::new(role, content))
@@ -249,25 +341,52 @@ fn messages(obj: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 /// Prompt ids checked against the vocabulary and the context.
-pub fn check_prompt(state: &AppState, ids: &[u32], param: &str, max_tokens: usize) -> Result<(), ApiError> {
+pub fn check_prompt(
+    state: &AppState,
+    ids: &[u32],
+    param: &str,
+    max_tokens: usize,
+) -> Result<(), ApiError> {
     if ids.is_empty() {
         return Err(ApiError::invalid(param, "the prompt is empty"));
     }
-    let vocab = state.pair.slm.info().vocab_size.min(state.pair.llm.info().vocab_size);
+    let vocab = state
+        .pair
+        .slm
+        .info()
+        .vocab_size
+        .min(state.pair.llm.info().vocab_size);
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-        return Err(ApiError::invalid(param, format!("token id {bad} is outside the vocabulary (size {vocab})")));
+        return Err(ApiError::invalid(
+            param,
+            format!("token id {bad} is outside the vocabulary (size {vocab})"),
+        ));
     }
-    let ctx = state.pair.slm.info().context_length.min(state.pair.llm.info().context_length);
+    let ctx = state
+        .pair
+        .slm
+        .info()
+        .context_length
+        .min(state.pair.llm.info().context_length);
     if ids.len() + max_tokens > ctx {
         return Err(ApiError::invalid(
             param,
-            format!("prompt ({} tokens) + max_tokens ({max_tokens}) exceed the context length {ctx}", ids.len()),
+            format!(
+                "prompt ({} tokens) + max_tokens ({max_tokens}) exceed the context length {ctx}",
+                ids.len()
+            ),
         ));
     }
     Ok(())
 }
 
-fn common_job(state: &AppState, obj: &Obj, model: ModelChoice, prompts: (Vec<u32>, Vec<u32>), param: &str) -> Result<(ValidJob, bool), ApiError> {
+fn common_job(
+    state: &AppState,
+    obj: &Obj,
+    model: ModelChoice,
+    prompts: (Vec<u32>, Vec<u32>),
+    param: &str,
+) -> Result<(ValidJob, bool), ApiError> {
     let s = settings(state, obj)?;
     check_prompt(state, &prompts.0, param, s.max_tokens)?;
     let n = int(obj, "n", "n", 1, MAX_N)?.unwrap_or(1) as usize;
@@ -288,9 +407,14 @@ fn valid_chat(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), ApiError>
     let model = model_choice(obj, None)?;
     let msgs = messages(obj)?;
     if state.models.slm.template.is_none() || state.models.llm.template.is_none() {
-        return Err(ApiError::bad_json("the served models have no chat template; use /v1/completions"));
+        return Err(ApiError::bad_json(
+            "the served models have no chat template; use /v1/completions",
+        ));
     }
-    let prompts = state.models.prompt_ids(&msgs, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompts = state
+        .models
+        .prompt_ids(&msgs, true)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     common_job(state, obj, model, prompts, "messages")
 }
 
@@ -304,16 +428,29 @@ fn valid_completion(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), Api
     };
     let prompts = match obj.get("prompt") {
         Some(Value::String(s)) => text_prompt(s)?,
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => text_prompt(a[0].as_str().unwrap_or_default())?,
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            text_prompt(a[0].as_str().unwrap_or_default())?
+        }
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => {
-            let ids: Vec<u32> = a.iter().map(|v| v.as_u64().unwrap_or(u64::MAX).min(u32::MAX as u64) as u32).collect();
+            let ids: Vec<u32> = a
+                .iter()
+                .map(|v| v.as_u64().unwrap_or(u64::MAX).min(u32::MAX as u64) as u32)
+                .collect();
             if state.pair.llm_tokenizer.is_some() {
-                return Err(ApiError::invalid("prompt", "token-id prompts need models that share a tokenizer"));
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "token-id prompts need models that share a tokenizer",
+                ));
             }
             (ids.clone(), ids)
         }
         None | Some(Value::Null) => return Err(ApiError::invalid("prompt", "prompt is required")),
-        Some(_) => return Err(ApiError::invalid("prompt", "prompt must be a string, a list of one string, or a list of token ids")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "prompt must be a string, a list of one string, or a list of token ids",
+            ))
+        }
     };
     common_job(state, obj, model, prompts, "prompt")
 }
@@ -346,9 +483,18 @@ impl Drop for CancelOnDrop {
 }
 
 /// Waits for a slot (or 429s) and starts the job on a blocking thread.
-pub async fn start(state: &Arc<AppState>, job: ValidJob, arrived: Instant) -> Result<Running, ApiError> {
+pub async fn start(
+    state: &Arc<AppState>,
+    job: ValidJob,
+    arrived: Instant,
+) -> Result<Running, ApiError> {
     let deadline = arrived + state.config.request_timeout;
-    let slot = match tokio::time::timeout_at(deadline.into(), state.slots.acquire(&state.metrics.queue_depth)).await {
+    let slot = match tokio::time::timeout_at(
+        deadline.into(),
+        state.slots.acquire(&state.metrics.queue_depth),
+    )
+    .await
+    {
         Ok(slot) => slot?,
         Err(_) => return Err(ApiError::timeout()),
     };
@@ -400,7 +546,10 @@ pub async fn start(state: &Arc<AppState>, job: ValidJob, arrived: Instant) -> Re
         };
         let _ = tx.send(JobMsg::Done(result));
     });
-    Ok(Running { rx, _cancel: CancelOnDrop { cancel, timer } })
+    Ok(Running {
+        rx,
+        _cancel: CancelOnDrop { cancel, timer },
+    })
 }
 
 /// Waits for the whole job (the caller's future being dropped cancels it).
@@ -432,16 +581,26 @@ pub fn usage(job: &ValidJob, choices: &[ChoiceOutput]) -> Value {
 }
 
 fn segments(c: &ChoiceOutput) -> Value {
-    c.segments.iter().map(|(t, s)| json!({"text": t, "source": s})).collect()
+    c.segments
+        .iter()
+        .map(|(t, s)| json!({"text": t, "source": s}))
+        .collect()
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn request_id(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!("{prefix}-{:x}{:06x}", now(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{:x}{:06x}",
+        now(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 // ---------------------------------------------------------------- handlers
@@ -452,15 +611,25 @@ enum Kind {
     Completion,
 }
 
-pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     respond(state, body, Kind::Chat).await
 }
 
-pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     respond(state, body, Kind::Completion).await
 }
 
-async fn respond(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, kind: Kind) -> Response {
+async fn respond(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Response {
     let arrived = Instant::now();
     let valid = json_object(body).and_then(|obj| match kind {
         Kind::Chat => valid_chat(&state, &obj),
@@ -474,7 +643,15 @@ async fn respond(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, kind
         Ok(r) => r,
         Err(e) => return refused(&state, e),
     };
-    let (id, created, model) = (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now(), job.model.name());
+    let (id, created, model) = (
+        request_id(if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        }),
+        now(),
+        job.model.name(),
+    );
     if stream {
         return sse(running, job, id, created, model, kind).into_response();
     }
@@ -492,16 +669,33 @@ async fn respond(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, kind
                 "logprobs": null, "segments": segments(c), "trace": c.trace()}),
         })
         .collect();
-    let object = if kind == Kind::Chat { "chat.completion" } else { "text_completion" };
-    Json(json!({"id": id, "object": object, "created": created, "model": model, "choices": list,
-        "usage": usage(&job, &choices), "trace": choices[0].trace()}))
+    let object = if kind == Kind::Chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
+    Json(
+        json!({"id": id, "object": object, "created": created, "model": model, "choices": list,
+        "usage": usage(&job, &choices), "trace": choices[0].trace()}),
+    )
     .into_response()
 }
 
 /// The job's pieces as OpenAI SSE chunks; `data: [DONE]` last. Dropping the stream (the
 /// client went away) drops `running`, which cancels the job.
-fn sse(running: Running, job: ValidJob, id: String, created: u64, model: &'static str, kind: Kind) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+fn sse(
+    running: Running,
+    job: ValidJob,
+    id: String,
+    created: u64,
+    model: &'static str,
+    kind: Kind,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let object = if kind == Kind::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
     let chunk = move |choices: Value, extra: Option<(Value, Value)>| {
         let mut v = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
         if let Some((usage, trace)) = extra {
@@ -511,7 +705,9 @@ fn sse(running: Running, job: ValidJob, id: String, created: u64, model: &'stati
         v.to_string()
     };
     let choice = move |index: usize, delta: Value, finish: Value| match kind {
-        Kind::Chat => json!({"index": index, "delta": delta, "finish_reason": finish, "logprobs": null}),
+        Kind::Chat => {
+            json!({"index": index, "delta": delta, "finish_reason": finish, "logprobs": null})
+        }
         Kind::Completion => {
             let mut c = json!({"index": index, "text": delta.get("content").cloned().unwrap_or(json!("")),
                 "finish_reason": finish, "logprobs": null});
@@ -526,7 +722,14 @@ fn sse(running: Running, job: ValidJob, id: String, created: u64, model: &'stati
     let mut opening: Vec<String> = Vec::new();
     if kind == Kind::Chat {
         for i in 0..job.n {
-            opening.push(chunk(json!([choice(i, json!({"role": "assistant", "content": ""}), Value::Null)]), None));
+            opening.push(chunk(
+                json!([choice(
+                    i,
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null
+                )]),
+                None,
+            ));
         }
     }
     let events = stream::unfold(Some(running), move |state| {
@@ -535,14 +738,47 @@ fn sse(running: Running, job: ValidJob, id: String, created: u64, model: &'stati
         async move {
             let mut running = state?;
             let out: Vec<String> = match running.rx.recv().await {
-                Some(JobMsg::Piece(Piece::Text { choice: i, text, source })) => {
-                    vec![chunk(json!([choice(i, json!({"content": text, "source": source}), Value::Null)]), None)]
+                Some(JobMsg::Piece(Piece::Text {
+                    choice: i,
+                    text,
+                    source,
+                })) => {
+                    vec![chunk(
+                        json!([choice(
+                            i,
+                            json!({"content": text, "source": source}),
+                            Value::Null
+                        )]),
+                        None,
+                    )]
                 }
-                Some(JobMsg::Piece(Piece::CallStart { choice: i, at, max_tokens })) => {
-                    vec![chunk(json!([choice(i, json!({"relay_call": {"at": at, "max_tokens": max_tokens}}), Value::Null)]), None)]
+                Some(JobMsg::Piece(Piece::CallStart {
+                    choice: i,
+                    at,
+                    max_tokens,
+                })) => {
+                    vec![chunk(
+                        json!([choice(
+                            i,
+                            json!({"relay_call": {"at": at, "max_tokens": max_tokens}}),
+                            Value::Null
+                        )]),
+                        None,
+                    )]
                 }
-                Some(JobMsg::Piece(Piece::CallEnd { choice: i, served, error })) => {
-                    vec![chunk(json!([choice(i, json!({"relay_call_end": {"served": served, "error": error}}), Value::Null)]), None)]
+                Some(JobMsg::Piece(Piece::CallEnd {
+                    choice: i,
+                    served,
+                    error,
+                })) => {
+                    vec![chunk(
+                        json!([choice(
+                            i,
+                            json!({"relay_call_end": {"served": served, "error": error}}),
+                            Value::Null
+                        )]),
+                        None,
+                    )]
                 }
                 Some(JobMsg::Done(Ok(choices))) => {
                     let last = choices.len() - 1;
@@ -553,7 +789,10 @@ fn sse(running: Running, job: ValidJob, id: String, created: u64, model: &'stati
                             let mut ch = choice(i, json!({}), json!(c.finish_reason));
                             ch["trace"] = serde_json::to_value(c.trace()).unwrap_or(Value::Null);
                             let extra = (i == last).then(|| {
-                                (usage(&job, &choices), serde_json::to_value(choices[0].trace()).unwrap_or(Value::Null))
+                                (
+                                    usage(&job, &choices),
+                                    serde_json::to_value(choices[0].trace()).unwrap_or(Value::Null),
+                                )
                             });
                             chunk(json!([ch]), extra)
                         })
@@ -561,12 +800,16 @@ fn sse(running: Running, job: ValidJob, id: String, created: u64, model: &'stati
                     out.push("[DONE]".into());
                     return Some((out, None));
                 }
-                Some(JobMsg::Done(Err(e))) => return Some((vec![e.body().to_string(), "[DONE]".into()], None)),
+                Some(JobMsg::Done(Err(e))) => {
+                    return Some((vec![e.body().to_string(), "[DONE]".into()], None))
+                }
                 None => return None,
             };
             Some((out, Some(running)))
         }
     });
-    let all = stream::iter(vec![opening]).chain(events).flat_map(|v| stream::iter(v.into_iter().map(|d| Ok(Event::default().data(d)))));
+    let all = stream::iter(vec![opening])
+        .chain(events)
+        .flat_map(|v| stream::iter(v.into_iter().map(|d| Ok(Event::default().data(d)))));
     Sse::new(all)
 }

@@ -18,10 +18,20 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, param: None, code: None, retry_after: None }
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        Self { param: Some(param.to_string()), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
+        Self {
+            param: Some(param.to_string()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
     }
     pub fn bad_json(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
@@ -38,23 +48,46 @@ impl ApiError {
         }
     }
     pub fn unauthorized() -> Self {
-        Self { code: Some("invalid_api_key"), ..Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "Incorrect or missing API key") }
+        Self {
+            code: Some("invalid_api_key"),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "Incorrect or missing API key",
+            )
+        }
     }
     pub fn overloaded(retry_after: u64) -> Self {
         Self {
             retry_after: Some(retry_after),
             code: Some("rate_limit_exceeded"),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded_error", "The server's queue is full; retry later")
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded_error",
+                "The server's queue is full; retry later",
+            )
         }
     }
     pub fn timeout() -> Self {
-        Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", "The request took longer than the server's request timeout")
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout_error",
+            "The request took longer than the server's request timeout",
+        )
     }
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            message,
+        )
     }
     pub fn not_found(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found_error", format!("no route {path}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            format!("no route {path}"),
+        )
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
@@ -68,7 +101,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

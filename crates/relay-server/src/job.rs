@@ -63,9 +63,21 @@ impl ValidJob {
 /// What a streaming client is told as the response is written.
 #[derive(Debug, Clone)]
 pub enum Piece {
-    Text { choice: usize, text: String, source: Source },
-    CallStart { choice: usize, at: usize, max_tokens: usize },
-    CallEnd { choice: usize, served: usize, error: Option<String> },
+    Text {
+        choice: usize,
+        text: String,
+        source: Source,
+    },
+    CallStart {
+        choice: usize,
+        at: usize,
+        max_tokens: usize,
+    },
+    CallEnd {
+        choice: usize,
+        served: usize,
+        error: Option<String>,
+    },
 }
 
 /// One finished choice.
@@ -124,7 +136,11 @@ pub fn run_job(
         let mut segments: Vec<(String, Source)> = Vec::new();
         let mut emit = |segs: Vec<(String, Source)>, on_piece: &mut dyn FnMut(Piece)| {
             for (text, source) in segs {
-                on_piece(Piece::Text { choice, text: text.clone(), source });
+                on_piece(Piece::Text {
+                    choice,
+                    text: text.clone(),
+                    source,
+                });
                 match segments.last_mut() {
                     Some((t, s)) if *s == source => t.push_str(&text),
                     _ => segments.push((text, source)),
@@ -147,8 +163,16 @@ pub fn run_job(
                     }
                     emit(segs, &mut on_piece);
                 }
-                RelayEvent::CallStart { at, max_tokens } => on_piece(Piece::CallStart { choice, at, max_tokens }),
-                RelayEvent::CallEnd { served, error } => on_piece(Piece::CallEnd { choice, served, error }),
+                RelayEvent::CallStart { at, max_tokens } => on_piece(Piece::CallStart {
+                    choice,
+                    at,
+                    max_tokens,
+                }),
+                RelayEvent::CallEnd { served, error } => on_piece(Piece::CallEnd {
+                    choice,
+                    served,
+                    error,
+                }),
             }
         });
         let relay_out = result.map_err(JobError::Engine)?;
@@ -167,7 +191,12 @@ pub fn run_job(
             }
         };
         let text = segments.iter().map(|(t, _)| t.as_str()).collect();
-        out.push(ChoiceOutput { text, segments, finish_reason, relay: relay_out });
+        out.push(ChoiceOutput {
+            text,
+            segments,
+            finish_reason,
+            relay: relay_out,
+        });
     }
     Ok(out)
 }
@@ -184,7 +213,13 @@ struct StopFilter {
 
 impl StopFilter {
     fn new(stops: &[String]) -> Self {
-        Self { stops: stops.to_vec(), text: String::new(), runs: Vec::new(), emitted: 0, done: false }
+        Self {
+            stops: stops.to_vec(),
+            text: String::new(),
+            runs: Vec::new(),
+            emitted: 0,
+            done: false,
+        }
     }
 
     fn push(&mut self, piece: &str, source: Source) -> Vec<(String, Source)> {
@@ -194,12 +229,21 @@ impl StopFilter {
             Some((end, s)) if *s == source => *end = self.text.len(),
             _ => self.runs.push((self.text.len(), source)),
         }
-        let hit = self.stops.iter().filter_map(|s| self.text[search_from..].find(s.as_str())).min();
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text[search_from..].find(s.as_str()))
+            .min();
         if let Some(pos) = hit {
             self.done = true;
             return self.take(search_from + pos);
         }
-        let hold = self.stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let hold = self
+            .stops
+            .iter()
+            .map(|s| s.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
         let mut safe = self.text.len().saturating_sub(hold).max(self.emitted);
         while !self.text.is_char_boundary(safe) {
             safe -= 1;
@@ -251,6 +295,9 @@ mod tests {
         let text: String = all.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(text, "abc ", "cut before the stop string across pieces");
         let mut g = StopFilter::new(&[]);
-        assert_eq!(g.push("héllo", Source::Slm), vec![("héllo".to_string(), Source::Slm)]);
+        assert_eq!(
+            g.push("héllo", Source::Slm),
+            vec![("héllo".to_string(), Source::Slm)]
+        );
     }
 }

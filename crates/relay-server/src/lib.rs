@@ -75,7 +75,13 @@ impl AppState {
     pub fn new(models: ModelPair, config: ServerConfig) -> Arc<Self> {
         let pair = models.relay_pair();
         let slots = admission::Slots::new(config.max_concurrency, config.queue);
-        Arc::new(Self { models, pair, config, metrics: metrics::Metrics::default(), slots })
+        Arc::new(Self {
+            models,
+            pair,
+            config,
+            metrics: metrics::Metrics::default(),
+            slots,
+        })
     }
 }
 
@@ -105,9 +111,12 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -144,14 +153,23 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 /// Binds `host:port`, prints `listening on http://ADDR` to stdout, and serves until Ctrl-C:
 /// the blocking entry point for the CLI (which has no runtime of its own).
 pub fn run(host: &str, port: u16, state: Arc<AppState>) -> std::io::Result<()> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((host, port)).await?;
         println!("listening on http://{}", listener.local_addr()?);

@@ -46,8 +46,14 @@ impl Metrics {
     pub fn tokens(&self, trace: &relay_core::RelayTrace) {
         self.slm_tokens.fetch_add(trace.tokens.slm as u64, Relaxed);
         self.llm_tokens.fetch_add(trace.tokens.llm as u64, Relaxed);
-        self.calls.fetch_add(trace.calls.iter().filter(|c| c.served > 0).count() as u64, Relaxed);
-        self.call_errors.fetch_add(trace.calls.iter().filter(|c| c.llm_error.is_some()).count() as u64, Relaxed);
+        self.calls.fetch_add(
+            trace.calls.iter().filter(|c| c.served > 0).count() as u64,
+            Relaxed,
+        );
+        self.call_errors.fetch_add(
+            trace.calls.iter().filter(|c| c.llm_error.is_some()).count() as u64,
+            Relaxed,
+        );
     }
 
     pub fn render(&self) -> String {
@@ -58,12 +64,23 @@ impl Metrics {
         }
         let (slm, llm) = (self.slm_tokens.load(Relaxed), self.llm_tokens.load(Relaxed));
         s.push_str("# HELP relay_tokens_total Response tokens written, by model.\n# TYPE relay_tokens_total counter\n");
-        let _ = writeln!(s, "relay_tokens_total{{model=\"slm\"}} {slm}\nrelay_tokens_total{{model=\"llm\"}} {llm}");
+        let _ = writeln!(
+            s,
+            "relay_tokens_total{{model=\"slm\"}} {slm}\nrelay_tokens_total{{model=\"llm\"}} {llm}"
+        );
         s.push_str("# HELP relay_calls_total LLM calls that served tokens.\n# TYPE relay_calls_total counter\n");
         let _ = writeln!(s, "relay_calls_total {}", self.calls.load(Relaxed));
         s.push_str("# HELP relay_call_errors_total LLM calls that failed.\n# TYPE relay_call_errors_total counter\n");
-        let _ = writeln!(s, "relay_call_errors_total {}", self.call_errors.load(Relaxed));
-        let ratio = if slm + llm == 0 { 0.0 } else { llm as f64 / (slm + llm) as f64 };
+        let _ = writeln!(
+            s,
+            "relay_call_errors_total {}",
+            self.call_errors.load(Relaxed)
+        );
+        let ratio = if slm + llm == 0 {
+            0.0
+        } else {
+            llm as f64 / (slm + llm) as f64
+        };
         s.push_str("# HELP relay_call_ratio LLM tokens / response tokens since start.\n# TYPE relay_call_ratio gauge\n");
         let _ = writeln!(s, "relay_call_ratio {ratio}");
         s.push_str("# HELP relay_queue_depth Requests waiting for a slot.\n# TYPE relay_queue_depth gauge\n");
@@ -73,10 +90,22 @@ impl Metrics {
         s.push_str("# HELP relay_time_to_first_token_seconds Time to first streamed token.\n# TYPE relay_time_to_first_token_seconds histogram\n");
         let t = self.ttft.lock().unwrap();
         for (i, b) in TTFT_BUCKETS.iter().enumerate() {
-            let _ = writeln!(s, "relay_time_to_first_token_seconds_bucket{{le=\"{b}\"}} {}", t.0.get(i).copied().unwrap_or(0));
+            let _ = writeln!(
+                s,
+                "relay_time_to_first_token_seconds_bucket{{le=\"{b}\"}} {}",
+                t.0.get(i).copied().unwrap_or(0)
+            );
         }
-        let _ = writeln!(s, "relay_time_to_first_token_seconds_bucket{{le=\"+Inf\"}} {}", t.2);
-        let _ = writeln!(s, "relay_time_to_first_token_seconds_sum {}\nrelay_time_to_first_token_seconds_count {}", t.1, t.2);
+        let _ = writeln!(
+            s,
+            "relay_time_to_first_token_seconds_bucket{{le=\"+Inf\"}} {}",
+            t.2
+        );
+        let _ = writeln!(
+            s,
+            "relay_time_to_first_token_seconds_sum {}\nrelay_time_to_first_token_seconds_count {}",
+            t.1, t.2
+        );
         s
     }
 }

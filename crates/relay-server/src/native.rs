@@ -19,28 +19,55 @@ use crate::error::ApiError;
 use crate::job::{ModelChoice, ValidJob};
 use crate::AppState;
 
-pub async fn relay_generate(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn relay_generate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let arrived = Instant::now();
     let valid = json_object(body).and_then(|obj| {
         let model = model_choice(&obj, Some(ModelChoice::Relay))?;
         let ids: Vec<u32> = match obj.get("prompt_ids") {
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_u64().filter(|&t| t <= u32::MAX as u64).map(|t| t as u32))
+                .map(|v| {
+                    v.as_u64()
+                        .filter(|&t| t <= u32::MAX as u64)
+                        .map(|t| t as u32)
+                })
                 .collect::<Option<_>>()
-                .ok_or_else(|| ApiError::invalid("prompt_ids", "prompt_ids must be a list of token ids"))?,
-            _ => return Err(ApiError::invalid("prompt_ids", "prompt_ids (a list of token ids) is required")),
+                .ok_or_else(|| {
+                    ApiError::invalid("prompt_ids", "prompt_ids must be a list of token ids")
+                })?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "prompt_ids",
+                    "prompt_ids (a list of token ids) is required",
+                ))
+            }
         };
         let s = settings(&state, &obj)?;
         check_prompt(&state, &ids, "prompt_ids", s.max_tokens)?;
         let llm_prompt = match &state.pair.llm_tokenizer {
             None => ids.clone(),
             Some(tok) => {
-                let text = state.pair.slm_tokenizer.decode(&ids).map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?;
-                tok.encode(&text, false).map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?
+                let text = state
+                    .pair
+                    .slm_tokenizer
+                    .decode(&ids)
+                    .map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?;
+                tok.encode(&text, false)
+                    .map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?
             }
         };
-        Ok(ValidJob { model, slm_prompt: ids, llm_prompt, config: s.config, sampling: s.sampling, stop: Vec::new(), n: 1 })
+        Ok(ValidJob {
+            model,
+            slm_prompt: ids,
+            llm_prompt,
+            config: s.config,
+            sampling: s.sampling,
+            stop: Vec::new(),
+            n: 1,
+        })
     });
     let job = match valid {
         Ok(j) => j,
@@ -55,7 +82,11 @@ pub async fn relay_generate(State(state): State<Arc<AppState>>, body: Result<Byt
         Err(e) => return e.into_response(),
     };
     let out = &choice.relay;
-    let mask: Vec<u8> = out.sources.iter().map(|s| u8::from(*s == Source::Llm)).collect();
+    let mask: Vec<u8> = out
+        .sources
+        .iter()
+        .map(|s| u8::from(*s == Source::Llm))
+        .collect();
     Json(json!({
         "ids": out.tokens,
         "source_mask": mask,
@@ -81,17 +112,25 @@ fn default_mode() -> GradeMode {
     GradeMode::Verify
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let obj = json_object(body)?;
-    serde_json::from_value(Value::Object(obj)).map_err(|e| ApiError::bad_json(format!("invalid request: {e}")))
+    serde_json::from_value(Value::Object(obj))
+        .map_err(|e| ApiError::bad_json(format!("invalid request: {e}")))
 }
 
-pub async fn grade(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn grade(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let req: GradeRequest = match parse(body) {
         Ok(r) => r,
         Err(e) => return refused(&state, e),
     };
-    let correct = tokio::task::spawn_blocking(move || relay_grader::grade(req.mode, &req.gold, &req.pred)).await;
+    let correct =
+        tokio::task::spawn_blocking(move || relay_grader::grade(req.mode, &req.gold, &req.pred))
+            .await;
     match correct {
         Ok(correct) => Json(json!({"correct": correct})).into_response(),
         Err(e) => ApiError::internal(format!("grader failed: {e}")).into_response(),
@@ -108,11 +147,16 @@ struct RewardRequest {
     rho: RhoKind,
 }
 
-pub async fn reward_group(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn reward_group(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let req: RewardRequest = match parse(body) {
         Ok(r) => r,
         Err(e) => return refused(&state, e),
     };
-    let group = relay_core::reward::RolloutGroup { rollouts: req.rollouts };
+    let group = relay_core::reward::RolloutGroup {
+        rollouts: req.rollouts,
+    };
     Json(group_rewards(&group, req.reward, req.rho)).into_response()
 }

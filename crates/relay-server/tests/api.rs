@@ -55,34 +55,75 @@ async fn start(config: ServerConfig) -> Server {
         ..TinyConfig::qwen2()
     };
     let (slm_path, llm_path) = (dir.path().join("slm.gguf"), dir.path().join("llm.gguf"));
-    write_gguf(&slm_path, &TinyConfig { seed: 5, ..base.clone() }, &tiny_vocab::gguf_metadata()).unwrap();
-    write_gguf(&llm_path, &TinyConfig { seed: 6, num_layers: 3, ..base }, &tiny_vocab::gguf_metadata()).unwrap();
+    write_gguf(
+        &slm_path,
+        &TinyConfig {
+            seed: 5,
+            ..base.clone()
+        },
+        &tiny_vocab::gguf_metadata(),
+    )
+    .unwrap();
+    write_gguf(
+        &llm_path,
+        &TinyConfig {
+            seed: 6,
+            num_layers: 3,
+            ..base
+        },
+        &tiny_vocab::gguf_metadata(),
+    )
+    .unwrap();
     let (slm_model, slm) = load(&slm_path);
     let (llm_model, llm) = load(&llm_path);
     let state = AppState::new(ModelPair::new(slm_model, llm_model), config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(relay_server::serve(listener, state, std::future::pending()));
-    Server { url, slm, llm, _dir: dir }
+    Server {
+        url,
+        slm,
+        llm,
+        _dir: dir,
+    }
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
 }
 
 async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
-    let r = client().post(format!("{}{path}", s.url)).json(&body).send().await.unwrap();
+    let r = client()
+        .post(format!("{}{path}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// The SSE data payloads of a streamed response.
 async fn stream(s: &Server, path: &str, body: Value) -> Vec<String> {
-    let r = client().post(format!("{}{path}", s.url)).json(&body).send().await.unwrap();
+    let r = client()
+        .post(format!("{}{path}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let text = r.text().await.unwrap();
-    text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").expect(e).to_string()).collect()
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect(e).to_string())
+        .collect()
 }
 
 fn chat(extra: Value) -> Value {
@@ -101,34 +142,79 @@ fn calling() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_chat_stream_completions() {
     let s = start(ServerConfig::default()).await;
-    let models: Value = client().get(format!("{}/v1/models", s.url)).send().await.unwrap().json().await.unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let models: Value = client()
+        .get(format!("{}/v1/models", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["relay", "slm", "llm"]);
 
-    let (status, whole) = post(&s, "/v1/chat/completions", chat(json!({"relay": calling()}))).await;
+    let (status, whole) = post(
+        &s,
+        "/v1/chat/completions",
+        chat(json!({"relay": calling()})),
+    )
+    .await;
     assert_eq!(status, 200, "{whole}");
-    let text = whole["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let text = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let u = &whole["usage"];
-    assert_eq!(u["completion_tokens"].as_u64().unwrap(), u["slm_tokens"].as_u64().unwrap() + u["llm_tokens"].as_u64().unwrap());
-    assert!(u["llm_tokens"].as_u64().unwrap() > 0, "the confidence policy at threshold 1 calls: {whole}");
+    assert_eq!(
+        u["completion_tokens"].as_u64().unwrap(),
+        u["slm_tokens"].as_u64().unwrap() + u["llm_tokens"].as_u64().unwrap()
+    );
+    assert!(
+        u["llm_tokens"].as_u64().unwrap() > 0,
+        "the confidence policy at threshold 1 calls: {whole}"
+    );
     assert_eq!(whole["trace"]["response_tokens"], u["completion_tokens"]);
 
-    let events = stream(&s, "/v1/chat/completions", chat(json!({"relay": calling(), "stream": true}))).await;
+    let events = stream(
+        &s,
+        "/v1/chat/completions",
+        chat(json!({"relay": calling(), "stream": true})),
+    )
+    .await;
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     let mut streamed = String::new();
     let mut sources = std::collections::HashSet::new();
     for c in &chunks {
         assert_eq!(c["object"], "chat.completion.chunk");
         if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
             if !t.is_empty() {
-                sources.insert(c["choices"][0]["delta"]["source"].as_str().unwrap().to_string());
+                sources.insert(
+                    c["choices"][0]["delta"]["source"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
             }
             streamed.push_str(t);
         }
     }
-    assert_eq!(streamed, text, "greedy: the stream reassembles the whole response");
-    assert!(sources.contains("llm"), "chunks say the LLM wrote some: {sources:?}");
+    assert_eq!(
+        streamed, text,
+        "greedy: the stream reassembles the whole response"
+    );
+    assert!(
+        sources.contains("llm"),
+        "chunks say the LLM wrote some: {sources:?}"
+    );
     let last = chunks.last().unwrap();
     assert_eq!(last["usage"], whole["usage"]);
     assert_eq!(last["trace"]["spans"], whole["trace"]["spans"]);
@@ -146,7 +232,12 @@ async fn models_chat_stream_completions() {
     assert_eq!(c["object"], "text_completion");
     assert_eq!(c["choices"].as_array().unwrap().len(), 2);
     assert!(c["choices"][0]["text"].is_string());
-    let ev = stream(&s, "/v1/completions", json!({"model": "relay", "prompt": "2+2=", "max_tokens": 8, "stream": true})).await;
+    let ev = stream(
+        &s,
+        "/v1/completions",
+        json!({"model": "relay", "prompt": "2+2=", "max_tokens": 8, "stream": true}),
+    )
+    .await;
     assert_eq!(ev.last().unwrap(), "[DONE]");
     s.wait_idle().await;
 }
@@ -154,48 +245,113 @@ async fn models_chat_stream_completions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_generate_grade_reward_metrics() {
     let s = start(ServerConfig::default()).await;
-    let (status, g) = post(&s, "/relay/generate", json!({"prompt_ids": [1, 2, 3, 4], "max_tokens": 30, "relay": calling()})).await;
+    let (status, g) = post(
+        &s,
+        "/relay/generate",
+        json!({"prompt_ids": [1, 2, 3, 4], "max_tokens": 30, "relay": calling()}),
+    )
+    .await;
     assert_eq!(status, 200, "{g}");
     let ids = g["ids"].as_array().unwrap();
     let mask = g["source_mask"].as_array().unwrap();
     assert_eq!(ids.len(), mask.len());
     assert_eq!(ids.len(), g["slm_logprobs"].as_array().unwrap().len());
-    assert_eq!(ids.len() as u64, g["trace"]["response_tokens"].as_u64().unwrap());
+    assert_eq!(
+        ids.len() as u64,
+        g["trace"]["response_tokens"].as_u64().unwrap()
+    );
     for span in g["trace"]["spans"].as_array().unwrap() {
         let bit = u64::from(span["source"] == "llm");
         for i in span["start"].as_u64().unwrap()..span["end"].as_u64().unwrap() {
-            assert_eq!(mask[i as usize].as_u64().unwrap(), bit, "mask follows the trace's spans");
-            assert_eq!(g["slm_logprobs"][i as usize].is_null(), bit == 1, "log-probs only where the SLM wrote");
+            assert_eq!(
+                mask[i as usize].as_u64().unwrap(),
+                bit,
+                "mask follows the trace's spans"
+            );
+            assert_eq!(
+                g["slm_logprobs"][i as usize].is_null(),
+                bit == 1,
+                "log-probs only where the SLM wrote"
+            );
         }
     }
     assert!(mask.iter().any(|m| m == 1));
     assert_eq!(g["calls"], g["trace"]["calls"]);
 
-    assert_eq!(post(&s, "/grade", json!({"gold": "1/2", "pred": "\\boxed{0.5}"})).await.1, json!({"correct": true}));
-    assert_eq!(post(&s, "/grade", json!({"gold": "2", "pred": "\\boxed{3}", "mode": "mathruler"})).await.1, json!({"correct": false}));
+    assert_eq!(
+        post(&s, "/grade", json!({"gold": "1/2", "pred": "\\boxed{0.5}"}))
+            .await
+            .1,
+        json!({"correct": true})
+    );
+    assert_eq!(
+        post(
+            &s,
+            "/grade",
+            json!({"gold": "2", "pred": "\\boxed{3}", "mode": "mathruler"})
+        )
+        .await
+        .1,
+        json!({"correct": false})
+    );
     let group = json!({"rollouts": [{"correct": true, "calls": [{"requested_n": 10, "served": 10}], "response_tokens": 40},
                                     {"correct": false, "calls": [], "response_tokens": 40}]});
     let (_, r) = post(&s, "/reward/group", group).await;
-    assert_eq!(r, json!({"scenario": "teacher-dependent", "rewards": [0.75, -1.0]}));
+    assert_eq!(
+        r,
+        json!({"scenario": "teacher-dependent", "rewards": [0.75, -1.0]})
+    );
 
-    let metrics = client().get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("relay_requests_total{outcome=\"ok\"} 1"), "{metrics}");
-    let llm_line = metrics.lines().find(|l| l.starts_with("relay_tokens_total{model=\"llm\"}")).unwrap();
+    let metrics = client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("relay_requests_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    let llm_line = metrics
+        .lines()
+        .find(|l| l.starts_with("relay_tokens_total{model=\"llm\"}"))
+        .unwrap();
     assert!(!llm_line.ends_with(" 0"), "{llm_line}");
     assert!(metrics.contains("relay_calls_total "));
     assert!(metrics.contains("relay_queue_depth 0"));
     assert!(metrics.contains("relay_time_to_first_token_seconds_count 1"));
-    let health: Value = client().get(format!("{}/health", s.url)).send().await.unwrap().json().await.unwrap();
+    let health: Value = client()
+        .get(format!("{}/health", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
-    let page = client().get(&s.url).send().await.unwrap().text().await.unwrap();
+    let page = client()
+        .get(&s.url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("/v1/chat/completions"));
 }
 
 fn assert_error(status: u16, body: &Value, want: u16, param: Option<&str>) {
     assert_eq!(status, want, "{body}");
     let e = &body["error"];
-    assert!(e["message"].is_string() && e["type"].is_string(), "OpenAI-style error object: {body}");
-    assert!(e.as_object().unwrap().contains_key("code") && e.as_object().unwrap().contains_key("param"));
+    assert!(
+        e["message"].is_string() && e["type"].is_string(),
+        "OpenAI-style error object: {body}"
+    );
+    assert!(
+        e.as_object().unwrap().contains_key("code") && e.as_object().unwrap().contains_key("param")
+    );
     if let Some(p) = param {
         assert_eq!(e["param"], p, "{body}");
     }
@@ -203,7 +359,11 @@ fn assert_error(status: u16, body: &Value, want: u16, param: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_answered_not_crashed() {
-    let s = start(ServerConfig { max_body_bytes: 4096, ..ServerConfig::default() }).await;
+    let s = start(ServerConfig {
+        max_body_bytes: 4096,
+        ..ServerConfig::default()
+    })
+    .await;
     let (st, b) = post(&s, "/v1/chat/completions", chat(json!({"model": "gpt-4"}))).await;
     assert_error(st, &b, 404, Some("model"));
     assert_eq!(b["error"]["code"], "model_not_found");
@@ -213,7 +373,10 @@ async fn bad_requests_are_answered_not_crashed() {
         (json!({"max_tokens": "many"}), "max_tokens"),
         (json!({"n": 100}), "n"),
         (json!({"messages": []}), "messages"),
-        (json!({"messages": [{"role": "wizard", "content": "x"}]}), "messages[0].role"),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages[0].role",
+        ),
         (json!({"stop": [1]}), "stop"),
         (json!({"relay": {"policy": "psychic"}}), "relay.policy"),
         (json!({"relay": {"bogus": 1}}), "relay.bogus"),
@@ -228,40 +391,96 @@ async fn bad_requests_are_answered_not_crashed() {
     assert_error(st, &b, 400, Some("prompt_ids"));
     let (st, b) = post(&s, "/reward/group", json!({"rollouts": [{"correct": 1}]})).await;
     assert_error(st, &b, 400, None);
-    let r = client().post(format!("{}/v1/chat/completions", s.url)).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let big = "x".repeat(10_000);
-    let (st, b) = post(&s, "/v1/chat/completions", chat(json!({"messages": [{"role": "user", "content": big}]}))).await;
+    let (st, b) = post(
+        &s,
+        "/v1/chat/completions",
+        chat(json!({"messages": [{"role": "user", "content": big}]})),
+    )
+    .await;
     assert_error(st, &b, 413, None);
     let (st, _) = post(&s, "/nowhere", json!({})).await;
     assert_eq!(st, 404);
     // Still serving.
-    assert_eq!(post(&s, "/v1/chat/completions", chat(json!({}))).await.0, 200);
-    let metrics = client().get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("relay_requests_total{outcome=\"invalid_request_error\"}"), "{metrics}");
+    assert_eq!(
+        post(&s, "/v1/chat/completions", chat(json!({}))).await.0,
+        200
+    );
+    let metrics = client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("relay_requests_total{outcome=\"invalid_request_error\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_and_full_queue() {
-    let s = start(ServerConfig { api_key: Some("sekret".into()), max_concurrency: 1, queue: 0, ..ServerConfig::default() }).await;
+    let s = start(ServerConfig {
+        api_key: Some("sekret".into()),
+        max_concurrency: 1,
+        queue: 0,
+        ..ServerConfig::default()
+    })
+    .await;
     let (st, b) = post(&s, "/v1/chat/completions", chat(json!({}))).await;
     assert_error(st, &b, 401, None);
-    let r = client().get(format!("{}/v1/models", s.url)).bearer_auth("wrong").send().await.unwrap();
+    let r = client()
+        .get(format!("{}/v1/models", s.url))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client().get(format!("{}/v1/models", s.url)).bearer_auth("sekret").send().await.unwrap();
+    let r = client()
+        .get(format!("{}/v1/models", s.url))
+        .bearer_auth("sekret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(client().get(format!("{}/health", s.url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(format!("{}/health", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // One long stream holds the only slot; the next request is refused at once.
     let mut long = client()
         .post(format!("{}/v1/chat/completions", s.url))
         .bearer_auth("sekret")
-        .json(&chat(json!({"stream": true, "max_tokens": 400, "relay": {"policy": "slm-only"}})))
+        .json(&chat(
+            json!({"stream": true, "max_tokens": 400, "relay": {"policy": "slm-only"}}),
+        ))
         .send()
         .await
         .unwrap();
     let _first = long.chunk().await.unwrap();
-    let r = client().post(format!("{}/v1/chat/completions", s.url)).bearer_auth("sekret").json(&chat(json!({}))).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth("sekret")
+        .json(&chat(json!({})))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     let b: Value = r.json().await.unwrap();
@@ -282,39 +501,83 @@ async fn a_client_that_disconnects_cancels_its_request() {
     // Wait until it is decoding, then go away.
     let mut got = String::new();
     while !got.contains("\"source\"") {
-        let chunk = r.chunk().await.unwrap().unwrap_or_else(|| panic!("the response ended before any text: {got}"));
+        let chunk = r
+            .chunk()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("the response ended before any text: {got}"));
         got.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(s.sequences() > 0, "the request holds sequences while decoding");
+    assert!(
+        s.sequences() > 0,
+        "the request holds sequences while decoding"
+    );
     drop(r);
     s.wait_idle().await;
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = client().get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+        metrics = client()
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if metrics.contains("outcome=\"cancelled\"") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(metrics.contains("relay_requests_total{outcome=\"cancelled\"} 1"), "{metrics}");
-    assert!(!metrics.contains("outcome=\"ok\""), "it did not run to the end: {metrics}");
+    assert!(
+        metrics.contains("relay_requests_total{outcome=\"cancelled\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("outcome=\"ok\""),
+        "it did not run to the end: {metrics}"
+    );
 }
 
 /// tests/python/test_openai_client.py with the official `openai` client. Skipped (with a note)
 /// where the package is missing, unless RELAYLLM_REQUIRE_PYTHON_TESTS=1 (CI sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_python_client_works() {
-    let has_openai = std::process::Command::new("python3").args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    let has_openai = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
     if !has_openai {
-        assert!(std::env::var("RELAYLLM_REQUIRE_PYTHON_TESTS").is_err(), "pip install openai");
+        assert!(
+            std::env::var("RELAYLLM_REQUIRE_PYTHON_TESTS").is_err(),
+            "pip install openai"
+        );
         eprintln!("skipped: python3 -m pip install openai");
         return;
     }
-    let s = start(ServerConfig { api_key: Some("k".into()), ..ServerConfig::default() }).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/test_openai_client.py");
+    let s = start(ServerConfig {
+        api_key: Some("k".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/test_openai_client.py"
+    );
     let url = s.url.clone();
-    let out = tokio::process::Command::new("python3").arg(script).arg(&url).arg("k").output().await.unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(&url)
+        .arg("k")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.wait_idle().await;
 }
 
@@ -323,19 +586,35 @@ async fn the_official_openai_python_client_works() {
 /// Skipped where Chromium is missing, unless RELAYLLM_REQUIRE_BROWSER_TESTS=1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_llm_spans_in_chromium() {
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists()) else {
-        assert!(std::env::var("RELAYLLM_REQUIRE_BROWSER_TESTS").is_err(), "apt-get install -y chromium");
+    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var("RELAYLLM_REQUIRE_BROWSER_TESTS").is_err(),
+            "apt-get install -y chromium"
+        );
         eprintln!("skipped: apt-get install -y chromium");
         return;
     };
     let s = start(ServerConfig::default()).await;
-    let page = format!("{}/?auto=1&max_tokens=40&policy=confidence&threshold=1&prompt=What%20is%202%2B2%3F", s.url);
+    let page = format!(
+        "{}/?auto=1&max_tokens=40&policy=confidence&threshold=1&prompt=What%20is%202%2B2%3F",
+        s.url
+    );
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-output");
     std::fs::create_dir_all(&out_dir).unwrap();
     let profile = tempfile::tempdir().unwrap();
     let run = |extra: &[String]| {
         let mut c = tokio::process::Command::new(chromium);
-        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]);
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+        ]);
         c.arg(format!("--user-data-dir={}", profile.path().display()));
         c.args(["--virtual-time-budget=20000", "--window-size=1000,800"]);
         c.args(extra).arg(&page);
@@ -344,25 +623,52 @@ async fn the_page_shows_llm_spans_in_chromium() {
     };
     let dom = run(&["--dump-dom".to_string()]).await.unwrap();
     let dom = String::from_utf8_lossy(&dom.stdout).to_string();
-    assert!(dom.contains("class=\"llm\""), "an LLM span is highlighted: {dom}");
-    assert!(dom.contains("data-done=\"1\"") && dom.contains("call ratio"), "the stats show: {dom}");
+    assert!(
+        dom.contains("class=\"llm\""),
+        "an LLM span is highlighted: {dom}"
+    );
+    assert!(
+        dom.contains("data-done=\"1\"") && dom.contains("call ratio"),
+        "the stats show: {dom}"
+    );
     let shot = out_dir.join("page.png");
     let _ = std::fs::remove_file(&shot);
-    run(&[format!("--screenshot={}", shot.display())]).await.unwrap();
-    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "screenshot written");
+    run(&[format!("--screenshot={}", shot.display())])
+        .await
+        .unwrap();
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "screenshot written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_is_enforced() {
-    let s = start(ServerConfig { request_timeout: Duration::from_millis(1), ..ServerConfig::default() }).await;
-    let (st, b) = post(&s, "/v1/chat/completions", chat(json!({"max_tokens": 400, "relay": {"policy": "slm-only"}}))).await;
+    let s = start(ServerConfig {
+        request_timeout: Duration::from_millis(1),
+        ..ServerConfig::default()
+    })
+    .await;
+    let (st, b) = post(
+        &s,
+        "/v1/chat/completions",
+        chat(json!({"max_tokens": 400, "relay": {"policy": "slm-only"}})),
+    )
+    .await;
     assert_error(st, &b, 504, None);
     s.wait_idle().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_streams_complete() {
-    let s = Arc::new(start(ServerConfig { max_concurrency: 4, queue: 64, ..ServerConfig::default() }).await);
+    let s = Arc::new(
+        start(ServerConfig {
+            max_concurrency: 4,
+            queue: 64,
+            ..ServerConfig::default()
+        })
+        .await,
+    );
     let mut tasks = Vec::new();
     for i in 0..32 {
         let s = s.clone();
@@ -378,7 +684,17 @@ async fn thirty_two_concurrent_streams_complete() {
         t.await.unwrap();
     }
     s.wait_idle().await;
-    let metrics = client().get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("relay_requests_total{outcome=\"ok\"} 32"), "{metrics}");
+    let metrics = client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("relay_requests_total{outcome=\"ok\"} 32"),
+        "{metrics}"
+    );
     assert!(metrics.contains("relay_running 0") && metrics.contains("relay_queue_depth 0"));
 }

@@ -20,13 +20,34 @@ fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
     };
     let slm = dir.join("slm.gguf");
     let llm = dir.join("llm.gguf");
-    write_gguf(&slm, &TinyConfig { seed: 5, ..base.clone() }, &tiny_vocab::gguf_metadata()).unwrap();
-    write_gguf(&llm, &TinyConfig { seed: 6, num_layers: 3, ..base }, &tiny_vocab::gguf_metadata()).unwrap();
+    write_gguf(
+        &slm,
+        &TinyConfig {
+            seed: 5,
+            ..base.clone()
+        },
+        &tiny_vocab::gguf_metadata(),
+    )
+    .unwrap();
+    write_gguf(
+        &llm,
+        &TinyConfig {
+            seed: 6,
+            num_layers: 3,
+            ..base
+        },
+        &tiny_vocab::gguf_metadata(),
+    )
+    .unwrap();
     (slm, llm)
 }
 
 fn ok(out: Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -36,7 +57,13 @@ fn generate_json_is_deterministic_and_matches_the_stream() {
     let (slm, _) = tiny_models(dir.path());
     let run = |json: bool| {
         let mut c = bin();
-        c.args(["generate", "--model"]).arg(&slm).args(["--prompt", "2+2=", "--chat", "--max-tokens", "12"]);
+        c.args(["generate", "--model"]).arg(&slm).args([
+            "--prompt",
+            "2+2=",
+            "--chat",
+            "--max-tokens",
+            "12",
+        ]);
         c.args(["--temperature", "0.8", "--seed", "3"]);
         if json {
             c.arg("--json");
@@ -48,9 +75,15 @@ fn generate_json_is_deterministic_and_matches_the_stream() {
     assert_eq!(a["tokens"], b["tokens"], "same seed, same tokens");
     let tokens = a["tokens"].as_array().unwrap();
     assert!(!tokens.is_empty() && tokens.len() <= 12);
-    assert!(a["prompt"].as_str().unwrap().starts_with("<|im_start|>system\n"));
+    assert!(a["prompt"]
+        .as_str()
+        .unwrap()
+        .starts_with("<|im_start|>system\n"));
     let streamed = run(false);
-    assert_eq!(streamed.trim_end_matches('\n'), a["text"].as_str().unwrap().trim_end_matches('\n'));
+    assert_eq!(
+        streamed.trim_end_matches('\n'),
+        a["text"].as_str().unwrap().trim_end_matches('\n')
+    );
 }
 
 #[test]
@@ -62,8 +95,24 @@ fn relay_json_has_text_tokens_and_a_consistent_trace() {
         .arg(&slm)
         .arg("--llm")
         .arg(&llm)
-        .args(["--prompt", "What is 3*4?", "--chat", "--policy", "confidence", "--threshold", "0.99"])
-        .args(["--call-tokens", "4", "--cooldown", "2", "--max-tokens", "30", "--json"])
+        .args([
+            "--prompt",
+            "What is 3*4?",
+            "--chat",
+            "--policy",
+            "confidence",
+            "--threshold",
+            "0.99",
+        ])
+        .args([
+            "--call-tokens",
+            "4",
+            "--cooldown",
+            "2",
+            "--max-tokens",
+            "30",
+            "--json",
+        ])
         .output()
         .unwrap());
     let v: Value = serde_json::from_str(out.trim()).unwrap();
@@ -83,58 +132,139 @@ fn relay_json_has_text_tokens_and_a_consistent_trace() {
         .arg(&slm)
         .arg("--llm")
         .arg(&llm)
-        .args(["--prompt", "What is 3*4?", "--chat", "--policy", "confidence", "--threshold", "0.99"])
-        .args(["--call-tokens", "4", "--cooldown", "2", "--max-tokens", "30", "--mark", "brackets"])
+        .args([
+            "--prompt",
+            "What is 3*4?",
+            "--chat",
+            "--policy",
+            "confidence",
+            "--threshold",
+            "0.99",
+        ])
+        .args([
+            "--call-tokens",
+            "4",
+            "--cooldown",
+            "2",
+            "--max-tokens",
+            "30",
+            "--mark",
+            "brackets",
+        ])
         .output()
         .unwrap());
     assert!(text.contains("[[") && text.contains("]]"), "{text}");
-    assert!(text.lines().last().unwrap().contains("call ratio"), "{text}");
+    assert!(
+        text.lines().last().unwrap().contains("call ratio"),
+        "{text}"
+    );
 }
 
 #[test]
 fn bad_input_gives_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = bin().args(["generate", "--model", "/nonexistent/model.gguf", "--prompt", "x"]).output().unwrap();
+    let missing = bin()
+        .args([
+            "generate",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "x",
+        ])
+        .output()
+        .unwrap();
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(err.contains("not found") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("not found") && !err.contains("panicked"),
+        "{err}"
+    );
 
     let garbage = dir.path().join("garbage.gguf");
     std::fs::write(&garbage, b"GGUF\x03\x00\x00\x00 truncated").unwrap();
-    let out = bin().args(["generate", "--model"]).arg(&garbage).args(["--prompt", "x"]).output().unwrap();
+    let out = bin()
+        .args(["generate", "--model"])
+        .arg(&garbage)
+        .args(["--prompt", "x"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error:") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.starts_with("error:") && !err.contains("panicked"),
+        "{err}"
+    );
 
-    let out = bin().args(["relay", "--prompt", "x", "--policy", "sometimes"]).output().unwrap();
+    let out = bin()
+        .args(["relay", "--prompt", "x", "--policy", "sometimes"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("confidence"), "lists valid policies: {err}");
+    assert!(
+        !out.status.success() && err.contains("confidence"),
+        "lists valid policies: {err}"
+    );
 
     // `slm` before `fetch models`: says what to do.
     let out = bin()
-        .args(["generate", "--model", "slm", "--prompt", "x", "--models-dir"])
+        .args([
+            "generate",
+            "--model",
+            "slm",
+            "--prompt",
+            "x",
+            "--models-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("fetch models"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("fetch models"),
+        "{err}"
+    );
 }
 
 #[test]
 fn grade_prints_a_verdict_and_annotates_jsonl() {
-    let verdict = |gold: &str, pred: &str| ok(bin().args(["grade", "--mode", "verify", "--gold", gold, "--pred", pred]).output().unwrap());
-    assert_eq!(verdict("18", "So she makes \\boxed{18} dollars.").trim(), "true");
+    let verdict = |gold: &str, pred: &str| {
+        ok(bin()
+            .args(["grade", "--mode", "verify", "--gold", gold, "--pred", pred])
+            .output()
+            .unwrap())
+    };
+    assert_eq!(
+        verdict("18", "So she makes \\boxed{18} dollars.").trim(),
+        "true"
+    );
     assert_eq!(verdict("18", "\\boxed{19}").trim(), "false");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pairs.jsonl");
     std::fs::write(&file, "{\"gold\":\"1/2\",\"pred\":\"\\\\boxed{0.5}\",\"id\":7}\n\n{\"gold\":\"3\",\"pred\":\"\\\\boxed{4}\"}\n").unwrap();
-    let out = ok(bin().args(["grade", "--mode", "verify", "--jsonl"]).arg(&file).output().unwrap());
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = ok(bin()
+        .args(["grade", "--mode", "verify", "--jsonl"])
+        .arg(&file)
+        .output()
+        .unwrap());
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
-    assert_eq!((lines[0]["correct"].as_bool(), lines[0]["id"].as_i64()), (Some(true), Some(7)));
+    assert_eq!(
+        (lines[0]["correct"].as_bool(), lines[0]["id"].as_i64()),
+        (Some(true), Some(7))
+    );
     assert_eq!(lines[1]["correct"].as_bool(), Some(false));
     std::fs::write(&file, "{\"gold\":\"1\"}\n").unwrap();
-    let out = bin().args(["grade", "--jsonl"]).arg(&file).output().unwrap();
+    let out = bin()
+        .args(["grade", "--jsonl"])
+        .arg(&file)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("line 1") && err.contains("pred"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("line 1") && err.contains("pred"),
+        "{err}"
+    );
 }

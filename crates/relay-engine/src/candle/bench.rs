@@ -22,10 +22,17 @@ pub struct BenchResult {
 /// Prefills `prompt_tokens` tokens into a fresh sequence, then decodes `gen_tokens` tokens
 /// greedily one step at a time; repeats `runs` times (after one untimed warm-up run that
 /// also packs the weights) and reports the medians.
-pub fn bench_decode(engine: &CandleEngine, prompt_tokens: usize, gen_tokens: usize, runs: usize) -> Result<BenchResult> {
+pub fn bench_decode(
+    engine: &CandleEngine,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    runs: usize,
+) -> Result<BenchResult> {
     let vocab = engine.info().vocab_size as u32;
     // Ordinary-text-like ids: spread over the low part of the vocabulary.
-    let prompt: Vec<u32> = (0..prompt_tokens.max(1) as u32).map(|i| (i * 7919 + 13) % vocab.min(30_000)).collect();
+    let prompt: Vec<u32> = (0..prompt_tokens.max(1) as u32)
+        .map(|i| (i * 7919 + 13) % vocab.min(30_000))
+        .collect();
     let one_run = |timed: bool| -> Result<(f64, f64)> {
         let seq = engine.create_sequence()?;
         let t0 = Instant::now();
@@ -39,10 +46,15 @@ pub fn bench_decode(engine: &CandleEngine, prompt_tokens: usize, gen_tokens: usi
         }
         let decode_s = t1.elapsed().as_secs_f64();
         engine.free(seq)?;
-        Ok((prompt.len() as f64 / prefill_s, n as f64 / decode_s.max(1e-9)))
+        Ok((
+            prompt.len() as f64 / prefill_s,
+            n as f64 / decode_s.max(1e-9),
+        ))
     };
     one_run(false)?;
-    let per_run = (0..runs.max(1)).map(|_| one_run(true)).collect::<Result<Vec<_>>>()?;
+    let per_run = (0..runs.max(1))
+        .map(|_| one_run(true))
+        .collect::<Result<Vec<_>>>()?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

@@ -26,7 +26,17 @@ pub(crate) struct LayerKv {
 
 impl KvCache {
     pub fn new(n_layers: usize, row: usize) -> Self {
-        Self { len: 0, cap: 0, row, layers: (0..n_layers).map(|_| LayerKv { k: Vec::new(), v: Vec::new() }).collect() }
+        Self {
+            len: 0,
+            cap: 0,
+            row,
+            layers: (0..n_layers)
+                .map(|_| LayerKv {
+                    k: Vec::new(),
+                    v: Vec::new(),
+                })
+                .collect(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -42,7 +52,10 @@ impl KvCache {
         if needed <= self.cap {
             return;
         }
-        let new_cap = (self.cap * 2).max(MIN_CAPACITY).min(max.max(needed)).max(needed);
+        let new_cap = (self.cap * 2)
+            .max(MIN_CAPACITY)
+            .min(max.max(needed))
+            .max(needed);
         for l in &mut self.layers {
             l.k.resize(new_cap * self.row, 0.0);
             l.v.resize(new_cap * self.row, 0.0);
@@ -90,6 +103,11 @@ impl KvCache {
                 LayerKv { k, v }
             })
             .collect();
-        Self { len: self.len, cap, row: self.row, layers }
+        Self {
+            len: self.len,
+            cap,
+            row: self.row,
+            layers,
+        }
     }
 }

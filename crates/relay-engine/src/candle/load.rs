@@ -21,14 +21,19 @@ pub(crate) struct Loaded {
 }
 
 fn malformed(path: &Path, reason: impl std::fmt::Display) -> EngineError {
-    EngineError::Malformed { path: path.to_path_buf(), reason: reason.to_string() }
+    EngineError::Malformed {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 fn parse_arch(s: &str) -> Result<Arch> {
     match s {
         "qwen2" => Ok(Arch::Qwen2),
         "qwen3" => Ok(Arch::Qwen3),
-        other => Err(EngineError::Unsupported(format!("architecture `{other}` (supported: qwen2, qwen3)"))),
+        other => Err(EngineError::Unsupported(format!(
+            "architecture `{other}` (supported: qwen2, qwen3)"
+        ))),
     }
 }
 
@@ -40,13 +45,17 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         _ => EngineError::Io(e),
     })?;
     let file_len = file.metadata()?.len();
-    let content = gguf_file::Content::read(&mut file).map_err(|e| malformed(path, format!("not a readable GGUF file: {e}")))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| malformed(path, format!("not a readable GGUF file: {e}")))?;
     // A file cut short keeps a readable header; catch it before reading any tensor.
     for (name, ti) in &content.tensor_infos {
         let bytes = ti.shape.elem_count() / ti.ggml_dtype.block_size() * ti.ggml_dtype.type_size();
         let end = content.tensor_data_offset + ti.offset + bytes as u64;
         if end > file_len {
-            return Err(malformed(path, format!("truncated: tensor `{name}` ends at byte {end}, file has {file_len}")));
+            return Err(malformed(
+                path,
+                format!("truncated: tensor `{name}` ends at byte {end}, file has {file_len}"),
+            ));
         }
     }
     let md = &content.metadata;
@@ -58,11 +67,17 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let arch = parse_arch(&arch_name)?;
     let p = arch.name();
     let get = |key: &str| -> Result<&gguf_file::Value> {
-        md.get(&format!("{p}.{key}")).ok_or_else(|| malformed(path, format!("missing metadata {p}.{key}")))
+        md.get(&format!("{p}.{key}"))
+            .ok_or_else(|| malformed(path, format!("missing metadata {p}.{key}")))
     };
-    let num = |key: &str| -> Result<usize> { value_usize(get(key)?).ok_or_else(|| malformed(path, format!("{p}.{key} is not an integer"))) };
+    let num = |key: &str| -> Result<usize> {
+        value_usize(get(key)?)
+            .ok_or_else(|| malformed(path, format!("{p}.{key} is not an integer")))
+    };
     let float = |key: &str, default: f64| -> f64 {
-        md.get(&format!("{p}.{key}")).and_then(value_f64).unwrap_or(default)
+        md.get(&format!("{p}.{key}"))
+            .and_then(value_f64)
+            .unwrap_or(default)
     };
 
     let hidden_size = num("embedding_length")?;
@@ -74,7 +89,9 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
 
     let dev = Device::Cpu;
     let tensor = |file: &mut std::fs::File, name: &str| -> Result<QTensor> {
-        content.tensor(file, name, &dev).map_err(|e| malformed(path, format!("tensor `{name}`: {e}")))
+        content
+            .tensor(file, name, &dev)
+            .map_err(|e| malformed(path, format!("tensor `{name}`: {e}")))
     };
     let vector = |file: &mut std::fs::File, name: &str| -> Result<Tensor> {
         Ok(tensor(file, name)?.dequantize(&dev)?.to_dtype(DType::F32)?)
@@ -98,7 +115,9 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         let qwen3 = arch == Arch::Qwen3;
         let head_norm = |file: &mut std::fs::File, n: &str| -> Result<Option<Vec<f32>>> {
             if qwen3 {
-                Ok(Some(vector(file, &format!("{b}.{n}.weight"))?.to_vec1::<f32>()?))
+                Ok(Some(
+                    vector(file, &format!("{b}.{n}.weight"))?.to_vec1::<f32>()?,
+                ))
             } else {
                 Ok(None)
             }
@@ -124,7 +143,9 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         weight_arc(embed_q.clone(), opts)?
     };
     let dt = embed_q.dtype();
-    let embed = if matches!(dt, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) || hidden_size % dt.block_size() != 0 {
+    let embed = if matches!(dt, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+        || hidden_size % dt.block_size() != 0
+    {
         Embedding::Dense(embed_q.dequantize(&dev)?)
     } else {
         Embedding::Quantized(embed_q)
@@ -141,7 +162,9 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         head_dim,
         rope_theta: float("rope.freq_base", 10_000.0),
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
-        context_length: opts.max_context.map_or(context_length, |m| m.min(context_length)),
+        context_length: opts
+            .max_context
+            .map_or(context_length, |m| m.min(context_length)),
     };
     let mut eos = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
@@ -154,8 +177,16 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let name = md
         .get("general.name")
         .and_then(|v| v.to_string().ok().cloned())
-        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-    Ok(Loaded { model: Model::new(cfg, embed, layers, norm, lm_head), name, eos_token_ids: eos })
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    Ok(Loaded {
+        model: Model::new(cfg, embed, layers, norm, lm_head),
+        name,
+        eos_token_ids: eos,
+    })
 }
 
 /// Chooses the kernel for a GGUF weight: candle's own where it has a fast runtime-dispatched
@@ -175,9 +206,17 @@ fn weight_arc(q: Arc<QTensor>, opts: &LoadOptions) -> Result<Weight> {
     if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
         return Ok(Weight::Candle(QMatMul::from_arc(q)?));
     }
-    if let Some(native) = if opts.native_kernels { NativeMatrix::from_qtensor(&q)? } else { None } {
+    if let Some(native) = if opts.native_kernels {
+        NativeMatrix::from_qtensor(&q)?
+    } else {
+        None
+    } {
         let repacked = candle_fast || (q.dtype() == GgmlDType::Q6K && k % 256 == 0);
-        let batched = if repacked { Some(QMatMul::from_arc(q)?) } else { None };
+        let batched = if repacked {
+            Some(QMatMul::from_arc(q)?)
+        } else {
+            None
+        };
         return Ok(Weight::Native { native, batched });
     }
     if candle_fast || !opts.requantize || !Q8Matrix::supports(k) {
@@ -219,14 +258,18 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         return Err(EngineError::NotFound(cfg_path));
     }
     let cfg_text = std::fs::read_to_string(&cfg_path)?;
-    let cj: serde_json::Value = serde_json::from_str(&cfg_text).map_err(|e| malformed(&cfg_path, e))?;
+    let cj: serde_json::Value =
+        serde_json::from_str(&cfg_text).map_err(|e| malformed(&cfg_path, e))?;
     let model_type = cj
         .get("model_type")
         .and_then(|v| v.as_str())
         .ok_or_else(|| malformed(&cfg_path, "missing model_type"))?;
     let arch = parse_arch(model_type)?;
     let num = |key: &str| -> Result<usize> {
-        cj.get(key).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| malformed(&cfg_path, format!("missing {key}")))
+        cj.get(key)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| malformed(&cfg_path, format!("missing {key}")))
     };
     let hidden_size = num("hidden_size")?;
     let num_heads = num("num_attention_heads")?;
@@ -260,15 +303,28 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
     };
     let embed_w = take(&mut ts, "model.embed_tokens.weight")?;
     if embed_w.dims2()? != (vocab_size, hidden_size) {
-        return Err(malformed(dir, format!("embed_tokens has shape {:?}, config says ({vocab_size}, {hidden_size})", embed_w.dims())));
+        return Err(malformed(
+            dir,
+            format!(
+                "embed_tokens has shape {:?}, config says ({vocab_size}, {hidden_size})",
+                embed_w.dims()
+            ),
+        ));
     }
     let mut layers = Vec::with_capacity(num_layers);
     for i in 0..num_layers {
         let b = format!("model.layers.{i}");
         let mut lin = |name: &str, bias: bool| -> Result<Linear> {
             let w = take(&mut ts, &format!("{b}.{name}.weight"))?;
-            let b = if bias { take_opt(&mut ts, &format!("{b}.{name}.bias"))? } else { None };
-            Ok(Linear { w: Weight::Candle(QMatMul::Tensor(w)), b })
+            let b = if bias {
+                take_opt(&mut ts, &format!("{b}.{name}.bias"))?
+            } else {
+                None
+            };
+            Ok(Linear {
+                w: Weight::Candle(QMatMul::Tensor(w)),
+                b,
+            })
         };
         let qwen2 = arch == Arch::Qwen2;
         let q = lin("self_attn.q_proj", qwen2)?;
@@ -301,7 +357,9 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         });
     }
     let norm = take(&mut ts, "model.norm.weight")?;
-    let lm_head = Weight::Candle(QMatMul::Tensor(take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone())));
+    let lm_head = Weight::Candle(QMatMul::Tensor(
+        take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone()),
+    ));
     let cfg = ModelConfig {
         arch,
         vocab_size,
@@ -311,14 +369,24 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         num_heads,
         num_kv_heads,
         head_dim,
-        rope_theta: cj.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0),
-        rms_norm_eps: cj.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6),
-        context_length: opts.max_context.map_or(context_length, |m| m.min(context_length)),
+        rope_theta: cj
+            .get("rope_theta")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10_000.0),
+        rms_norm_eps: cj
+            .get("rms_norm_eps")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-6),
+        context_length: opts
+            .max_context
+            .map_or(context_length, |m| m.min(context_length)),
     };
     let mut eos = Vec::new();
     let mut add_eos = |v: Option<&serde_json::Value>| match v {
         Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),
-        Some(serde_json::Value::Array(a)) => eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+        Some(serde_json::Value::Array(a)) => {
+            eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+        }
         _ => {}
     };
     add_eos(cj.get("eos_token_id"));
@@ -329,6 +397,13 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
     }
     eos.sort_unstable();
     eos.dedup();
-    let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Loaded { model: Model::new(cfg, Embedding::Dense(embed_w), layers, norm, lm_head), name, eos_token_ids: eos })
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Loaded {
+        model: Model::new(cfg, Embedding::Dense(embed_w), layers, norm, lm_head),
+        name,
+        eos_token_ids: eos,
+    })
 }

@@ -46,7 +46,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { threads: None, max_context: None, requantize: true, native_kernels: false }
+        Self {
+            threads: None,
+            max_context: None,
+            requantize: true,
+            native_kernels: false,
+        }
     }
 }
 
@@ -70,7 +75,11 @@ impl CandleEngine {
         if !path.exists() {
             return Err(EngineError::NotFound(path.to_path_buf()));
         }
-        let loaded = if path.is_dir() { load::load_safetensors(path, &opts)? } else { load::load_gguf(path, &opts)? };
+        let loaded = if path.is_dir() {
+            load::load_safetensors(path, &opts)?
+        } else {
+            load::load_gguf(path, &opts)?
+        };
         let cfg = &loaded.model.cfg;
         let info = ModelInfo {
             name: loaded.name,
@@ -79,7 +88,12 @@ impl CandleEngine {
             context_length: cfg.context_length,
             eos_token_ids: loaded.eos_token_ids,
         };
-        Ok(Self { model: loaded.model, info, seqs: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) })
+        Ok(Self {
+            model: loaded.model,
+            info,
+            seqs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
     }
 
     /// The loaded model's shape.
@@ -94,7 +108,12 @@ impl CandleEngine {
 
     /// Positions currently allocated for a sequence's cache (≥ its length).
     pub fn cache_capacity(&self, seq: SeqId) -> Result<usize> {
-        Ok(self.lock().get(&seq).ok_or(EngineError::UnknownSequence(seq))?.cache.capacity())
+        Ok(self
+            .lock()
+            .get(&seq)
+            .ok_or(EngineError::UnknownSequence(seq))?
+            .cache
+            .capacity())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SeqId, SeqState>> {
@@ -114,7 +133,10 @@ impl CandleEngine {
     fn check_context(&self, len: usize) -> Result<()> {
         let context_length = self.info.context_length;
         if len > context_length {
-            return Err(EngineError::ContextOverflow { len, context_length });
+            return Err(EngineError::ContextOverflow {
+                len,
+                context_length,
+            });
         }
         Ok(())
     }
@@ -123,13 +145,17 @@ impl CandleEngine {
 fn init_threads(threads: Option<usize>) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+        let n = threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
         for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
             if std::env::var_os(var).is_none() {
                 std::env::set_var(var, n.to_string());
             }
         }
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     });
 }
 
@@ -140,19 +166,31 @@ impl Engine for CandleEngine {
 
     fn create_sequence(&self) -> Result<SeqId> {
         let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.lock().insert(id, SeqState { cache: self.model.new_cache() });
+        self.lock().insert(
+            id,
+            SeqState {
+                cache: self.model.new_cache(),
+            },
+        );
         Ok(id)
     }
 
     fn prefill(&self, seq: SeqId, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
-            return Err(EngineError::InvalidInput("prefill needs at least one token".into()));
+            return Err(EngineError::InvalidInput(
+                "prefill needs at least one token".into(),
+            ));
         }
         self.check_tokens(tokens)?;
         let mut seqs = self.lock();
-        let state = seqs.get_mut(&seq).ok_or(EngineError::UnknownSequence(seq))?;
+        let state = seqs
+            .get_mut(&seq)
+            .ok_or(EngineError::UnknownSequence(seq))?;
         self.check_context(state.cache.len() + tokens.len())?;
-        let mut chunks = [Chunk { cache: &mut state.cache, tokens }];
+        let mut chunks = [Chunk {
+            cache: &mut state.cache,
+            tokens,
+        }];
         let mut out = self.model.forward(&mut chunks, Want::LastOfEach)?;
         Ok(out.pop().unwrap_or_default())
     }
@@ -167,27 +205,43 @@ impl Engine for CandleEngine {
         for (i, &(id, _)) in batch.iter().enumerate() {
             let state = seqs.get(&id).ok_or(EngineError::UnknownSequence(id))?;
             if batch[..i].iter().any(|&(other, _)| other == id) {
-                return Err(EngineError::InvalidInput(format!("sequence {id:?} appears twice in one step")));
+                return Err(EngineError::InvalidInput(format!(
+                    "sequence {id:?} appears twice in one step"
+                )));
             }
             self.check_context(state.cache.len() + 1)?;
         }
         // Distinct keys: take disjoint &mut borrows by walking the map once.
-        let mut by_id: HashMap<SeqId, &mut SeqState> = seqs.iter_mut().filter(|(id, _)| batch.iter().any(|(b, _)| b == *id)).map(|(id, s)| (*id, s)).collect();
+        let mut by_id: HashMap<SeqId, &mut SeqState> = seqs
+            .iter_mut()
+            .filter(|(id, _)| batch.iter().any(|(b, _)| b == *id))
+            .map(|(id, s)| (*id, s))
+            .collect();
         let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(batch.len());
         for (i, &(id, _)) in batch.iter().enumerate() {
             let state = by_id.remove(&id).expect("checked above");
-            chunks.push(Chunk { cache: &mut state.cache, tokens: std::slice::from_ref(&tokens[i]) });
+            chunks.push(Chunk {
+                cache: &mut state.cache,
+                tokens: std::slice::from_ref(&tokens[i]),
+            });
         }
         self.model.forward(&mut chunks, Want::LastOfEach)
     }
 
     fn seq_len(&self, seq: SeqId) -> Result<usize> {
-        Ok(self.lock().get(&seq).ok_or(EngineError::UnknownSequence(seq))?.cache.len())
+        Ok(self
+            .lock()
+            .get(&seq)
+            .ok_or(EngineError::UnknownSequence(seq))?
+            .cache
+            .len())
     }
 
     fn truncate(&self, seq: SeqId, len: usize) -> Result<()> {
         let mut seqs = self.lock();
-        let state = seqs.get_mut(&seq).ok_or(EngineError::UnknownSequence(seq))?;
+        let state = seqs
+            .get_mut(&seq)
+            .ok_or(EngineError::UnknownSequence(seq))?;
         if len > state.cache.len() {
             return Err(EngineError::InvalidInput(format!(
                 "cannot truncate sequence {seq:?} of length {} to {len}",
@@ -200,19 +254,28 @@ impl Engine for CandleEngine {
 
     fn fork(&self, seq: SeqId) -> Result<SeqId> {
         let mut seqs = self.lock();
-        let cache = seqs.get(&seq).ok_or(EngineError::UnknownSequence(seq))?.cache.fork();
+        let cache = seqs
+            .get(&seq)
+            .ok_or(EngineError::UnknownSequence(seq))?
+            .cache
+            .fork();
         let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
         seqs.insert(id, SeqState { cache });
         Ok(id)
     }
 
     fn free(&self, seq: SeqId) -> Result<()> {
-        self.lock().remove(&seq).map(|_| ()).ok_or(EngineError::UnknownSequence(seq))
+        self.lock()
+            .remove(&seq)
+            .map(|_| ())
+            .ok_or(EngineError::UnknownSequence(seq))
     }
 
     fn score(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
-            return Err(EngineError::InvalidInput("score needs at least one token".into()));
+            return Err(EngineError::InvalidInput(
+                "score needs at least one token".into(),
+            ));
         }
         self.check_tokens(tokens)?;
         self.check_context(tokens.len())?;
@@ -221,8 +284,15 @@ impl Engine for CandleEngine {
         }
         let mut cache = self.model.new_cache();
         let input = &tokens[..tokens.len() - 1];
-        let mut chunks = [Chunk { cache: &mut cache, tokens: input }];
+        let mut chunks = [Chunk {
+            cache: &mut cache,
+            tokens: input,
+        }];
         let logits = self.model.forward(&mut chunks, Want::All)?;
-        Ok(logits.iter().zip(&tokens[1..]).map(|(l, &t)| crate::sampling::token_logprob(l, t)).collect())
+        Ok(logits
+            .iter()
+            .zip(&tokens[1..])
+            .map(|(l, &t)| crate::sampling::token_logprob(l, t))
+            .collect())
     }
 }

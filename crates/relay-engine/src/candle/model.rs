@@ -53,7 +53,10 @@ pub(crate) enum Weight {
     Q8(super::q8::Q8Matrix),
     /// The file's own blocks; `batched` is candle's repacked kernel, faster once many rows
     /// share each weight load (prefill).
-    Native { native: super::native::NativeMatrix, batched: Option<QMatMul> },
+    Native {
+        native: super::native::NativeMatrix,
+        batched: Option<QMatMul>,
+    },
 }
 
 /// Rows from which prefill switches to candle's repacked kernel where there is one.
@@ -64,7 +67,9 @@ impl Weight {
         Ok(match self {
             Weight::Candle(w) => w.forward(x)?,
             Weight::Q8(w) => w.forward(x)?,
-            Weight::Native { batched: Some(b), .. } if x.dim(0)? >= BATCHED_ROWS => b.forward(x)?,
+            Weight::Native {
+                batched: Some(b), ..
+            } if x.dim(0)? >= BATCHED_ROWS => b.forward(x)?,
             Weight::Native { native, .. } => native.forward(x)?,
         })
     }
@@ -142,14 +147,32 @@ pub(crate) enum Want {
 }
 
 impl Model {
-    pub fn new(cfg: ModelConfig, embed: Embedding, layers: Vec<Layer>, norm: Tensor, lm_head: Weight) -> Self {
+    pub fn new(
+        cfg: ModelConfig,
+        embed: Embedding,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        lm_head: Weight,
+    ) -> Self {
         let hd = cfg.head_dim;
-        let inv_freq = (0..hd / 2).map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
-        Self { cfg, embed, layers, norm, lm_head, inv_freq }
+        let inv_freq = (0..hd / 2)
+            .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
+        Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        }
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_layers, self.cfg.num_kv_heads * self.cfg.head_dim)
+        KvCache::new(
+            self.cfg.num_layers,
+            self.cfg.num_kv_heads * self.cfg.head_dim,
+        )
     }
 
     /// Runs the new tokens of every chunk through the model, appending to each chunk's cache.
@@ -165,7 +188,11 @@ impl Model {
         for c in chunks.iter_mut() {
             let start = c.cache.len();
             c.cache.reserve(start + c.tokens.len(), cfg.context_length);
-            spans.push(Span { row0: ids.len(), rows: c.tokens.len(), start });
+            spans.push(Span {
+                row0: ids.len(),
+                rows: c.tokens.len(),
+                start,
+            });
             ids.extend_from_slice(c.tokens);
         }
         let n = ids.len();
@@ -191,7 +218,8 @@ impl Model {
                 let r = s.row0 * kv_row..(s.row0 + s.rows) * kv_row;
                 c.cache.write(li, s.start, &k[r.clone()], &v[r]);
             }
-            let layers: Vec<&super::kv::LayerKv> = chunks.iter().map(|c| c.cache.layer(li)).collect();
+            let layers: Vec<&super::kv::LayerKv> =
+                chunks.iter().map(|c| c.cache.layer(li)).collect();
             attention(&q, &layers, &spans, nh, nkv, hd, &mut attn_out);
             let a = Tensor::from_slice(&attn_out, (n, nh * hd), &Device::Cpu)?;
             x = (x + layer.o.forward(&a)?)?;
@@ -302,7 +330,12 @@ fn attention(
         row_chunk.extend(std::iter::repeat_n(ci, s.rows));
     }
     let n_items = row_chunk.len() * nh;
-    let work: usize = spans.iter().map(|s| s.rows * (s.start + s.rows)).sum::<usize>() * nh * hd;
+    let work: usize = spans
+        .iter()
+        .map(|s| s.rows * (s.start + s.rows))
+        .sum::<usize>()
+        * nh
+        * hd;
     let out_ptr = out.as_mut_ptr() as usize;
 
     let run = |range: std::ops::Range<usize>| {
@@ -331,7 +364,9 @@ fn attention(
             }
             let inv = 1.0 / sum;
             // SAFETY: each (row, head) item owns its own disjoint `hd` slice of `out`.
-            let o = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add((row * nh + h) * hd), hd) };
+            let o = unsafe {
+                std::slice::from_raw_parts_mut((out_ptr as *mut f32).add((row * nh + h) * hd), hd)
+            };
             o.fill(0.0);
             for (j, &p) in scores.iter().enumerate() {
                 let vj = &l.v[j * kv_row + kvh * hd..j * kv_row + (kvh + 1) * hd];

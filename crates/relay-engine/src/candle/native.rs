@@ -77,7 +77,11 @@ pub(crate) struct NativeMatrix {
 
 fn cast_blocks<T: Copy>(bytes: &[u8], count: usize) -> Result<Vec<T>> {
     if bytes.len() != count * std::mem::size_of::<T>() {
-        return Err(EngineError::InvalidInput(format!("weight data has {} bytes, expected {}", bytes.len(), count * std::mem::size_of::<T>())));
+        return Err(EngineError::InvalidInput(format!(
+            "weight data has {} bytes, expected {}",
+            bytes.len(),
+            count * std::mem::size_of::<T>()
+        )));
     }
     let mut v: Vec<T> = Vec::with_capacity(count);
     // SAFETY: T is a repr(C) plain-old-data block with the same layout as ggml's, and the
@@ -107,7 +111,9 @@ impl NativeMatrix {
         if !available() {
             return Ok(None);
         }
-        let Ok((n, k)) = q.shape().dims2() else { return Ok(None) };
+        let Ok((n, k)) = q.shape().dims2() else {
+            return Ok(None);
+        };
         let data = q.data()?;
         let blocks = match q.dtype() {
             GgmlDType::Q4K if k % QK_K == 0 => Blocks::Q4K(cast_blocks(&data, n * k / QK_K)?),
@@ -123,25 +129,36 @@ impl NativeMatrix {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
-            return Err(EngineError::InvalidInput(format!("matmul: input has {k} columns, weight {}", self.k)));
+            return Err(EngineError::InvalidInput(format!(
+                "matmul: input has {k} columns, weight {}",
+                self.k
+            )));
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let out = match &self.blocks {
             Blocks::Q4K(w) => {
                 let a = quantize_q8k(&xs, m, k);
-                matmul(w, &a, m, self.n, k / QK_K, |w, a| unsafe { x86::dot_q4k(w, a) })
+                matmul(w, &a, m, self.n, k / QK_K, |w, a| unsafe {
+                    x86::dot_q4k(w, a)
+                })
             }
             Blocks::Q6K(w) => {
                 let a = quantize_q8k(&xs, m, k);
-                matmul(w, &a, m, self.n, k / QK_K, |w, a| unsafe { x86::dot_q6k(w, a) })
+                matmul(w, &a, m, self.n, k / QK_K, |w, a| unsafe {
+                    x86::dot_q6k(w, a)
+                })
             }
             Blocks::Q5_0(w) => {
                 let a = quantize_q8_0(&xs, m, k);
-                matmul(w, &a, m, self.n, k / QK8_0, |w, a| unsafe { x86::dot_q5_0(w, a) })
+                matmul(w, &a, m, self.n, k / QK8_0, |w, a| unsafe {
+                    x86::dot_q5_0(w, a)
+                })
             }
             Blocks::Q8_0(w) => {
                 let a = quantize_q8_0(&xs, m, k);
-                matmul(w, &a, m, self.n, k / QK8_0, |w, a| unsafe { x86::dot_q8_0(w, a) })
+                matmul(w, &a, m, self.n, k / QK8_0, |w, a| unsafe {
+                    x86::dot_q8_0(w, a)
+                })
             }
         };
         Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
@@ -150,7 +167,14 @@ impl NativeMatrix {
 
 /// Output columns are split into tiles over candle's thread pool; each tile runs every input
 /// row against its weight rows while they are hot in cache.
-fn matmul<W: Sync, A: Sync>(w: &[W], a: &[A], m: usize, n: usize, kb: usize, dot: impl Fn(&[W], &[A]) -> f32 + Sync) -> Vec<f32> {
+fn matmul<W: Sync, A: Sync>(
+    w: &[W],
+    a: &[A],
+    m: usize,
+    n: usize,
+    kb: usize,
+    dot: impl Fn(&[W], &[A]) -> f32 + Sync,
+) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     let out_ptr = out.as_mut_ptr() as usize;
     const TILE: usize = 16;
@@ -183,7 +207,11 @@ fn quantize_q8k(x: &[f32], m: usize, k: usize) -> Vec<BlockQ8K> {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut b = BlockQ8K { d, qs: [0; QK_K], bsums: [0; QK_K / 16] };
+        let mut b = BlockQ8K {
+            d,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        };
         for (q, v) in b.qs.iter_mut().zip(xb) {
             *q = (v * id).round() as i8;
         }
@@ -201,7 +229,10 @@ fn quantize_q8_0(x: &[f32], m: usize, k: usize) -> Vec<BlockQ8_0> {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut b = BlockQ8_0 { d: f16::from_f32(d), qs: [0; QK8_0] };
+        let mut b = BlockQ8_0 {
+            d: f16::from_f32(d),
+            qs: [0; QK8_0],
+        };
         for (q, v) in b.qs.iter_mut().zip(xb) {
             *q = (v * id).round() as i8;
         }
@@ -263,14 +294,20 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn bytes_from_nibbles_32(p: *const u8) -> __m256i {
         let tmp = _mm_loadu_si128(p as *const __m128i);
-        let bytes = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4));
+        let bytes =
+            _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4));
         _mm256_and_si256(_mm256_set1_epi8(0xF), bytes)
     }
 
     /// 0xFF in byte j where bit j of `x` is set.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn bytes_from_bits_32(x: u32) -> __m256i {
-        let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
+        let shuf = _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0x0000000000000000,
+        );
         let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
         let bit_mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe_u64 as i64);
         let bytes = _mm256_or_si256(bytes, bit_mask);
@@ -359,10 +396,14 @@ mod x86 {
                 let y2 = _mm256_loadu_si256(q8.add(64) as *const __m256i);
                 let y3 = _mm256_loadu_si256(q8.add(96) as *const __m256i);
                 q8 = q8.add(128);
-                let p0 = _mm256_sub_epi16(_mm256_maddubs_epi16(v0, y0), _mm256_maddubs_epi16(m32s, y0));
-                let p1 = _mm256_sub_epi16(_mm256_maddubs_epi16(v1, y1), _mm256_maddubs_epi16(m32s, y1));
-                let p2 = _mm256_sub_epi16(_mm256_maddubs_epi16(v2, y2), _mm256_maddubs_epi16(m32s, y2));
-                let p3 = _mm256_sub_epi16(_mm256_maddubs_epi16(v3, y3), _mm256_maddubs_epi16(m32s, y3));
+                let p0 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(v0, y0), _mm256_maddubs_epi16(m32s, y0));
+                let p1 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(v1, y1), _mm256_maddubs_epi16(m32s, y1));
+                let p2 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(v2, y2), _mm256_maddubs_epi16(m32s, y2));
+                let p3 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(v3, y3), _mm256_maddubs_epi16(m32s, y3));
                 let p0 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s0), p0);
                 let p1 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s1), p1);
                 let p2 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s2), p2);
@@ -388,16 +429,29 @@ mod x86 {
             let dmin = -y.d * x.dmin.to_f32();
             let mut utmp = [0u32; 4];
             for (i, u) in utmp.iter_mut().take(3).enumerate() {
-                *u = u32::from_le_bytes([x.scales[4 * i], x.scales[4 * i + 1], x.scales[4 * i + 2], x.scales[4 * i + 3]]);
+                *u = u32::from_le_bytes([
+                    x.scales[4 * i],
+                    x.scales[4 * i + 1],
+                    x.scales[4 * i + 2],
+                    x.scales[4 * i + 3],
+                ]);
             }
             utmp[3] = ((utmp[2] >> 4) & KMASK2) | (((utmp[1] >> 6) & KMASK3) << 4);
             let uaux = utmp[1] & KMASK1;
             utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
             utmp[2] = uaux;
             utmp[0] &= KMASK1;
-            let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(utmp[3] as i32, utmp[2] as i32, utmp[1] as i32, utmp[0] as i32));
+            let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(
+                utmp[3] as i32,
+                utmp[2] as i32,
+                utmp[1] as i32,
+                utmp[0] as i32,
+            ));
             let q8sums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
-            let q8s = _mm_hadd_epi16(_mm256_extracti128_si256::<0>(q8sums), _mm256_extracti128_si256::<1>(q8sums));
+            let q8s = _mm_hadd_epi16(
+                _mm256_extracti128_si256::<0>(q8sums),
+                _mm256_extracti128_si256::<1>(q8sums),
+            );
             let prod = _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_and_scales), q8s);
             acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
             let sc128 = _mm256_extracti128_si256::<0>(mins_and_scales);
@@ -415,8 +469,14 @@ mod x86 {
                 let yl = _mm256_loadu_si256(q8 as *const __m256i);
                 let yh = _mm256_loadu_si256(q8.add(32) as *const __m256i);
                 q8 = q8.add(64);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(lo, yl)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(hi, yh)));
+                sumi = _mm256_add_epi32(
+                    sumi,
+                    _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(lo, yl)),
+                );
+                sumi = _mm256_add_epi32(
+                    sumi,
+                    _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(hi, yh)),
+                );
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
@@ -441,22 +501,50 @@ mod tests {
             return;
         }
         let (n, k, m) = (48, 512, 3);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+            .collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0)
+            .collect();
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
         let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
-        for dt in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+        for dt in [
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+        ] {
             let q = QTensor::quantize(&wt, dt).unwrap();
-            let ours = NativeMatrix::from_qtensor(&q).unwrap().unwrap().forward(&xt).unwrap();
-            let reference = xt.matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap()).unwrap();
-            let theirs = candle_core::quantized::QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap();
+            let ours = NativeMatrix::from_qtensor(&q)
+                .unwrap()
+                .unwrap()
+                .forward(&xt)
+                .unwrap();
+            let reference = xt
+                .matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap())
+                .unwrap();
+            let theirs = candle_core::quantized::QMatMul::from_qtensor(q)
+                .unwrap()
+                .forward(&xt)
+                .unwrap();
             let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let r = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = r.iter().fold(0f32, |s, v| s.max(v.abs()));
             for i in 0..a.len() {
-                assert!((a[i] - b[i]).abs() <= 1e-2 * scale, "{dt:?} [{i}]: ours {} candle {}", a[i], b[i]);
-                assert!((a[i] - r[i]).abs() <= 2e-2 * scale, "{dt:?} [{i}]: ours {} dequantized {}", a[i], r[i]);
+                assert!(
+                    (a[i] - b[i]).abs() <= 1e-2 * scale,
+                    "{dt:?} [{i}]: ours {} candle {}",
+                    a[i],
+                    b[i]
+                );
+                assert!(
+                    (a[i] - r[i]).abs() <= 2e-2 * scale,
+                    "{dt:?} [{i}]: ours {} dequantized {}",
+                    a[i],
+                    r[i]
+                );
             }
         }
     }

@@ -49,7 +49,11 @@ fn level() -> Level {
     *L.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
                 return Level::Vnni;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -64,9 +68,18 @@ impl Q8Matrix {
     /// Quantizes a dense `[n, k]` f32 tensor; `k` must be a multiple of 32.
     pub fn from_tensor(w: &Tensor) -> Result<Self> {
         let (n, k) = w.dims2()?;
-        let data = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let data = w
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let kb = k / QK;
-        let mut blocks = vec![Block { d: 0.0, qs: [0; QK] }; n * kb];
+        let mut blocks = vec![
+            Block {
+                d: 0.0,
+                qs: [0; QK]
+            };
+            n * kb
+        ];
         for (row, out) in data.chunks_exact(k).zip(blocks.chunks_exact_mut(kb)) {
             quantize_row(row, out);
         }
@@ -81,11 +94,20 @@ impl Q8Matrix {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
-            return Err(crate::error::EngineError::InvalidInput(format!("matmul: input has {k} columns, weight {}", self.k)));
+            return Err(crate::error::EngineError::InvalidInput(format!(
+                "matmul: input has {k} columns, weight {}",
+                self.k
+            )));
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let kb = k / QK;
-        let mut act = vec![Block { d: 0.0, qs: [0; QK] }; m * kb];
+        let mut act = vec![
+            Block {
+                d: 0.0,
+                qs: [0; QK]
+            };
+            m * kb
+        ];
         for (row, out) in xs.chunks_exact(k).zip(act.chunks_exact_mut(kb)) {
             quantize_row(row, out);
         }
@@ -139,7 +161,12 @@ fn dot_scalar(w: &[Block], a: &[Block]) -> f32 {
     w.iter()
         .zip(a)
         .map(|(bw, ba)| {
-            let s: i32 = bw.qs.iter().zip(&ba.qs).map(|(&x, &y)| x as i32 * y as i32).sum();
+            let s: i32 = bw
+                .qs
+                .iter()
+                .zip(&ba.qs)
+                .map(|(&x, &y)| x as i32 * y as i32)
+                .sum();
             bw.d * ba.d * s as f32
         })
         .sum()
@@ -187,8 +214,16 @@ mod x86 {
             let y0 = _mm256_loadu_si256(a0.qs.as_ptr() as *const __m256i);
             let x1 = _mm256_loadu_si256(w1.qs.as_ptr() as *const __m256i);
             let y1 = _mm256_loadu_si256(a1.qs.as_ptr() as *const __m256i);
-            let p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(y0, x0));
-            let p1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x1, x1), _mm256_sign_epi8(y1, x1));
+            let p0 = _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(x0, x0),
+                _mm256_sign_epi8(y0, x0),
+            );
+            let p1 = _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(x1, x1),
+                _mm256_sign_epi8(y1, x1),
+            );
             acc0 = _mm256_fmadd_ps(_mm256_set1_ps(w0.d * a0.d), _mm256_cvtepi32_ps(p0), acc0);
             acc1 = _mm256_fmadd_ps(_mm256_set1_ps(w1.d * a1.d), _mm256_cvtepi32_ps(p1), acc1);
             i += 2;
@@ -197,7 +232,11 @@ mod x86 {
             let (w0, a0) = (&w[i], &a[i]);
             let x0 = _mm256_loadu_si256(w0.qs.as_ptr() as *const __m256i);
             let y0 = _mm256_loadu_si256(a0.qs.as_ptr() as *const __m256i);
-            let p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(y0, x0));
+            let p0 = _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(x0, x0),
+                _mm256_sign_epi8(y0, x0),
+            );
             acc0 = _mm256_fmadd_ps(_mm256_set1_ps(w0.d * a0.d), _mm256_cvtepi32_ps(p0), acc0);
         }
         hsum(_mm256_add_ps(acc0, acc1))

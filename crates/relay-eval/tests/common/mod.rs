@@ -2,7 +2,9 @@
 //! function of (problem index, sample), and a small benchmark file.
 #![allow(dead_code)]
 
-use relay_eval::{Dataset, Problem, RunOptions, RunSettings, Selection, SolveError, Solution, Solver, Summary};
+use relay_eval::{
+    Dataset, Problem, RunOptions, RunSettings, Selection, Solution, SolveError, Solver, Summary,
+};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +13,14 @@ use std::time::Duration;
 /// Writes a benchmark of `n` problems `What is i + i?` with gold `2i`.
 pub fn write_dataset(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join("bench.jsonl");
-    let text: String = (0..n).map(|i| format!("{{\"problem\": \"What is {i} + {i}?\", \"answer\": \"{}\"}}\n", 2 * i)).collect();
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"problem\": \"What is {i} + {i}?\", \"answer\": \"{}\"}}\n",
+                2 * i
+            )
+        })
+        .collect();
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -29,14 +38,20 @@ pub struct ScriptedSolver {
 
 impl ScriptedSolver {
     pub fn new() -> Self {
-        ScriptedSolver { delay: Duration::ZERO }
+        ScriptedSolver {
+            delay: Duration::ZERO,
+        }
     }
 }
 
 pub fn scripted_solution(problem: &Problem, sample: usize) -> Solution {
     let i = problem.index;
     let gold: usize = problem.answer.parse().unwrap();
-    let answer = if scripted_correct(i, sample) { gold } else { gold + 1 };
+    let answer = if scripted_correct(i, sample) {
+        gold
+    } else {
+        gold + 1
+    };
     let llm = i % 4;
     Solution {
         text: format!("Adding gives {answer}. The answer is \\boxed{{{answer}}}."),
@@ -73,7 +88,11 @@ pub struct FailingSolver {
 
 impl FailingSolver {
     pub fn new(fail_at: usize, how: Failure) -> Self {
-        FailingSolver { fail_at, how, calls: AtomicUsize::new(0) }
+        FailingSolver {
+            fail_at,
+            how,
+            calls: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -82,7 +101,9 @@ impl Solver for FailingSolver {
         if self.calls.fetch_add(1, Ordering::SeqCst) >= self.fail_at {
             match self.how {
                 Failure::Panic => panic!("engine crashed on problem {}", problem.index),
-                Failure::Error => return Err(format!("engine lost on problem {}", problem.index).into()),
+                Failure::Error => {
+                    return Err(format!("engine lost on problem {}", problem.index).into())
+                }
             }
         }
         Ok(scripted_solution(problem, sample))
@@ -99,7 +120,16 @@ pub fn settings(dataset: &Dataset) -> RunSettings {
 }
 
 pub fn options(out: &Path, limit: Option<usize>, samples: usize, concurrency: usize) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), selection: Selection { offset: 0, limit, samples }, concurrency, progress: false }
+    RunOptions {
+        out: out.to_path_buf(),
+        selection: Selection {
+            offset: 0,
+            limit,
+            samples,
+        },
+        concurrency,
+        progress: false,
+    }
 }
 
 /// A summary as JSON without the timing, which is the only part allowed to differ between a
@@ -112,7 +142,9 @@ pub fn without_timing(summary: &Summary) -> serde_json::Value {
 
 /// The lines of a results file, sorted by key, with the measured times zeroed.
 pub fn sorted_results(out: &Path) -> Vec<relay_eval::ResultLine> {
-    let mut lines = relay_eval::read_results(&out.join("results.jsonl")).unwrap().lines;
+    let mut lines = relay_eval::read_results(&out.join("results.jsonl"))
+        .unwrap()
+        .lines;
     for l in &mut lines {
         l.wall_ms = 0.0;
     }

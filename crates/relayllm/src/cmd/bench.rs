@@ -92,12 +92,23 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize, args: &DecodeArgs) -> R
         .arg("-m")
         .arg(model)
         .args(["-t", &threads.to_string()])
-        .args(["-p", &args.prompt_tokens.to_string(), "-n", &args.gen_tokens.to_string()])
+        .args([
+            "-p",
+            &args.prompt_tokens.to_string(),
+            "-n",
+            &args.gen_tokens.to_string(),
+        ])
         .args(["-r", &args.runs.max(1).to_string(), "-o", "json"])
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!("llama-bench failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        bail!(
+            "llama-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
     }
     let rows: Vec<serde_json::Value> =
         serde_json::from_slice(&out.stdout).context("llama-bench printed no JSON array")?;
@@ -106,7 +117,11 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize, args: &DecodeArgs) -> R
             .find(|r| {
                 let n_prompt = r["n_prompt"].as_u64().unwrap_or(0);
                 let n_gen = r["n_gen"].as_u64().unwrap_or(0);
-                if prompt { n_prompt > 0 && n_gen == 0 } else { n_gen > 0 && n_prompt == 0 }
+                if prompt {
+                    n_prompt > 0 && n_gen == 0
+                } else {
+                    n_gen > 0 && n_prompt == 0
+                }
             })
             .and_then(|r| r["avg_ts"].as_f64())
             .context("llama-bench output lacks a prompt or generation row")
@@ -117,11 +132,23 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize, args: &DecodeArgs) -> R
 fn decode(args: DecodeArgs) -> Result<()> {
     let models_dir = args.models_dir.clone().unwrap_or_else(default_models_dir);
     let path = resolve_model_arg(&args.model, &models_dir);
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let opts = LoadOptions { threads: Some(threads), requantize: !args.no_requantize, ..LoadOptions::default() };
-    let engine = CandleEngine::load(&path, opts).with_context(|| format!("loading {}", path.display()))?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let opts = LoadOptions {
+        threads: Some(threads),
+        requantize: !args.no_requantize,
+        ..LoadOptions::default()
+    };
+    let engine =
+        CandleEngine::load(&path, opts).with_context(|| format!("loading {}", path.display()))?;
     if !args.json {
-        eprintln!("measuring {} ({} threads, {} runs)...", path.display(), threads, args.runs);
+        eprintln!(
+            "measuring {} ({} threads, {} runs)...",
+            path.display(),
+            threads,
+            args.runs
+        );
     }
     let ours = bench_decode(&engine, args.prompt_tokens, args.gen_tokens, args.runs)?;
     drop(engine); // free its memory before llama.cpp maps the same file
@@ -150,9 +177,15 @@ fn decode(args: DecodeArgs) -> Result<()> {
         return Ok(());
     }
     println!("{} [{}; {} threads]", path.display(), args.engine, threads);
-    println!("  prefill {:8.1} tok/s   decode {:6.1} tok/s   (median of {})", ours.prefill_tps, ours.decode_tps, ours.runs);
+    println!(
+        "  prefill {:8.1} tok/s   decode {:6.1} tok/s   (median of {})",
+        ours.prefill_tps, ours.decode_tps, ours.runs
+    );
     if let Some((prefill, decode)) = theirs {
-        println!("  llama-bench prefill {:8.1} tok/s   decode {:6.1} tok/s", prefill, decode);
+        println!(
+            "  llama-bench prefill {:8.1} tok/s   decode {:6.1} tok/s",
+            prefill, decode
+        );
         println!(
             "  ratio (ours / llama.cpp): prefill {:.2}x   decode {:.2}x",
             ours.prefill_tps / prefill,
@@ -169,13 +202,20 @@ const BENCH_PROMPTS: [&str; 3] = [
 ];
 
 /// Seconds per decoded token of `engine` alone: prefill `prompt`, decode `n` greedy tokens.
-fn solo_decode_seconds_per_token(engine: &dyn relay_engine::Engine, prompt: &[u32], n: usize) -> Result<f64> {
+fn solo_decode_seconds_per_token(
+    engine: &dyn relay_engine::Engine,
+    prompt: &[u32],
+    n: usize,
+) -> Result<f64> {
     let seq = engine.create_sequence()?;
     let mut logits = engine.prefill(seq, prompt)?;
     let t = std::time::Instant::now();
     for _ in 0..n {
         let tok = relay_engine::sampling::argmax(&logits) as u32;
-        logits = engine.step(&[(seq, tok)])?.pop().context("step returned nothing")?;
+        logits = engine
+            .step(&[(seq, tok)])?
+            .pop()
+            .context("step returned nothing")?;
     }
     let per = t.elapsed().as_secs_f64() / n.max(1) as f64;
     engine.free(seq)?;
@@ -194,14 +234,22 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
             .take(args.problems)
             .map(|l| -> Result<String> {
                 let v: serde_json::Value = serde_json::from_str(l)?;
-                Ok(v["problem"].as_str().context("a line lacks `problem`")?.to_string())
+                Ok(v["problem"]
+                    .as_str()
+                    .context("a line lacks `problem`")?
+                    .to_string())
             })
             .collect::<Result<_>>()?,
-        None => BENCH_PROMPTS.iter().take(args.problems).map(|s| s.to_string()).collect(),
+        None => BENCH_PROMPTS
+            .iter()
+            .take(args.problems)
+            .map(|s| s.to_string())
+            .collect(),
     };
     let relay_pair = pair.relay_pair();
     let (mut wall, mut baseline) = (0.0f64, 0.0f64);
-    let (mut slm_tokens, mut llm_tokens, mut ours_prefill, mut resend_prefill, mut calls) = (0, 0, 0, 0, 0);
+    let (mut slm_tokens, mut llm_tokens, mut ours_prefill, mut resend_prefill, mut calls) =
+        (0, 0, 0, 0, 0);
     for (i, problem) in problems.iter().enumerate() {
         let messages = [ChatMessage::user(format!(
             "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -268,7 +316,10 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
         );
         println!(
             "LLM prefill: {} tokens vs {} re-sending the context at each of {} calls ({:.1}x less)",
-            ours_prefill, resend_prefill, calls, resend_prefill as f64 / ours_prefill.max(1) as f64
+            ours_prefill,
+            resend_prefill,
+            calls,
+            resend_prefill as f64 / ours_prefill.max(1) as f64
         );
     }
     Ok(())

@@ -3,12 +3,12 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use relay_core::{PolicyKind, RelayConfig};
-use relay_engine::fetch::{default_models_dir, resolve_model_arg};
 use relay_engine::chat::ChatTemplate;
+use relay_engine::fetch::{default_models_dir, resolve_model_arg};
 use relay_engine::model::{LoadedModel, ModelPair};
 use relay_engine::remote::{RemoteConfig, RemoteEngine};
-use relay_engine::tokenizer::Tokenizer;
 use relay_engine::sampling::SamplingParams;
+use relay_engine::tokenizer::Tokenizer;
 use relay_engine::LoadOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,7 +38,10 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn resolve(&self, arg: &str) -> PathBuf {
-        resolve_model_arg(arg, &self.models_dir.clone().unwrap_or_else(default_models_dir))
+        resolve_model_arg(
+            arg,
+            &self.models_dir.clone().unwrap_or_else(default_models_dir),
+        )
     }
 
     /// A model path (GGUF, safetensors folder, `slm`/`llm`) or an `http://` URL of an
@@ -48,15 +51,22 @@ impl ModelArgs {
             let source = self.tokenizer.as_deref().with_context(|| {
                 format!("{arg} is a remote model: pass --tokenizer PATH (a GGUF or tokenizer.json)")
             })?;
-            let tokenizer = Tokenizer::load_for_model(source).with_context(|| format!("tokenizer {}", source.display()))?;
+            let tokenizer = Tokenizer::load_for_model(source)
+                .with_context(|| format!("tokenizer {}", source.display()))?;
             let template = ChatTemplate::load_for_model(source).ok().map(Arc::new);
             return self.load_remote(arg, Arc::new(tokenizer), template);
         }
         let path = self.resolve(arg);
         if !path.exists() && (arg == "slm" || arg == "llm") {
-            anyhow::bail!("{arg} not found at {} — run `relayllm fetch models` first", path.display());
+            anyhow::bail!(
+                "{arg} not found at {} — run `relayllm fetch models` first",
+                path.display()
+            );
         }
-        let opts = LoadOptions { threads: self.threads, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            threads: self.threads,
+            ..LoadOptions::default()
+        };
         LoadedModel::load(&path, opts).with_context(|| format!("loading {}", path.display()))
     }
 
@@ -82,7 +92,12 @@ impl ModelArgs {
         }
     }
 
-    fn load_remote(&self, url: &str, tokenizer: Arc<Tokenizer>, template: Option<Arc<ChatTemplate>>) -> Result<LoadedModel> {
+    fn load_remote(
+        &self,
+        url: &str,
+        tokenizer: Arc<Tokenizer>,
+        template: Option<Arc<ChatTemplate>>,
+    ) -> Result<LoadedModel> {
         let mut config = RemoteConfig::new(url);
         config.api_key = self.remote_api_key.clone();
         config.timeout = Duration::from_secs(self.remote_timeout.max(1));
@@ -97,7 +112,12 @@ impl ModelArgs {
             other => other,
         }
         .with_context(|| format!("connecting to {url}"))?;
-        Ok(LoadedModel { path: PathBuf::from(url), engine: Arc::new(engine), tokenizer, template })
+        Ok(LoadedModel {
+            path: PathBuf::from(url),
+            engine: Arc::new(engine),
+            tokenizer,
+            template,
+        })
     }
 }
 
@@ -179,6 +199,11 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn params(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed }
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+        }
     }
 }

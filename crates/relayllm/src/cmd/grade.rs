@@ -42,8 +42,8 @@ pub fn run(args: GradeArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut value: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&line).with_context(|| format!("line {}: not a JSON object", i + 1))?;
+        let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
+            .with_context(|| format!("line {}: not a JSON object", i + 1))?;
         let field = |name: &str| -> Result<String> {
             match value.get(name) {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),

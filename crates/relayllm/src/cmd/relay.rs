@@ -64,7 +64,10 @@ impl SpanPrinter {
             Mark::Auto => Mark::None,
             m => m,
         };
-        Self { mark, current: Source::Slm }
+        Self {
+            mark,
+            current: Source::Slm,
+        }
     }
 
     fn open(&self) -> &'static str {
@@ -83,9 +86,18 @@ impl SpanPrinter {
         }
     }
 
-    pub fn write(&mut self, out: &mut impl Write, text: &str, source: Source) -> std::io::Result<()> {
+    pub fn write(
+        &mut self,
+        out: &mut impl Write,
+        text: &str,
+        source: Source,
+    ) -> std::io::Result<()> {
         if source != self.current {
-            let mark = if source == Source::Llm { self.open() } else { self.close() };
+            let mark = if source == Source::Llm {
+                self.open()
+            } else {
+                self.close()
+            };
             out.write_all(mark.as_bytes())?;
             self.current = source;
         }
@@ -147,7 +159,11 @@ pub fn run(args: RelayArgs) -> Result<()> {
         }
     })?;
     if args.json {
-        writeln!(stdout, "{}", json!({ "text": out.text, "tokens": out.tokens, "trace": out.trace }))?;
+        writeln!(
+            stdout,
+            "{}",
+            json!({ "text": out.text, "tokens": out.tokens, "trace": out.trace })
+        )?;
     } else {
         printer.finish(&mut stdout)?;
         writeln!(stdout)?;

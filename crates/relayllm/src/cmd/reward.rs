@@ -17,10 +17,15 @@ pub struct RewardArgs {
 
 pub fn run(args: RewardArgs) -> Result<()> {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).context("reading stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading stdin")?;
     let group: RolloutGroup = serde_json::from_str(&input).context(
         "stdin must be one group as JSON: {\"rollouts\": [{\"correct\": bool, \"calls\": [{\"requested_n\": int, \"served\": int}], \"response_tokens\": int}]}",
     )?;
-    println!("{}", serde_json::to_string(&group_rewards(&group, args.reward, args.rho))?);
+    println!(
+        "{}",
+        serde_json::to_string(&group_rewards(&group, args.reward, args.rho))?
+    );
     Ok(())
 }
