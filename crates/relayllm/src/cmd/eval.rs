@@ -1,0 +1,261 @@
+//! `relayllm eval`: a benchmark through the relay (or one model), graded, resumable; and
+//! `relayllm report`: the table and plot over several finished runs.
+use super::common::{ModelArgs, PolicyArgs, SamplingArgs};
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use relay_core::PolicyKind;
+use relay_engine::chat::ChatMessage;
+use relay_engine::model::ModelPair;
+use relay_engine::relay::{relay, LlmRetry, RelayPair, RelayRequest};
+use relay_eval::{Dataset, GradeMode, Problem, RunOptions, RunSettings, Selection, Solution};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// The small model: `slm` (the fetched one), a .gguf, a safetensors folder, or an `http://` server.
+    #[arg(long, default_value = "slm")]
+    pub slm: String,
+    /// The large model: `llm`, a .gguf, a safetensors folder, or an `http://` server.
+    #[arg(long, default_value = "llm")]
+    pub llm: String,
+    /// Benchmark JSONL: one `{"problem", "answer"}` a line (`relayllm fetch data` writes GSM8K
+    /// and MATH-500; ../shared/data/benchmarks has the six RelayLLM benchmarks).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run folder: run.json, results.jsonl (one line per answer, appended as it is done) and
+    /// summary.json. Rerunning with the same folder resumes where the last run stopped.
+    /// [default: runs/<data file stem>-<policy>[-t<threshold>]]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Answer only the first N problems (after --offset).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Skip the first K problems.
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Attempts per problem (AIME-style avg@k needs a temperature above 0).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Problems solved at once (each with its own KV caches).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Response budget per answer: SLM and LLM tokens together.
+    #[arg(long, default_value_t = 1024)]
+    pub max_tokens: usize,
+    /// Grader: `verify` (math-verify's behaviour, the evaluation grader) or `mathruler`.
+    #[arg(long, value_enum, default_value_t = Grader::Verify)]
+    pub grader: Grader,
+    /// No progress bar (a log line per 10% instead).
+    #[arg(long)]
+    pub no_progress: bool,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub models: ModelArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Grader {
+    Verify,
+    Mathruler,
+}
+
+impl From<Grader> for GradeMode {
+    fn from(g: Grader) -> GradeMode {
+        match g {
+            Grader::Verify => GradeMode::Verify,
+            Grader::Mathruler => GradeMode::MathRuler,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Finished run folders (each with summary.json), all on the same benchmark file.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where report.md, plot.svg and plot.png go [default: the first run's parent folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Answers problems with the relay: the chat-formatted problem to both models, the policy's
+/// calls, the seed derived from (problem, sample) so a resumed run repeats an uninterrupted one.
+struct RelaySolver {
+    pair: RelayPair,
+    models: ModelPair,
+    policy: PolicyArgs,
+    sampling: SamplingArgs,
+    max_tokens: usize,
+}
+
+/// A seed per (problem, sample), mixed from the base seed (splitmix64), so neighbouring
+/// problems do not share random streams.
+pub fn item_seed(base: u64, index: usize, sample: usize) -> u64 {
+    let mut z = base
+        .wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add((sample as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl relay_eval::Solver for RelaySolver {
+    fn solve(&self, problem: &Problem, sample: usize) -> Result<Solution, relay_eval::SolveError> {
+        let messages = [ChatMessage::user(problem.problem.clone())];
+        let (slm_prompt, llm_prompt) = self.models.prompt_ids(&messages, true)?;
+        let seed = item_seed(self.sampling.seed, problem.index, sample);
+        let mut sampling = self.sampling.params();
+        sampling.seed = seed;
+        let request = RelayRequest {
+            slm_prompt,
+            llm_prompt,
+            config: self.policy.config(self.max_tokens, seed),
+            sampling,
+            retry: LlmRetry::default(),
+            cancel: None,
+        };
+        let out = relay(&self.pair, &request, |_| {})?;
+        Ok(Solution {
+            text: out.text,
+            slm_tokens: out.trace.tokens.slm,
+            llm_tokens: out.trace.tokens.llm,
+            calls: out.trace.calls.len(),
+            trace: serde_json::to_value(&out.trace)?,
+        })
+    }
+}
+
+/// The run folder's default name: `runs/gsm8k-confidence-t0.4`.
+fn default_out(args: &EvalArgs) -> PathBuf {
+    let stem = args
+        .data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let mut name = format!("{stem}-{}", args.policy.policy);
+    if args.policy.policy == PolicyKind::Confidence {
+        name.push_str(&format!("-t{}", args.policy.threshold));
+    }
+    PathBuf::from("runs").join(name)
+}
+
+/// Everything besides policy, models and data that changes an answer: pinned in run.json so a
+/// resumed run cannot silently mix settings.
+fn solver_settings(args: &EvalArgs) -> serde_json::Value {
+    let p = &args.policy;
+    let s = &args.sampling;
+    json!({
+        "max_tokens": args.max_tokens,
+        "chat": true,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "seed": s.seed,
+        "call_tokens": p.call_tokens,
+        "until_newline": p.until_newline,
+        "cooldown": p.cooldown,
+        "token_probability": p.token_probability,
+        "query_probability": p.query_probability,
+        "max_calls": p.max_calls,
+        "max_call_tokens": p.max_call_tokens,
+    })
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    anyhow::ensure!(args.samples >= 1, "--samples must be at least 1");
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
+    if args.samples > 1 && args.sampling.temperature == 0.0 {
+        eprintln!(
+            "note: --samples {} with --temperature 0 repeats the same greedy answer; pass --temperature for avg@k",
+            args.samples
+        );
+    }
+    let dataset = Dataset::load(&args.data)?;
+    let out = args.out.clone().unwrap_or_else(|| default_out(&args));
+    let kind = args.policy.policy;
+    // One model alone needs only that model; the relay needs both.
+    let models = match kind {
+        PolicyKind::SlmOnly => {
+            let slm = args.models.load_pair(&args.slm, &args.slm)?;
+            ModelPair::new(slm.slm, slm.llm)
+        }
+        _ => args.models.load_pair(&args.slm, &args.llm)?,
+    };
+    let mut settings = RunSettings::new(&dataset, kind.to_string());
+    settings.threshold = (kind == PolicyKind::Confidence).then_some(args.policy.threshold as f64);
+    settings.slm = Some(args.slm.clone());
+    settings.llm = (kind != PolicyKind::SlmOnly).then(|| args.llm.clone());
+    settings.grader = args.grader.into();
+    settings.solver = solver_settings(&args);
+    let solver = RelaySolver {
+        pair: models.relay_pair(),
+        models,
+        policy: args.policy.clone(),
+        sampling: args.sampling.clone(),
+        max_tokens: args.max_tokens,
+    };
+    let options = RunOptions {
+        out: out.clone(),
+        selection: Selection {
+            offset: args.offset,
+            limit: args.limit,
+            samples: args.samples,
+        },
+        concurrency: args.concurrency,
+        progress: !args.no_progress,
+    };
+    let summary = relay_eval::run(&dataset, &solver, &settings, &options)
+        .with_context(|| format!("run folder {}", out.display()))?;
+    println!(
+        "{}: accuracy {:.1}% ({} problems{}) · call ratio {:.2}% · tokens SLM {} LLM {} · {} calls · {:.0}s",
+        out.display(),
+        summary.accuracy * 100.0,
+        summary.n,
+        if summary.samples > 1 {
+            format!(" × {} samples, avg@{}", summary.samples, summary.samples)
+        } else {
+            String::new()
+        },
+        summary.call_ratio * 100.0,
+        summary.tokens.slm,
+        summary.tokens.llm,
+        summary.calls,
+        summary.timing.wall_s,
+    );
+    Ok(())
+}
+
+pub fn report(args: ReportArgs) -> Result<()> {
+    let report = relay_eval::report(&args.runs)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        args.runs[0]
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+    });
+    let files = relay_eval::write_report(&report, &out)?;
+    println!("{}", report.markdown);
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::item_seed;
+
+    #[test]
+    fn item_seeds_differ_by_problem_and_sample_and_repeat() {
+        let a = item_seed(0, 1, 0);
+        assert_eq!(a, item_seed(0, 1, 0));
+        assert_ne!(a, item_seed(0, 2, 0));
+        assert_ne!(a, item_seed(0, 1, 1));
+        assert_ne!(a, item_seed(1, 1, 0));
+    }
+}
