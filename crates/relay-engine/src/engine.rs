@@ -59,4 +59,23 @@ pub trait Engine: Send + Sync {
     /// Log-probability of each of `tokens[1..]` given the tokens before it (length
     /// `tokens.len() - 1`), computed without touching any sequence. Used by training.
     fn score(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+
+    /// Whether [`Self::generate_greedy`] is offered (and cheaper than stepping).
+    fn continues_in_one_go(&self) -> bool {
+        false
+    }
+
+    /// Appends `tokens` (may be empty) to `seq`, then continues it greedily by up to `max_new`
+    /// tokens in one go and appends those too; returns them, ending with an EOS id when the
+    /// model ended. For engines where this is much cheaper than `prefill` plus `max_new` steps —
+    /// a remote server answers it in one request instead of one per token. `None`: not
+    /// offered; use `prefill` and `step` (the default, and right for in-process engines).
+    fn generate_greedy(
+        &self,
+        _seq: SeqId,
+        _tokens: &[u32],
+        _max_new: usize,
+    ) -> Option<Result<Vec<u32>>> {
+        None
+    }
 }

@@ -119,10 +119,12 @@ pub struct RelayOutput {
 
 /// Messages from the LLM worker to the driver.
 enum FromLlm {
-    /// The call's prefill took this long and produced this many tokens of prefill.
     Token {
         id: u32,
     },
+    /// The next message comes after a one-shot continuation of up to this many tokens: the
+    /// driver waits the per-token timeout plus the remote engine's per-token allowance each.
+    Continuing(usize),
     Failed(String),
 }
 
@@ -348,6 +350,7 @@ fn run_call(
         session,
         llm,
         &start.delta,
+        start.max_tokens,
         call_index,
         decoder,
         on_event,
@@ -394,6 +397,7 @@ fn serve_call(
     session: &mut RelaySession,
     llm: &mut LlmSide,
     delta: &LlmDelta,
+    max_new: usize,
     call_index: u64,
     decoder: &mut TokenStreamDecoder,
     on_event: &mut dyn FnMut(RelayEvent),
@@ -424,7 +428,8 @@ fn serve_call(
             }
         };
         match attempt_call(
-            pair, request, session, llm, seq, &prefill, call_index, attempt, decoder, on_event,
+            pair, request, session, llm, seq, &prefill, max_new, call_index, attempt, decoder,
+            on_event,
         ) {
             Ok(()) => return Ok(()),
             Err(CallFailure { error, retryable }) => {
@@ -476,6 +481,7 @@ fn attempt_call(
     llm: &mut LlmSide,
     seq: SeqId,
     prefill: &[u32],
+    max_new: usize,
     call_index: u64,
     attempt: u32,
     decoder: &mut TokenStreamDecoder,
@@ -502,6 +508,7 @@ fn attempt_call(
                 sampling,
                 context,
                 base_len,
+                max_new,
                 to_driver,
                 from_driver,
             )
@@ -515,15 +522,13 @@ fn attempt_call(
     let mut llm_decoder = (!pair.shared_tokenizer()).then(|| TokenStreamDecoder::new(llm_tok));
     let mut fed = 0usize; // tokens stepped into the LLM cache during this call
     let mut pushed = 0usize;
+    let mut wait = request.retry.token_timeout;
     loop {
-        let message = match from_llm.recv_timeout(request.retry.token_timeout) {
+        let message = match from_llm.recv_timeout(wait) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
                 // The worker may still hold the sequence: never touch it again.
-                let why = format!(
-                    "LLM timed out after {:?} waiting for a token",
-                    request.retry.token_timeout
-                );
+                let why = format!("LLM timed out after {wait:?} waiting for a token");
                 llm.unavailable = Some(why.clone());
                 return Err(CallFailure {
                     error: why,
@@ -537,8 +542,13 @@ fn attempt_call(
                 });
             }
         };
+        wait = request.retry.token_timeout;
         let id = match message {
             FromLlm::Token { id } => id,
+            FromLlm::Continuing(n) => {
+                wait += crate::remote::PER_TOKEN_ALLOWANCE * n.min(1 << 20) as u32;
+                continue;
+            }
             FromLlm::Failed(error) => {
                 return Err(CallFailure {
                     error,
@@ -606,6 +616,7 @@ fn llm_worker(
     sampling: SamplingParams,
     context: usize,
     base_len: usize,
+    max_new: usize,
     to_driver: mpsc::Sender<FromLlm>,
     from_driver: mpsc::Receiver<ToLlm>,
 ) {
@@ -618,6 +629,42 @@ fn llm_worker(
     }
     if len + 1 > context {
         return fail(format!("LLM context full ({len} of {context} tokens)"));
+    }
+    // Greedy calls on an engine that continues in one go (a remote server): ask for the whole
+    // call at once and hand the tokens over one by one; what the session does not take is
+    // cut off the sequence before the next call.
+    if sampling.temperature <= 0.0 && engine.continues_in_one_go() {
+        let room = context.saturating_sub(len);
+        let _ = to_driver.send(FromLlm::Continuing(max_new.min(room)));
+        if let Some(first) = engine.generate_greedy(seq, &prefill, max_new.min(room)) {
+            let mut batch = match first {
+                Ok(ids) => ids,
+                Err(e) => return fail(e.to_string()),
+            };
+            loop {
+                for id in batch.drain(..) {
+                    if to_driver.send(FromLlm::Token { id }).is_err() {
+                        return;
+                    }
+                    match from_driver.recv() {
+                        Ok(ToLlm::Step) => len += 1,
+                        Ok(ToLlm::Stop) | Err(_) => return,
+                    }
+                }
+                // The session wants more than was asked for (it never should): continue.
+                let room = context.saturating_sub(len);
+                if room == 0 {
+                    return fail(format!("LLM context full ({len} of {context} tokens)"));
+                }
+                let _ = to_driver.send(FromLlm::Continuing(max_new.min(room)));
+                batch = match engine.generate_greedy(seq, &[], max_new.min(room)) {
+                    Some(Ok(ids)) if !ids.is_empty() => ids,
+                    Some(Ok(_)) => return fail("the LLM returned no tokens".into()),
+                    Some(Err(e)) => return fail(e.to_string()),
+                    None => return fail("the LLM stopped offering continuations".into()),
+                };
+            }
+        }
     }
     let mut logits = match engine.prefill(seq, &prefill) {
         Ok(l) => l,

@@ -77,6 +77,10 @@ impl RemoteConfig {
     }
 }
 
+/// How long a completion may take per token it is asked for, on top of the base timeout: a
+/// server slower than one token a second is treated as failed.
+pub const PER_TOKEN_ALLOWANCE: Duration = Duration::from_secs(1);
+
 /// One generated position as the server reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteToken {
@@ -217,7 +221,11 @@ impl RemoteEngine {
         for (k, v) in &self.config.extra_body {
             body[k] = v.clone();
         }
-        let response = self.request("POST", "/v1/completions", Some(&body))?;
+        // The base timeout covers the round trip, the prefill and the first token; each
+        // further token adds its allowance.
+        let more = (max_tokens - 1).min(1 << 20) as u32;
+        let timeout = self.config.timeout + PER_TOKEN_ALLOWANCE * more;
+        let response = self.request_within("POST", "/v1/completions", Some(&body), timeout)?;
         let choice = &response["choices"][0];
         if choice.is_null() {
             return Err(self.malformed("no choices in the completion"));
@@ -226,7 +234,19 @@ impl RemoteEngine {
             // llama.cpp drops the log-probs of a token that ends inside a UTF-8 character.
             return self.llama_cpp_probe(prompt, top_logprobs);
         }
-        parse_logprobs(&choice["logprobs"]).map_err(|reason| self.malformed(&reason))
+        let tokens =
+            parse_logprobs(&choice["logprobs"]).map_err(|reason| self.malformed(&reason))?;
+        // llama.cpp leaves out the log-probs (and so the id) of a token that ends inside a UTF-8
+        // character: then the ids do not spell the completion, and must not be used.
+        let generated = response["usage"]["completion_tokens"].as_u64();
+        if generated.is_some_and(|n| n as usize != tokens.len()) {
+            return Err(self.malformed(&format!(
+                "{} token ids for {} generated tokens",
+                tokens.len(),
+                generated.unwrap_or_default()
+            )));
+        }
+        Ok(tokens)
     }
 
     /// llama.cpp's native `/completion`: learn the id it picked (`return_tokens`), then ask again
@@ -259,6 +279,22 @@ impl RemoteEngine {
             .ok_or(EngineError::UnknownSequence(seq))?;
         held.extend(out.iter().map(|t| t.id));
         Ok(out)
+    }
+
+    /// Up to `n` greedy tokens after `prefix`, one request each; stops after an EOS.
+    fn greedy_by_steps(&self, prefix: &[u32], n: usize) -> Result<Vec<u32>> {
+        let mut context = prefix.to_vec();
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let logits = self.next_logits(&context)?;
+            let id = crate::sampling::argmax(&logits) as u32;
+            ids.push(id);
+            context.push(id);
+            if self.info.eos_token_ids.contains(&id) {
+                break;
+            }
+        }
+        Ok(ids)
     }
 
     /// The ids `seq` holds.
@@ -341,10 +377,22 @@ impl RemoteEngine {
 
     /// One JSON request with retries on connection errors, timeouts and 5xx.
     fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.request_within(method, path, body, self.config.timeout)
+    }
+
+    /// As [`Self::request`], each try allowed `timeout` (a long completion needs more than a
+    /// one-token one).
+    fn request_within(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.root);
         let mut attempt = 0u32;
         loop {
-            match self.request_once(method, &url, body) {
+            match self.request_once(method, &url, body, timeout) {
                 Ok(v) => return Ok(v),
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Retryable(e)) if attempt >= self.config.retries => return Err(e),
@@ -363,8 +411,9 @@ impl RemoteEngine {
         method: &str,
         url: &str,
         body: Option<&Value>,
+        timeout: Duration,
     ) -> std::result::Result<Value, Failure> {
-        let mut req = self.agent.request(method, url);
+        let mut req = self.agent.request(method, url).timeout(timeout);
         if let Some(key) = &self.config.api_key {
             req = req.set("Authorization", &format!("Bearer {key}"));
         }
@@ -412,7 +461,7 @@ impl RemoteEngine {
                 };
                 // ureq's transport message already names the URL.
                 let msg = if timed_out {
-                    format!("timed out after {:?}: {text}", self.config.timeout)
+                    format!("timed out after {timeout:?}: {text}")
                 } else {
                     text
                 };
@@ -524,6 +573,48 @@ impl Engine for RemoteEngine {
             self.store(seq, prefix)?;
         }
         Ok(logits)
+    }
+
+    /// One request for the whole continuation (the server's prefix cache holds the context).
+    /// Should the server's ids not spell its completion, the same tokens are taken one request
+    /// at a time instead.
+    fn continues_in_one_go(&self) -> bool {
+        true
+    }
+
+    fn generate_greedy(
+        &self,
+        seq: SeqId,
+        tokens: &[u32],
+        max_new: usize,
+    ) -> Option<Result<Vec<u32>>> {
+        let run = || -> Result<Vec<u32>> {
+            let prefix = self.extended(seq, tokens)?;
+            let room = self.info.context_length.saturating_sub(prefix.len());
+            let n = max_new.min(room);
+            let ids = match self.complete(&prefix, n, 1, true) {
+                Ok(out) => {
+                    let mut ids: Vec<u32> = out.into_iter().map(|t| t.id).collect();
+                    // Fewer than asked means the model ended; some servers leave the EOS out.
+                    let ended = ids
+                        .last()
+                        .is_some_and(|id| self.info.eos_token_ids.contains(id));
+                    if ids.len() < n && !ended {
+                        ids.extend(self.info.eos_token_ids.first());
+                    }
+                    ids
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "one-request continuation failed; going token by token");
+                    self.greedy_by_steps(&prefix, n)?
+                }
+            };
+            let mut held = prefix;
+            held.extend_from_slice(&ids);
+            self.store(seq, held)?;
+            Ok(ids)
+        };
+        Some(run())
     }
 
     fn seq_len(&self, seq: SeqId) -> Result<usize> {

@@ -529,3 +529,106 @@ fn cancellation_stops_the_request_and_frees_caches() {
     assert!(out.tokens.len() < 10);
     assert_eq!(t.slm.num_sequences(), 0);
 }
+
+/// An LLM that continues in one go, as a remote server does: `generate_greedy` runs the
+/// inner engine's prefill and greedy steps itself and counts the calls; `step` from outside
+/// is an error, so the test fails if the relay ever falls back to token-by-token calls.
+struct OneShotLlm {
+    inner: Arc<CandleEngine>,
+    continuations: AtomicUsize,
+}
+
+impl Engine for OneShotLlm {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+    fn create_sequence(&self) -> relay_engine::Result<SeqId> {
+        self.inner.create_sequence()
+    }
+    fn prefill(&self, seq: SeqId, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
+        self.inner.prefill(seq, tokens)
+    }
+    fn step(&self, _batch: &[(SeqId, u32)]) -> relay_engine::Result<Vec<Vec<f32>>> {
+        Err(relay_engine::EngineError::InvalidInput(
+            "step called on a one-shot LLM".into(),
+        ))
+    }
+    fn seq_len(&self, seq: SeqId) -> relay_engine::Result<usize> {
+        self.inner.seq_len(seq)
+    }
+    fn truncate(&self, seq: SeqId, len: usize) -> relay_engine::Result<()> {
+        self.inner.truncate(seq, len)
+    }
+    fn fork(&self, seq: SeqId) -> relay_engine::Result<SeqId> {
+        self.inner.fork(seq)
+    }
+    fn free(&self, seq: SeqId) -> relay_engine::Result<()> {
+        self.inner.free(seq)
+    }
+    fn score(&self, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
+        self.inner.score(tokens)
+    }
+    fn continues_in_one_go(&self) -> bool {
+        true
+    }
+    fn generate_greedy(
+        &self,
+        seq: SeqId,
+        tokens: &[u32],
+        max_new: usize,
+    ) -> Option<relay_engine::Result<Vec<u32>>> {
+        self.continuations.fetch_add(1, Ordering::SeqCst);
+        let run = || {
+            let mut logits = self.inner.prefill(seq, tokens)?;
+            let mut ids = Vec::new();
+            while ids.len() < max_new {
+                let id = argmax(&logits) as u32;
+                ids.push(id);
+                if self.inner.info().eos_token_ids.contains(&id) {
+                    break;
+                }
+                logits = self.inner.step(&[(seq, id)])?.pop().unwrap();
+            }
+            Ok(ids)
+        };
+        Some(run())
+    }
+}
+
+#[test]
+fn greedy_calls_on_a_one_shot_llm_take_one_continuation_each_and_match_stepping() {
+    let t = tiny_pair();
+    let mut req = request(&t, PolicyKind::Confidence, 48);
+    req.config.policy.threshold = 0.99999;
+    req.config.policy.call_tokens = 4;
+    req.config.policy.cooldown = 3;
+    req.config.limits.max_calls = 6;
+    let stepped = relay(&pair(&t, t.slm.clone(), t.llm.clone()), &req, |_| {}).unwrap();
+    let one_shot = Arc::new(OneShotLlm {
+        inner: t.llm.clone(),
+        continuations: AtomicUsize::new(0),
+    });
+    let out = relay(&pair(&t, t.slm.clone(), one_shot.clone()), &req, |_| {}).unwrap();
+    assert!(out.trace.calls.len() >= 3, "{:?}", out.trace.calls);
+    assert!(out.trace.calls.iter().all(|c| c.llm_error.is_none()));
+    assert_eq!(
+        one_shot.continuations.load(Ordering::SeqCst),
+        out.trace.calls.len()
+    );
+    assert_eq!(out.tokens, stepped.tokens);
+    assert_eq!(out.sources, stepped.sources);
+    assert_eq!(out.text, stepped.text);
+    // Continuations past what a call served are cut off, so the LLM's prefill is the same.
+    assert_eq!(out.trace.prefill_tokens, stepped.trace.prefill_tokens);
+    assert_eq!(out.llm_context_at_calls, stepped.llm_context_at_calls);
+    assert_eq!(t.llm.num_sequences(), 0);
+
+    // Sampling is the client's business: a sampled call never takes the one-shot path.
+    let mut sampled = req.clone();
+    sampled.sampling.temperature = 0.8;
+    let out = relay(&pair(&t, t.slm.clone(), one_shot.clone()), &sampled, |_| {}).unwrap();
+    assert!(out.trace.calls.iter().all(|c| c
+        .llm_error
+        .as_deref()
+        .is_some_and(|e| e.contains("one-shot"))));
+}
