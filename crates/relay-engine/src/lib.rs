@@ -1,6 +1,7 @@
 //! relay-engine: the `Engine` trait (sequences with owned KV caches: prefill, step, truncate,
 //! fork, score) and its implementations, plus tokenizers, chat templates and model loading.
 
+pub mod batching;
 pub mod candle;
 pub mod chat;
 pub mod engine;

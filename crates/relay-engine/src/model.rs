@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::batching::BatchingEngine;
 use crate::candle::{CandleEngine, LoadOptions};
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::engine::Engine;
@@ -93,6 +94,26 @@ impl ModelPair {
             slm_tokenizer: self.slm.tokenizer.clone(),
             llm_tokenizer: (!shared).then(|| self.llm.tokenizer.clone()),
         }
+    }
+
+    /// Puts a [`BatchingEngine`] in front of each in-process engine, so that the decode steps
+    /// of requests running at once are batched; returns the batchers by model name (for their
+    /// statistics). Engines that continue in one go (remote servers) are left alone: the
+    /// server behind them batches its own requests.
+    pub fn batch_local_engines(
+        &mut self,
+        window: std::time::Duration,
+    ) -> Vec<(&'static str, Arc<BatchingEngine>)> {
+        let mut batchers = Vec::new();
+        for (name, model) in [("slm", &mut self.slm), ("llm", &mut self.llm)] {
+            if model.engine.continues_in_one_go() {
+                continue;
+            }
+            let batcher = Arc::new(BatchingEngine::new(model.engine.clone(), window));
+            model.engine = batcher.clone();
+            batchers.push((name, batcher));
+        }
+        batchers
     }
 
     /// The prompt in each model's own template and tokens: (SLM ids, LLM ids).

@@ -121,3 +121,127 @@ fn engine_is_shareable_across_threads() {
         assert!(max_diff(&h.join().unwrap(), &expect) <= 1e-4);
     }
 }
+
+// ---- continuous batching (BatchingEngine) ---------------------------------------------------
+
+use relay_engine::batching::BatchingEngine;
+use relay_engine::sampling::argmax;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `n` greedy tokens after `prompt`, one `step` at a time, as a request thread decodes.
+fn greedy(engine: &dyn Engine, prompt: &[u32], n: usize) -> Vec<u32> {
+    greedy_after(engine, prompt, n, None)
+}
+
+/// As [`greedy`]; with a barrier, decoding starts when every thread has prefilled (tiny
+/// models step in microseconds, so unsynchronised threads would barely overlap).
+fn greedy_after(
+    engine: &dyn Engine,
+    prompt: &[u32],
+    n: usize,
+    start: Option<&std::sync::Barrier>,
+) -> Vec<u32> {
+    let seq = engine.create_sequence().unwrap();
+    let mut logits = engine.prefill(seq, prompt).unwrap();
+    if let Some(b) = start {
+        b.wait();
+    }
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let id = argmax(&logits) as u32;
+        out.push(id);
+        logits = engine.step(&[(seq, id)]).unwrap().pop().unwrap();
+    }
+    engine.free(seq).unwrap();
+    out
+}
+
+#[test]
+fn concurrent_requests_share_batches_and_decode_what_they_decode_alone() {
+    let (plain, _dir) = tiny_engine(
+        &TinyConfig::qwen2(),
+        TinyFormat::Gguf,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let plain: Arc<dyn Engine> = Arc::new(plain);
+    let prompts: Vec<Vec<u32>> = (0..8u32)
+        .map(|i| (1..=i + 2).map(|t| t * 7 + i).collect())
+        .collect();
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| greedy(plain.as_ref(), p, 24))
+        .collect();
+
+    let batching = BatchingEngine::new(plain.clone(), Duration::from_millis(50));
+    let start = std::sync::Barrier::new(prompts.len());
+    let together: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| s.spawn(|| greedy_after(&batching, p, 24, Some(&start))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+    let stats = batching.stats();
+    assert_eq!(stats.steps, 8 * 24);
+    assert!(
+        stats.max_batch >= 4 && stats.batches * 2 < stats.steps,
+        "steps were not batched: {stats:?}"
+    );
+}
+
+#[test]
+fn one_request_alone_never_waits_for_company() {
+    let (plain, _dir) = tiny_engine(
+        &TinyConfig::qwen2(),
+        TinyFormat::Gguf,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let plain: Arc<dyn Engine> = Arc::new(plain);
+    // A long join window would make 40 lone steps take 40 × 10 s if the leader waited for it.
+    let batching = BatchingEngine::new(plain.clone(), Duration::from_secs(10));
+    let start = std::time::Instant::now();
+    let out = greedy(&batching, &[3, 4, 5], 40);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(out, greedy(plain.as_ref(), &[3, 4, 5], 40));
+    assert_eq!(batching.stats().batches, 40);
+}
+
+#[test]
+fn a_bad_step_fails_alone_and_the_rest_of_its_batch_goes_on() {
+    let (plain, _dir) = tiny_engine(
+        &TinyConfig::qwen2(),
+        TinyFormat::Gguf,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let plain: Arc<dyn Engine> = Arc::new(plain);
+    let batching = BatchingEngine::new(plain.clone(), Duration::from_millis(200));
+    let good = batching.create_sequence().unwrap();
+    let logits = batching.prefill(good, &[1, 2, 3]).unwrap();
+    let gone = batching.create_sequence().unwrap();
+    batching.prefill(gone, &[4, 5]).unwrap();
+    // Make both sequences "active" so that the next leader waits for the pair.
+    batching.step(&[(good, 1)]).unwrap();
+    batching.step(&[(gone, 1)]).unwrap();
+    plain.free(gone).unwrap(); // behind the batcher's back: its next step must fail
+    let id = argmax(&logits) as u32;
+    let (ok, bad) = std::thread::scope(|s| {
+        let a = s.spawn(|| batching.step(&[(good, id)]));
+        let b = s.spawn(|| batching.step(&[(gone, id)]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(ok.unwrap().len(), 1);
+    assert!(
+        matches!(bad, Err(EngineError::UnknownSequence(_))),
+        "{bad:?}"
+    );
+    assert!(batching.stats().max_batch >= 2, "{:?}", batching.stats());
+}

@@ -27,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use relay_engine::batching::BatchingEngine;
 use relay_engine::model::ModelPair;
 use relay_engine::relay::RelayPair;
 
@@ -69,10 +70,21 @@ pub struct AppState {
     pub config: ServerConfig,
     pub metrics: metrics::Metrics,
     pub slots: admission::Slots,
+    /// The continuous batchers in front of in-process engines, by model name.
+    pub batchers: Vec<(&'static str, Arc<BatchingEngine>)>,
 }
 
 impl AppState {
-    pub fn new(models: ModelPair, config: ServerConfig) -> Arc<Self> {
+    /// With more than one request decoding at once, each in-process engine gets a
+    /// [`BatchingEngine`] in front, so the decode steps of all running requests (SLM steps, and
+    /// LLM steps of calls that coincide) run as one batch. Remote engines are left alone: the
+    /// server behind them batches its own requests.
+    pub fn new(mut models: ModelPair, config: ServerConfig) -> Arc<Self> {
+        let batchers = if config.max_concurrency > 1 {
+            models.batch_local_engines(relay_engine::batching::DEFAULT_JOIN_WINDOW)
+        } else {
+            Vec::new()
+        };
         let pair = models.relay_pair();
         let slots = admission::Slots::new(config.max_concurrency, config.queue);
         Arc::new(Self {
@@ -81,6 +93,7 @@ impl AppState {
             config,
             metrics: metrics::Metrics::default(),
             slots,
+            batchers,
         })
     }
 }
@@ -155,8 +168,33 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render() + &batch_metrics(&state.batchers),
     )
+}
+
+fn batch_metrics(batchers: &[(&'static str, Arc<BatchingEngine>)]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if batchers.is_empty() {
+        return s;
+    }
+    s.push_str("# HELP relay_decode_batches_total Batched decode steps run, by model.\n# TYPE relay_decode_batches_total counter\n");
+    for (name, b) in batchers {
+        let _ = writeln!(
+            s,
+            "relay_decode_batches_total{{model=\"{name}\"}} {}",
+            b.stats().batches
+        );
+    }
+    s.push_str("# HELP relay_decode_batched_steps_total Sequence steps those batches held (÷ batches = mean batch size).\n# TYPE relay_decode_batched_steps_total counter\n");
+    for (name, b) in batchers {
+        let _ = writeln!(
+            s,
+            "relay_decode_batched_steps_total{{model=\"{name}\"}} {}",
+            b.stats().steps
+        );
+    }
+    s
 }
 
 /// Binds `host:port`, prints `listening on http://ADDR` to stdout, and serves until Ctrl-C:

@@ -669,6 +669,16 @@ async fn thirty_two_concurrent_streams_complete() {
         })
         .await,
     );
+    // Warm up (allocator arenas, lazily built tables), then take the idle memory level.
+    let warm = stream(
+        &s,
+        "/v1/chat/completions",
+        chat(json!({"stream": true, "max_tokens": 12, "relay": calling()})),
+    )
+    .await;
+    assert_eq!(warm.last().unwrap(), "[DONE]");
+    s.wait_idle().await;
+    let idle_rss = rss_kib();
     let mut tasks = Vec::new();
     for i in 0..32 {
         let s = s.clone();
@@ -693,8 +703,41 @@ async fn thirty_two_concurrent_streams_complete() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("relay_requests_total{outcome=\"ok\"} 32"),
+        metrics.contains("relay_requests_total{outcome=\"ok\"} 33"),
         "{metrics}"
     );
     assert!(metrics.contains("relay_running 0") && metrics.contains("relay_queue_depth 0"));
+    // Continuous batching: the SLM steps of the running requests shared batches.
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let batches = counter("relay_decode_batches_total{model=\"slm\"}");
+    let steps = counter("relay_decode_batched_steps_total{model=\"slm\"}");
+    assert!(
+        steps > 1.2 * batches,
+        "mean SLM batch {:.2} ({steps} steps in {batches} batches)",
+        steps / batches
+    );
+    // Every cache was freed, and memory went back to about where it was.
+    assert_eq!(s.sequences(), 0);
+    let after = rss_kib();
+    assert!(
+        after < idle_rss + 64 * 1024,
+        "RSS grew from {idle_rss} KiB idle to {after} KiB after the load"
+    );
+}
+
+/// This process's resident memory (the server runs in it).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
 }

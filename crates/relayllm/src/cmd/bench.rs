@@ -19,6 +19,28 @@ pub enum BenchCommand {
     /// tokens take decoded alone, and the LLM prefill the KV reuse saves against re-sending
     /// the whole context at every call (the reference implementation's way).
     Relay(RelayBenchArgs),
+    /// Continuous batching: aggregate decode throughput of --concurrency requests running
+    /// at once through the batcher (as `serve` and `eval --concurrency` run them) against the
+    /// same requests one at a time on the same engine.
+    Batch(BatchBenchArgs),
+}
+
+#[derive(Args)]
+pub struct BatchBenchArgs {
+    /// `slm`, `llm`, a .gguf file, or a safetensors folder.
+    #[arg(long, default_value = "slm")]
+    pub model: String,
+    /// Requests at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Tokens each request decodes (greedy, EOS ignored so every request does the same work).
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub models: super::common::ModelArgs,
 }
 
 #[derive(Args)]
@@ -83,6 +105,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Decode(args) => decode(args),
         BenchCommand::Relay(args) => relay_bench(args),
+        BenchCommand::Batch(args) => batch_bench(args),
     }
 }
 
@@ -320,6 +343,87 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
             resend_prefill,
             calls,
             resend_prefill as f64 / ours_prefill.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// Decodes `tokens` greedy tokens after `prompt` one step at a time (a request's decode loop),
+/// never stopping at EOS.
+fn decode_request(engine: &dyn relay_engine::Engine, prompt: &[u32], tokens: usize) -> Result<()> {
+    let seq = engine.create_sequence()?;
+    let mut logits = engine.prefill(seq, prompt)?;
+    for _ in 0..tokens {
+        let id = relay_engine::sampling::argmax(&logits) as u32;
+        logits = engine
+            .step(&[(seq, id)])?
+            .pop()
+            .context("step returned nothing")?;
+    }
+    engine.free(seq)?;
+    Ok(())
+}
+
+fn batch_bench(args: BatchBenchArgs) -> Result<()> {
+    use relay_engine::batching::{BatchingEngine, DEFAULT_JOIN_WINDOW};
+    use relay_engine::chat::ChatMessage;
+    anyhow::ensure!(
+        args.concurrency >= 1 && args.tokens >= 1,
+        "--concurrency and --tokens must be at least 1"
+    );
+    let model = args.models.load(&args.model)?;
+    let prompts: Vec<Vec<u32>> = (0..args.concurrency)
+        .map(|i| {
+            let problem = BENCH_PROMPTS[i % BENCH_PROMPTS.len()];
+            model.prompt_ids(
+                &[ChatMessage::user(format!("Request {i}. {problem}"))],
+                true,
+            )
+        })
+        .collect::<relay_engine::Result<_>>()?;
+    let plain = model.engine.clone();
+    let t = std::time::Instant::now();
+    for p in &prompts {
+        decode_request(plain.as_ref(), p, args.tokens)?;
+    }
+    let one_at_a_time_s = t.elapsed().as_secs_f64();
+
+    let batcher = BatchingEngine::new(plain.clone(), DEFAULT_JOIN_WINDOW);
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| s.spawn(|| decode_request(&batcher, p, args.tokens)))
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a request thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let together_s = t.elapsed().as_secs_f64();
+    let stats = batcher.stats();
+    let total = (args.concurrency * args.tokens) as f64;
+    let report = json!({
+        "model": model.path.display().to_string(),
+        "concurrency": args.concurrency,
+        "tokens_per_request": args.tokens,
+        "one_at_a_time_s": one_at_a_time_s,
+        "one_at_a_time_tps": total / one_at_a_time_s,
+        "batched_s": together_s,
+        "batched_tps": total / together_s,
+        "throughput_ratio": one_at_a_time_s / together_s,
+        "mean_batch": stats.steps as f64 / stats.batches.max(1) as f64,
+        "max_batch": stats.max_batch,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{} requests × {} tokens: one at a time {:.1} tok/s ({:.1}s), batched {:.1} tok/s ({:.1}s): {:.2}x; mean batch {:.1}",
+            args.concurrency, args.tokens, total / one_at_a_time_s, one_at_a_time_s,
+            total / together_s, together_s, one_at_a_time_s / together_s,
+            stats.steps as f64 / stats.batches.max(1) as f64
         );
     }
     Ok(())

@@ -186,6 +186,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         _ => args.models.load_pair(&args.slm, &args.llm)?,
     };
+    // Several problems at once: their decode steps run as shared batches.
+    let mut models = models;
+    if args.concurrency > 1 {
+        models.batch_local_engines(relay_engine::batching::DEFAULT_JOIN_WINDOW);
+    }
     let mut settings = RunSettings::new(&dataset, kind.to_string());
     settings.threshold = (kind == PolicyKind::Confidence).then_some(args.policy.threshold as f64);
     settings.slm = Some(args.slm.clone());
