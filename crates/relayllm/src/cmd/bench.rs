@@ -271,6 +271,7 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
     };
     let relay_pair = pair.relay_pair();
     let (mut wall, mut baseline) = (0.0f64, 0.0f64);
+    let (mut llm_prefill_s, mut slm_prefill_s) = (0.0f64, 0.0f64);
     let (mut slm_tokens, mut llm_tokens, mut ours_prefill, mut resend_prefill, mut calls) =
         (0, 0, 0, 0, 0);
     for (i, problem) in problems.iter().enumerate() {
@@ -299,6 +300,16 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
         pair.slm.engine.prefill(s, &slm_prompt)?;
         pair.slm.engine.free(s)?;
         let slm_prompt_s = t.elapsed().as_secs_f64();
+        // Prefill speed of each model on a prompt-sized chunk, to split the overhead.
+        let t = std::time::Instant::now();
+        let s = pair.llm.engine.create_sequence()?;
+        pair.llm.engine.prefill(s, &llm_prompt)?;
+        pair.llm.engine.free(s)?;
+        let llm_prefill_per = t.elapsed().as_secs_f64() / llm_prompt.len().max(1) as f64;
+        let slm_prefill_per = slm_prompt_s / slm_prompt.len().max(1) as f64;
+        llm_prefill_s += tr.prefill_tokens.llm as f64 * llm_prefill_per;
+        slm_prefill_s +=
+            tr.prefill_tokens.slm.saturating_sub(slm_prompt.len()) as f64 * slm_prefill_per;
         let b = slm_prompt_s + tr.tokens.slm as f64 * slm_per + tr.tokens.llm as f64 * llm_per;
         if !args.json {
             eprintln!(
@@ -329,6 +340,12 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
         "llm_prefill_tokens": ours_prefill,
         "resend_prefill_tokens": resend_prefill,
         "prefill_saving_ratio": resend_prefill as f64 / ours_prefill.max(1) as f64,
+        // Where the overhead goes (estimates from each model's measured prefill speed): the
+        // LLM reading the context at its calls, the SLM reading the LLM's tokens, the rest.
+        "llm_context_prefill_s": llm_prefill_s,
+        "slm_prefill_of_llm_tokens_s": slm_prefill_s,
+        "other_overhead_s": wall - baseline - llm_prefill_s - slm_prefill_s,
+        "overhead_ratio_without_llm_prefill": (wall - llm_prefill_s) / baseline.max(1e-9),
     });
     if args.json {
         println!("{report}");
@@ -336,6 +353,13 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
         println!(
             "relay overhead: {:.3}x the time of its tokens decoded alone ({:.1}s vs {:.1}s); call ratio {:.1}%",
             wall / baseline.max(1e-9), wall, baseline, 100.0 * llm_tokens as f64 / total as f64
+        );
+        println!(
+            "overhead {:.1}s: LLM reading the context {:.1}s, SLM reading the LLM's tokens {:.1}s, other {:.1}s (estimates from measured prefill speeds)",
+            wall - baseline,
+            llm_prefill_s,
+            slm_prefill_s,
+            wall - baseline - llm_prefill_s - slm_prefill_s
         );
         println!(
             "LLM prefill: {} tokens vs {} re-sending the context at each of {} calls ({:.1}x less)",
