@@ -27,7 +27,7 @@ models: build
 demo: setup models
 	@scripts/demo.sh "$(BIN)" "$(GSM8K)" "$(DEMO_N)"
 
-# Includes the remote-engine tests against a real llama-server (built first; ~8 min once).
+# Includes the remote-engine and server fault tests against a real llama-server (built first; ~8 min once).
 test:
 	scripts/build-llama-cpp.sh
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -36,6 +36,7 @@ test:
 	    $(CARGO) test --workspace --no-fail-fast; \
 	fi
 	$(CARGO) test -p relay-engine --test remote -- --ignored
+	$(CARGO) test -p relay-server --test api -- --ignored
 
 # The relay on the real pair: the confidence policy serves calls, answers are boxed, and the
 # call ratio moves with the threshold (needs the models; not part of `make test`).

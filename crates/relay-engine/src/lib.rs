@@ -13,6 +13,7 @@ pub mod relay;
 pub mod remote;
 pub mod sampling;
 pub mod stream;
+pub mod testing;
 pub mod tiny;
 pub mod tiny_vocab;
 pub mod tokenizer;

@@ -9,8 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,100 +19,14 @@ use relay_engine::candle::{CandleEngine, LoadOptions};
 use relay_engine::relay::{relay, LlmRetry, RelayEvent, RelayPair, RelayRequest};
 use relay_engine::remote::{RemoteConfig, RemoteEngine};
 use relay_engine::sampling::{argmax, SamplingParams};
+use relay_engine::testing::LlamaServer;
 use relay_engine::tiny::{write_gguf, TinyConfig};
 use relay_engine::tokenizer::Tokenizer;
 use relay_engine::{tiny_vocab, Engine, EngineError};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
-// A real llama-server
-
-fn llama_server_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("RELAYLLM_LLAMA_SERVER") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "RELAYLLM_LLAMA_SERVER={} does not exist",
-            p.display()
-        );
-        return p;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let p = root.join("third_party/llama.cpp/build/bin/llama-server");
-    assert!(
-        p.is_file(),
-        "llama-server not found at {} and RELAYLLM_LLAMA_SERVER is unset: run scripts/build-llama-cpp.sh",
-        p.display()
-    );
-    p
-}
-
-/// A llama-server child process, killed on drop.
-struct LlamaServer {
-    child: Child,
-    url: String,
-}
-
-impl LlamaServer {
-    fn start(model: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(model.with_extension("server.log")).unwrap();
-        let child = Command::new(llama_server_binary())
-            .args([
-                "-m",
-                model.to_str().unwrap(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .args(["-c", "512", "-np", "1", "-t", "2", "--no-webui"])
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn llama-server");
-        let mut server = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                let log =
-                    std::fs::read_to_string(model.with_extension("server.log")).unwrap_or_default();
-                panic!(
-                    "llama-server exited ({status}) while loading {}:\n{log}",
-                    model.display()
-                );
-            }
-            if let Ok(r) = ureq::get(&format!("{}/health", server.url)).call() {
-                if r.status() == 200 {
-                    return server;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "llama-server did not become healthy in 120 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for LlamaServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+// A real llama-server (relay_engine::testing::LlamaServer)
 
 struct Tiny {
     dir: tempfile::TempDir,

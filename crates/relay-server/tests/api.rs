@@ -741,3 +741,147 @@ fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
 }
+
+/// The fault test: the LLM is a real llama-server (serving a tiny GGUF of ours) that dies in
+/// the middle of a run. Requests in flight and after still complete with the SLM, the traces
+/// and /metrics show the failed calls, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/build-llama-cpp.sh, then cargo test -p relay-server -- --ignored"]
+async fn a_remote_llm_that_dies_mid_run_leaves_the_slm_to_finish() {
+    use relay_engine::remote::{RemoteConfig, RemoteEngine};
+    use relay_engine::testing::LlamaServer;
+    let dir = tempfile::tempdir().unwrap();
+    let base = TinyConfig {
+        vocab_size: tiny_vocab::TINY_VOCAB_SIZE,
+        eos_token_id: tiny_vocab::IM_END_ID,
+        context_length: 512,
+        ..TinyConfig::qwen2()
+    };
+    let (slm_path, llm_path) = (dir.path().join("slm.gguf"), dir.path().join("llm.gguf"));
+    write_gguf(
+        &slm_path,
+        &TinyConfig {
+            seed: 5,
+            ..base.clone()
+        },
+        &tiny_vocab::gguf_metadata(),
+    )
+    .unwrap();
+    write_gguf(
+        &llm_path,
+        &TinyConfig {
+            seed: 6,
+            num_layers: 3,
+            ..base
+        },
+        &tiny_vocab::gguf_metadata(),
+    )
+    .unwrap();
+    let mut llama = Some(LlamaServer::start(&llm_path));
+    let (slm_model, slm) = load(&slm_path);
+    let mut config = RemoteConfig::new(&llama.as_ref().unwrap().url);
+    config.timeout = Duration::from_secs(5);
+    config.retries = 1;
+    config.backoff = Duration::from_millis(20);
+    config.eos_token_ids = vec![tiny_vocab::IM_END_ID];
+    let remote = Arc::new(RemoteEngine::connect(config).unwrap());
+    let llm_model = LoadedModel {
+        path: llm_path.clone(),
+        engine: remote,
+        tokenizer: slm_model.tokenizer.clone(),
+        template: slm_model.template.clone(),
+    };
+    let state = AppState::new(
+        ModelPair::new(slm_model, llm_model),
+        ServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(relay_server::serve(listener, state, std::future::pending()));
+    // `Server` wants two candle engines; the LLM's sequences live in llama-server here.
+    let s = Server {
+        url,
+        slm: slm.clone(),
+        llm: slm,
+        _dir: dir,
+    };
+
+    let ask = |seed: u64| {
+        chat(json!({"max_tokens": 40, "seed": seed, "temperature": 0.7, "relay": calling()}))
+    };
+    let calls_of = |v: &Value| v["trace"]["calls"].as_array().cloned().unwrap_or_default();
+
+    // Healthy: calls are served by llama-server.
+    let (status, healthy) = post(&s, "/v1/chat/completions", ask(1)).await;
+    assert_eq!(status, 200, "{healthy}");
+    assert!(
+        calls_of(&healthy)
+            .iter()
+            .any(|c| c["served"].as_u64() > Some(0) && c["llm_error"].is_null()),
+        "{healthy}"
+    );
+
+    // Four requests in flight, and the LLM dies under them.
+    let inflight: Vec<_> = (0..4)
+        .map(|i| {
+            let body = ask(10 + i);
+            let url = s.url.clone();
+            tokio::spawn(async move {
+                let r = client()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    llama.take().unwrap().kill();
+    let mut failed_calls = 0;
+    for t in inflight {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+            "{body}"
+        );
+        failed_calls += calls_of(&body)
+            .iter()
+            .filter(|c| !c["llm_error"].is_null())
+            .count();
+    }
+
+    // After: still answered (by the SLM), each failed call in the trace naming the server.
+    let (status, after) = post(&s, "/v1/chat/completions", ask(99)).await;
+    assert_eq!(status, 200, "{after}");
+    let errors: Vec<String> = calls_of(&after)
+        .iter()
+        .filter_map(|c| c["llm_error"].as_str().map(String::from))
+        .collect();
+    assert!(!errors.is_empty(), "{after}");
+    assert!(errors.iter().all(|e| e.contains("127.0.0.1")), "{errors:?}");
+    failed_calls += errors.len();
+
+    let metrics = client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("relay_call_errors_total"))
+        .unwrap();
+    let counted: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(counted, failed_calls, "{metrics}");
+    assert!(
+        metrics.contains("relay_requests_total{outcome=\"ok\"} 6"),
+        "{metrics}"
+    );
+    let (status, _) = post(&s, "/v1/chat/completions", chat(json!({"model": "slm"}))).await;
+    assert_eq!(status, 200);
+}
