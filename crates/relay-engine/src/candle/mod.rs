@@ -9,6 +9,7 @@ mod kv;
 mod load;
 mod model;
 mod native;
+mod pool;
 mod q8;
 
 pub use model::{Arch, ModelConfig};
@@ -26,9 +27,9 @@ use model::{Chunk, Model, Want};
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Compute threads (candle's pool and rayon). Default: the machine's cores. Thread pools are
-    /// process-wide and start once, so the first load decides; `RAYON_NUM_THREADS` /
-    /// `CANDLE_NUM_THREADS` set by the user win.
+    /// Compute threads (our pool, candle's pool and rayon). Default: the machine's cores.
+    /// Thread pools are process-wide and start once, so the first load decides;
+    /// `RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS` set by the user win.
     pub threads: Option<usize>,
     /// Cap on positions per sequence, below the model's own context length (saves memory,
     /// lets tests hit the limit cheaply).

@@ -246,7 +246,7 @@ impl NativeMatrix {
     }
 }
 
-/// Output columns are split into tiles over candle's thread pool; each tile runs every input
+/// Output columns are split into tiles over our compute pool; each tile runs every input
 /// row against its weight rows while they are hot in cache, so `m` rows cost no more weight
 /// traffic than one.
 fn matmul<W: Sync, A: Sync>(
@@ -278,7 +278,7 @@ fn matmul<W: Sync, A: Sync>(
     if n_tiles * m * kb < 256 {
         run(0..n_tiles);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(n_tiles, run);
+        super::pool::run(m, n_tiles, run);
     }
     out
 }
@@ -430,7 +430,7 @@ mod x86 {
             let q0 = _mm512_loadu_si512(x.qs.as_ptr() as *const _);
             let q1 = _mm512_loadu_si512(x.qs.as_ptr().add(64) as *const _);
             let sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(
-                x.sc.as_ptr() as *const __m128i,
+                x.sc.as_ptr() as *const __m128i
             )));
             let ya = y.qs.as_ptr();
             let y0 = _mm512_load_si512(ya as *const _);
@@ -441,17 +441,14 @@ mod x86 {
             let p1 = _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(q0, 4), m4), y1);
             let p2 = _mm512_maddubs_epi16(_mm512_and_si512(q1, m4), y2);
             let p3 = _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(q1, 4), m4), y3);
-            let s = _mm512_dpwssd_epi32(
-                _mm512_setzero_si512(),
-                p0,
-                _mm512_shuffle_epi8(sc, idx[0]),
-            );
+            let s =
+                _mm512_dpwssd_epi32(_mm512_setzero_si512(), p0, _mm512_shuffle_epi8(sc, idx[0]));
             let s = _mm512_dpwssd_epi32(s, p1, _mm512_shuffle_epi8(sc, idx[1]));
             let s = _mm512_dpwssd_epi32(s, p2, _mm512_shuffle_epi8(sc, idx[2]));
             let s = _mm512_dpwssd_epi32(s, p3, _mm512_shuffle_epi8(sc, idx[3]));
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(x.d * y.d), acc);
             let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                x.mn.as_ptr() as *const __m128i,
+                x.mn.as_ptr() as *const __m128i
             )));
             let bs = _mm256_load_ps(y.bsum.as_ptr());
             acc_min = _mm256_fmadd_ps(_mm256_mul_ps(mn, bs), _mm256_set1_ps(x.dmin), acc_min);
@@ -511,7 +508,7 @@ mod x86 {
             for half in 0..2 {
                 let ql = _mm512_loadu_si512(x.ql.as_ptr().add(64 * half) as *const _);
                 let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                    x.qh.as_ptr().add(32 * half) as *const __m256i,
+                    x.qh.as_ptr().add(32 * half) as *const __m256i
                 ));
                 let vlo = _mm512_or_si512(
                     _mm512_and_si512(ql, m4),
@@ -525,11 +522,7 @@ mod x86 {
                 let plo = _mm512_maddubs_epi16(vlo, _mm512_load_si512(ya as *const _));
                 let phi = _mm512_maddubs_epi16(vhi, _mm512_load_si512(ya.add(64) as *const _));
                 s = _mm512_dpwssd_epi32(s, plo, _mm512_permutexvar_epi16(idx[2 * half], scz));
-                s = _mm512_dpwssd_epi32(
-                    s,
-                    phi,
-                    _mm512_permutexvar_epi16(idx[2 * half + 1], scz),
-                );
+                s = _mm512_dpwssd_epi32(s, phi, _mm512_permutexvar_epi16(idx[2 * half + 1], scz));
             }
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(x.d * y.d), acc);
         }
