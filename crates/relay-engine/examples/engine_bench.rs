@@ -11,10 +11,10 @@ fn main() {
     let e = CandleEngine::load(
         &path,
         LoadOptions {
-            threads: Some(2),
+            threads: Some(std::env::var("THREADS").map_or(2, |v| v.parse().unwrap())),
             max_context: Some(4096),
             requantize,
-            native_kernels: std::env::var("NATIVE").is_ok(),
+            native_kernels: std::env::var("NATIVE").map_or(true, |v| v != "0"),
         },
     )
     .unwrap();

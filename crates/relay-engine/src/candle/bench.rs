@@ -68,3 +68,70 @@ pub fn bench_decode(
         per_run,
     })
 }
+
+/// Time per `x @ W^T` of one weight under each kernel that can run it, for comparing kernels
+/// in isolation from the rest of the forward.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelTiming {
+    pub tensor: String,
+    pub dtype: String,
+    pub rows: usize,
+    pub kernel: &'static str,
+    /// Best of the repetitions, microseconds.
+    pub micros: f64,
+    /// File bytes of the weight over that time.
+    pub file_gb_per_s: f64,
+}
+
+/// Times `m`-row matmuls against the named tensors of a GGUF file with candle's kernel, our
+/// Q8 re-quantized kernel and our native kernel (where each applies); best of `reps`.
+pub fn bench_kernels(
+    path: &std::path::Path,
+    names: &[&str],
+    m: usize,
+    reps: usize,
+) -> Result<Vec<KernelTiming>> {
+    use super::native::NativeMatrix;
+    use super::q8::Q8Matrix;
+    use candle_core::quantized::{gguf_file, QMatMul};
+    use candle_core::{Device, Module, Tensor};
+
+    let mut file = std::fs::File::open(path)?;
+    let content = gguf_file::Content::read(&mut file)?;
+    let mut out = Vec::new();
+    for &name in names {
+        let q = content.tensor(&mut file, name, &Device::Cpu)?;
+        let (n, k) = q.shape().dims2()?;
+        let bytes = q.storage_size_in_bytes() as f64;
+        let x = Tensor::rand(-1f32, 1f32, (m, k), &Device::Cpu)?;
+        let mut kernels: Vec<(&'static str, Box<dyn Fn(&Tensor) -> Result<Tensor>>)> = Vec::new();
+        if let Some(nat) = NativeMatrix::from_qtensor(&q)? {
+            kernels.push(("native", Box::new(move |x| nat.forward(x))));
+        }
+        if k % super::q8::QK == 0 {
+            let q8 = Q8Matrix::from_tensor(&q.dequantize(&Device::Cpu)?)?;
+            kernels.push(("q8", Box::new(move |x| q8.forward(x))));
+        }
+        let dtype = format!("{:?}", q.dtype());
+        let cq = QMatMul::from_qtensor(q)?;
+        kernels.push(("candle", Box::new(move |x| Ok(cq.forward(x)?))));
+        for (kernel, f) in kernels {
+            f(&x)?;
+            let mut best = f64::MAX;
+            for _ in 0..reps.max(1) {
+                let t = Instant::now();
+                f(&x)?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            out.push(KernelTiming {
+                tensor: format!("{name} [{n}, {k}]"),
+                dtype: dtype.clone(),
+                rows: m,
+                kernel,
+                micros: best * 1e6,
+                file_gb_per_s: bytes / best / 1e9,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -206,18 +206,18 @@ fn weight_arc(q: Arc<QTensor>, opts: &LoadOptions) -> Result<Weight> {
     if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
         return Ok(Weight::Candle(QMatMul::from_arc(q)?));
     }
-    if let Some(native) = if opts.native_kernels {
-        NativeMatrix::from_qtensor(&q)?
-    } else {
-        None
-    } {
-        let repacked = candle_fast || (q.dtype() == GgmlDType::Q6K && k % 256 == 0);
-        let batched = if repacked {
-            Some(QMatMul::from_arc(q)?)
-        } else {
-            None
-        };
-        return Ok(Weight::Native { native, batched });
+    if opts.native_kernels && super::native::available() {
+        if let Some(native) = NativeMatrix::from_qtensor(&q)? {
+            // Prefill-sized inputs reuse each weight load over many rows; candle's repacked
+            // kernels (Q4_K, and Q6_K above one row; 16-row tiles) do that better than ours.
+            let n = q.shape().dims().first().copied().unwrap_or(0);
+            let batched = if n % 16 == 0 {
+                Some(QMatMul::from_arc(q)?)
+            } else {
+                None
+            };
+            return Ok(Weight::Native { native, batched });
+        }
     }
     if candle_fast || !opts.requantize || !Q8Matrix::supports(k) {
         return Ok(Weight::Candle(QMatMul::from_arc(q)?));

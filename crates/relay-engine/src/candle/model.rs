@@ -60,7 +60,7 @@ pub(crate) enum Weight {
 }
 
 /// Rows from which prefill switches to candle's repacked kernel where there is one.
-const BATCHED_ROWS: usize = 8;
+pub(crate) const BATCHED_ROWS: usize = 8;
 
 impl Weight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -310,8 +310,8 @@ fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32]) {
 }
 
 /// Causal attention of each new row against its own sequence's cache (GQA: query head `h`
-/// reads kv head `h / (nh / nkv)`). Work items are (row, head) pairs, spread over candle's
-/// thread pool when there is enough of them to pay for it.
+/// reads kv head `h / (nh / nkv)`). Work items are (row, head) pairs, spread over our compute
+/// pool (`pool.rs`) when there is enough of them to pay for it.
 fn attention(
     q: &[f32],
     layers: &[&super::kv::LayerKv],
@@ -380,7 +380,7 @@ fn attention(
     if work < (1 << 16) {
         run(0..n_items);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(n_items, run);
+        super::pool::run(row_chunk.len(), n_items, run);
     }
 }
 

@@ -136,7 +136,7 @@ impl Q8Matrix {
         if n_tiles * m * kb < 4096 {
             run(0..n_tiles);
         } else {
-            candle_core::utils::barrier_pool().execute_chunked(n_tiles, run);
+            super::pool::run(m, n_tiles, run);
         }
         Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
     }
