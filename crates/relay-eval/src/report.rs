@@ -166,9 +166,15 @@ pub fn write_report(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
 /// `confidence τ=0.7`, `slm-only`.
 fn run_label(s: &Summary) -> String {
     match s.settings.threshold {
-        Some(t) => format!("{} τ={}", s.settings.policy, t),
+        Some(t) => format!("{} τ={}", s.settings.policy, threshold_text(t)),
         None => s.settings.policy.clone(),
     }
+}
+
+/// Thresholds come from an f32 flag: show the shortest text of that f32 (0.4, not
+/// 0.4000000059604645).
+fn threshold_text(t: f64) -> String {
+    (t as f32).to_string()
 }
 
 fn pct(x: f64) -> String {
@@ -232,7 +238,7 @@ fn markdown(rows: &[ReportRow], slm: Option<f64>, llm: Option<f64>) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             dir,
             s.settings.policy,
-            s.settings.threshold.map_or("–".into(), |t| t.to_string()),
+            s.settings.threshold.map_or("–".into(), threshold_text),
             s.n,
             pct(s.accuracy),
             pct(s.call_ratio),
