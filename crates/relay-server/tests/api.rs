@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use relay_engine::chat::ChatTemplate;
 use relay_engine::model::{LoadedModel, ModelPair};
-use relay_engine::tiny::{write_gguf, TinyConfig};
+use relay_engine::testing::write_tiny_pair;
 use relay_engine::tiny_vocab;
 use relay_engine::tokenizer::Tokenizer;
 use relay_engine::{CandleEngine, LoadOptions};
@@ -48,32 +48,7 @@ fn load(path: &Path) -> (LoadedModel, Arc<CandleEngine>) {
 
 async fn start(config: ServerConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let base = TinyConfig {
-        vocab_size: tiny_vocab::TINY_VOCAB_SIZE,
-        eos_token_id: tiny_vocab::IM_END_ID,
-        context_length: 512,
-        ..TinyConfig::qwen2()
-    };
-    let (slm_path, llm_path) = (dir.path().join("slm.gguf"), dir.path().join("llm.gguf"));
-    write_gguf(
-        &slm_path,
-        &TinyConfig {
-            seed: 5,
-            ..base.clone()
-        },
-        &tiny_vocab::gguf_metadata(),
-    )
-    .unwrap();
-    write_gguf(
-        &llm_path,
-        &TinyConfig {
-            seed: 6,
-            num_layers: 3,
-            ..base
-        },
-        &tiny_vocab::gguf_metadata(),
-    )
-    .unwrap();
+    let (slm_path, llm_path) = write_tiny_pair(dir.path(), 512);
     let (slm_model, slm) = load(&slm_path);
     let (llm_model, llm) = load(&llm_path);
     let state = AppState::new(ModelPair::new(slm_model, llm_model), config);
@@ -761,32 +736,7 @@ async fn a_remote_llm_that_dies_mid_run_leaves_the_slm_to_finish() {
     use relay_engine::remote::{RemoteConfig, RemoteEngine};
     use relay_engine::testing::LlamaServer;
     let dir = tempfile::tempdir().unwrap();
-    let base = TinyConfig {
-        vocab_size: tiny_vocab::TINY_VOCAB_SIZE,
-        eos_token_id: tiny_vocab::IM_END_ID,
-        context_length: 512,
-        ..TinyConfig::qwen2()
-    };
-    let (slm_path, llm_path) = (dir.path().join("slm.gguf"), dir.path().join("llm.gguf"));
-    write_gguf(
-        &slm_path,
-        &TinyConfig {
-            seed: 5,
-            ..base.clone()
-        },
-        &tiny_vocab::gguf_metadata(),
-    )
-    .unwrap();
-    write_gguf(
-        &llm_path,
-        &TinyConfig {
-            seed: 6,
-            num_layers: 3,
-            ..base
-        },
-        &tiny_vocab::gguf_metadata(),
-    )
-    .unwrap();
+    let (slm_path, llm_path) = write_tiny_pair(dir.path(), 512);
     let mut llama = Some(LlamaServer::start(&llm_path));
     let (slm_model, slm) = load(&slm_path);
     let mut config = RemoteConfig::new(&llama.as_ref().unwrap().url);

@@ -1,45 +1,12 @@
 //! The CLI as a user runs it, on tiny models the test writes (GGUF with the tiny vocabulary
 //! and the real Qwen2.5 chat template).
 
-use relay_engine::tiny::{write_gguf, TinyConfig};
-use relay_engine::tiny_vocab;
+use relay_engine::testing::write_tiny_pair;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_relayllm"))
-}
-
-fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
-    let base = TinyConfig {
-        vocab_size: tiny_vocab::TINY_VOCAB_SIZE,
-        eos_token_id: tiny_vocab::IM_END_ID,
-        context_length: 512,
-        ..TinyConfig::qwen2()
-    };
-    let slm = dir.join("slm.gguf");
-    let llm = dir.join("llm.gguf");
-    write_gguf(
-        &slm,
-        &TinyConfig {
-            seed: 5,
-            ..base.clone()
-        },
-        &tiny_vocab::gguf_metadata(),
-    )
-    .unwrap();
-    write_gguf(
-        &llm,
-        &TinyConfig {
-            seed: 6,
-            num_layers: 3,
-            ..base
-        },
-        &tiny_vocab::gguf_metadata(),
-    )
-    .unwrap();
-    (slm, llm)
 }
 
 fn ok(out: Output) -> String {
@@ -54,7 +21,7 @@ fn ok(out: Output) -> String {
 #[test]
 fn generate_json_is_deterministic_and_matches_the_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let (slm, _) = tiny_models(dir.path());
+    let (slm, _) = write_tiny_pair(dir.path(), 512);
     let run = |json: bool| {
         let mut c = bin();
         c.args(["generate", "--model"]).arg(&slm).args([
@@ -89,7 +56,7 @@ fn generate_json_is_deterministic_and_matches_the_stream() {
 #[test]
 fn relay_json_has_text_tokens_and_a_consistent_trace() {
     let dir = tempfile::tempdir().unwrap();
-    let (slm, llm) = tiny_models(dir.path());
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
     let out = ok(bin()
         .args(["relay", "--slm"])
         .arg(&slm)

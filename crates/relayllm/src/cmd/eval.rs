@@ -181,8 +181,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     // One model alone needs only that model; the relay needs both.
     let models = match kind {
         PolicyKind::SlmOnly => {
-            let slm = args.models.load_pair(&args.slm, &args.slm)?;
-            ModelPair::new(slm.slm, slm.llm)
+            // The LLM slot is never called: it shares the SLM's engine rather than loading
+            // the model a second time.
+            let slm = args.models.load(&args.slm)?;
+            ModelPair::new(slm.clone(), slm)
         }
         _ => args.models.load_pair(&args.slm, &args.llm)?,
     };
