@@ -35,6 +35,9 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Table and plot (accuracy vs the LLM's share of tokens) over finished eval runs.
     Report(cmd::eval::ReportArgs),
+    /// Build training data (warm-up examples with call commands).
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
     /// Serve the relay over HTTP (OpenAI-compatible API, token API, metrics, page).
     Serve(cmd::serve::ServeArgs),
 }
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Grade(a) => cmd::grade::run(a),
         Command::Reward(a) => cmd::reward::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Data(c) => cmd::data::run(c),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::eval::report(a),
     };
