@@ -281,7 +281,7 @@ fn stops(obj: &Obj) -> Result<Vec<String>, ApiError> {
     Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
-fn messages(obj: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
+pub fn messages(obj: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
     let list = match obj.get("messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(Value::Array(_)) => {

@@ -105,6 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
         .route("/relay/generate", post(native::relay_generate))
+        .route("/tokenize", post(native::tokenize))
         .route("/grade", post(native::grade))
         .route("/reward/group", post(native::reward_group))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));

@@ -1,5 +1,7 @@
 //! The native endpoints RL frameworks use: token ids in, ids + source mask + SLM log-probs
-//! out (`/relay/generate`); the grader (`/grade`); the group reward (`/reward/group`).
+//! out (`/relay/generate`); the SLM's tokenizer and chat template (`/tokenize`), so a client
+//! builds `prompt_ids` exactly as the server's relay reads them; the grader (`/grade`); the
+//! group reward (`/reward/group`).
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +16,9 @@ use relay_grader::GradeMode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{check_prompt, finish, json_object, model_choice, refused, settings, start};
+use crate::api::{
+    check_prompt, finish, json_object, messages, model_choice, refused, settings, start,
+};
 use crate::error::ApiError;
 use crate::job::{ModelChoice, ValidJob};
 use crate::AppState;
@@ -159,4 +163,39 @@ pub async fn reward_group(
         rollouts: req.rollouts,
     };
     Json(group_rewards(&group, req.reward, req.rho)).into_response()
+}
+
+/// `{"messages": [...]}` (chat template applied, with the assistant header) or `{"prompt":
+/// "text"}` (as is) → `{"tokens": [...], "text": rendered}` in the SLM's vocabulary: the
+/// `prompt_ids` that `/relay/generate` takes.
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = json_object(body).and_then(|obj| {
+        let slm = &state.models.slm;
+        let text = match (obj.get("messages"), obj.get("prompt")) {
+            (Some(_), None) => {
+                let msgs = messages(&obj)?;
+                slm.render(&msgs, true)
+                    .map_err(|e| ApiError::invalid("messages", e.to_string()))?
+            }
+            (None, Some(Value::String(p))) => p.clone(),
+            (None, Some(_)) => return Err(ApiError::invalid("prompt", "prompt must be text")),
+            _ => {
+                return Err(ApiError::bad_json(
+                    "give exactly one of `messages` (a chat) or `prompt` (text)",
+                ))
+            }
+        };
+        let tokens = slm
+            .tokenizer
+            .encode(&text, false)
+            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+        Ok(json!({"tokens": tokens, "text": text}))
+    });
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => refused(&state, e),
+    }
 }

@@ -556,6 +556,39 @@ async fn the_official_openai_python_client_works() {
     s.wait_idle().await;
 }
 
+/// integrations/python (the verl and TRL adapters) against the server: tests/python/test_adapters.py
+/// checks what they return has the fields and shapes the frameworks document. Standard library
+/// only, so it always runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verl_and_trl_adapters_return_what_the_frameworks_expect() {
+    let s = start(ServerConfig {
+        api_key: Some("k".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/test_adapters.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(&s.url)
+        .arg("k")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for t in ["test_client", "test_trl", "test_verl"] {
+        assert!(stdout.contains(&format!("ok {t}")), "{stdout}");
+    }
+    s.wait_idle().await;
+}
+
 /// The page in headless Chromium: it submits a prompt on load (`?auto=1`), the answer streams
 /// in with the LLM's spans highlighted; the screenshot is kept in target/test-output/page.png.
 /// Skipped where Chromium is missing, unless RELAYLLM_REQUIRE_BROWSER_TESTS=1.
