@@ -5,4 +5,5 @@
 //! - SFT, GRPO with the difficulty-aware reward (`relay_core::reward`), LoRA and checkpoints
 //!   are built on top (see the training issue).
 
+pub mod grpo;
 pub mod warmup;
