@@ -22,6 +22,7 @@ pub mod report;
 pub mod results;
 pub mod runner;
 pub mod summary;
+pub mod train_report;
 
 pub use dataset::{Dataset, Problem, INSTRUCTION};
 pub use error::{EvalError, Result};

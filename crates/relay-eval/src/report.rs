@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// The plot's text font: DejaVu Sans cut to ASCII and a few symbols (assets/make_font.sh), so
 /// PNG text renders on any machine without system fonts.
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
-const FONT_FAMILY: &str = "sans-serif";
+pub(crate) const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
+pub(crate) const FONT_FAMILY: &str = "sans-serif";
 const PLOT_SIZE: (u32, u32) = (900, 620);
 
 /// One run as the report shows it.
@@ -307,7 +307,7 @@ impl PlotData {
     }
 }
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // The font is compiled in and checked by the tests; failing here is a build defect.
@@ -335,6 +335,11 @@ fn render_png(plot: &PlotData) -> Result<Vec<u8>> {
         draw(&root, plot).map_err(|e| EvalError::Plot(e.to_string()))?;
         root.present().map_err(|e| EvalError::Plot(e.to_string()))?;
     }
+    encode_png(&rgb, PLOT_SIZE)
+}
+
+/// An RGB buffer as PNG bytes.
+pub(crate) fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>> {
     let mut png_bytes = Vec::new();
     let mut encoder = png::Encoder::new(&mut png_bytes, w, h);
     encoder.set_color(png::ColorType::Rgb);
@@ -343,7 +348,7 @@ fn render_png(plot: &PlotData) -> Result<Vec<u8>> {
         .write_header()
         .map_err(|e| EvalError::Plot(e.to_string()))?;
     writer
-        .write_image_data(&rgb)
+        .write_image_data(rgb)
         .map_err(|e| EvalError::Plot(e.to_string()))?;
     writer
         .finish()

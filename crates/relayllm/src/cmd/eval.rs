@@ -74,7 +74,8 @@ impl From<Grader> for GradeMode {
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// Finished run folders (each with summary.json), all on the same benchmark file.
+    /// Finished run folders (each with summary.json), all on the same benchmark file; or
+    /// training folders (grpo_log.jsonl / train_log.jsonl), whose curves are drawn into them.
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
     /// Where report.md, plot.svg and plot.png go [default: the first run's parent folder].
@@ -238,9 +239,23 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
-    let report = relay_eval::report(&args.runs)?;
+    use relay_eval::train_report::{is_training_dir, training_curves, write_curves};
+    // Training folders get their curves; eval runs get the accuracy/share report.
+    let (train, runs): (Vec<PathBuf>, Vec<PathBuf>) =
+        args.runs.iter().cloned().partition(|d| is_training_dir(d));
+    for dir in &train {
+        let curves = training_curves(dir)?;
+        println!("{}", curves.markdown);
+        for f in write_curves(&curves, dir)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let report = relay_eval::report(&runs)?;
     let out = args.out.clone().unwrap_or_else(|| {
-        args.runs[0]
+        runs[0]
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."))
