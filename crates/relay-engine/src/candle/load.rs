@@ -292,6 +292,66 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         let part = candle_core::safetensors::load(f, &Device::Cpu).map_err(|e| malformed(f, e))?;
         ts.extend(part);
     }
+    let cfg = ModelConfig {
+        arch,
+        vocab_size,
+        hidden_size,
+        intermediate_size: num("intermediate_size").unwrap_or(0),
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rope_theta: cj
+            .get("rope_theta")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10_000.0),
+        rms_norm_eps: cj
+            .get("rms_norm_eps")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-6),
+        context_length: opts
+            .max_context
+            .map_or(context_length, |m| m.min(context_length)),
+    };
+    let model = dense_model(cfg, ts, GgmlDType::F32, dir, opts)?;
+    let mut eos = Vec::new();
+    let mut add_eos = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),
+        Some(serde_json::Value::Array(a)) => {
+            eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+        }
+        _ => {}
+    };
+    add_eos(cj.get("eos_token_id"));
+    if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
+        if let Ok(g) = serde_json::from_str::<serde_json::Value>(&text) {
+            add_eos(g.get("eos_token_id"));
+        }
+    }
+    eos.sort_unstable();
+    eos.dedup();
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Loaded {
+        model,
+        name,
+        eos_token_ids: eos,
+    })
+}
+
+/// Builds a model from dense tensors under their HF names (any float dtype; computed in f32).
+/// The 2-D layer weights and the output head are stored as `weights` (F32 keeps them dense;
+/// a quantized type quantizes them as a GGUF of that type would); `source` names the origin in
+/// errors. A missing `lm_head.weight` means tied embeddings.
+pub(crate) fn dense_model(
+    cfg: ModelConfig,
+    mut ts: HashMap<String, Tensor>,
+    weights: GgmlDType,
+    source: &Path,
+    opts: &LoadOptions,
+) -> Result<Model> {
     let take_opt = |ts: &mut HashMap<String, Tensor>, name: &str| -> Result<Option<Tensor>> {
         Ok(match ts.remove(name) {
             Some(t) => Some(t.to_dtype(DType::F32)?),
@@ -299,20 +359,29 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         })
     };
     let take = |ts: &mut HashMap<String, Tensor>, name: &str| -> Result<Tensor> {
-        take_opt(ts, name)?.ok_or_else(|| malformed(dir, format!("missing tensor `{name}`")))
+        take_opt(ts, name)?.ok_or_else(|| malformed(source, format!("missing tensor `{name}`")))
     };
+    let matrix = |w: Tensor| -> Result<Weight> {
+        if weights == GgmlDType::F32 {
+            Ok(Weight::Candle(QMatMul::Tensor(w)))
+        } else {
+            weight(QTensor::quantize(&w, weights)?, opts)
+        }
+    };
+    let (vocab_size, hidden_size) = (cfg.vocab_size, cfg.hidden_size);
     let embed_w = take(&mut ts, "model.embed_tokens.weight")?;
     if embed_w.dims2()? != (vocab_size, hidden_size) {
         return Err(malformed(
-            dir,
+            source,
             format!(
                 "embed_tokens has shape {:?}, config says ({vocab_size}, {hidden_size})",
                 embed_w.dims()
             ),
         ));
     }
-    let mut layers = Vec::with_capacity(num_layers);
-    for i in 0..num_layers {
+    let arch = cfg.arch;
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
         let b = format!("model.layers.{i}");
         let mut lin = |name: &str, bias: bool| -> Result<Linear> {
             let w = take(&mut ts, &format!("{b}.{name}.weight"))?;
@@ -321,10 +390,7 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
             } else {
                 None
             };
-            Ok(Linear {
-                w: Weight::Candle(QMatMul::Tensor(w)),
-                b,
-            })
+            Ok(Linear { w: matrix(w)?, b })
         };
         let qwen2 = arch == Arch::Qwen2;
         let q = lin("self_attn.q_proj", qwen2)?;
@@ -357,53 +423,6 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         });
     }
     let norm = take(&mut ts, "model.norm.weight")?;
-    let lm_head = Weight::Candle(QMatMul::Tensor(
-        take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone()),
-    ));
-    let cfg = ModelConfig {
-        arch,
-        vocab_size,
-        hidden_size,
-        intermediate_size: num("intermediate_size").unwrap_or(0),
-        num_layers,
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        rope_theta: cj
-            .get("rope_theta")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(10_000.0),
-        rms_norm_eps: cj
-            .get("rms_norm_eps")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1e-6),
-        context_length: opts
-            .max_context
-            .map_or(context_length, |m| m.min(context_length)),
-    };
-    let mut eos = Vec::new();
-    let mut add_eos = |v: Option<&serde_json::Value>| match v {
-        Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),
-        Some(serde_json::Value::Array(a)) => {
-            eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
-        }
-        _ => {}
-    };
-    add_eos(cj.get("eos_token_id"));
-    if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
-        if let Ok(g) = serde_json::from_str::<serde_json::Value>(&text) {
-            add_eos(g.get("eos_token_id"));
-        }
-    }
-    eos.sort_unstable();
-    eos.dedup();
-    let name = dir
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(Loaded {
-        model: Model::new(cfg, Embedding::Dense(embed_w), layers, norm, lm_head),
-        name,
-        eos_token_ids: eos,
-    })
+    let lm_head = matrix(take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone()))?;
+    Ok(Model::new(cfg, Embedding::Dense(embed_w), layers, norm, lm_head))
 }
