@@ -13,6 +13,7 @@ mod native;
 mod pool;
 mod q8;
 
+pub use load::{load_dense, DenseWeights};
 pub use model::{Arch, ModelConfig};
 
 use std::collections::HashMap;
