@@ -1,3 +1,22 @@
-//! relay-train: warm-up data, SFT, GRPO with the difficulty-aware reward, LoRA, checkpoints.
+//! relay-train: supervised fine-tuning (and, next, GRPO) of the SLM on candle's autograd.
 //!
-//! Not built yet: see the training issue.
+//! - [`model::TrainModel`]: a differentiable Qwen2/Qwen3 forward over whole sequences that
+//!   matches the inference engine's numerics, with LoRA or full fine-tuning. A GGUF base is
+//!   dequantized to f32 and kept frozen; LoRA trains low-rank pairs beside it.
+//! - [`optim`]: AdamW (checkpointable), gradient accumulation, global-norm clipping, warm-up +
+//!   cosine/linear schedule.
+//! - [`checkpoint`]: atomic single-file checkpoints (weights + optimizer + step + data position
+//!   + settings) and exact resume.
+//! - [`data`] and [`sft`]: JSONL conversations → ids + loss mask → the SFT loop.
+//! - [`export`]: LoRA merged into the base, written as a safetensors folder or a GGUF.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod export;
+pub mod model;
+pub mod optim;
+pub mod sft;
+
+pub use error::{Result, TrainError};
+pub use model::{Adapter, LoraTarget, TrainModel};
