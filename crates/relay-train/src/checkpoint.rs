@@ -130,7 +130,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| bad(format!("no `{META_KEY}` entry in the header: not a relay-train checkpoint")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "no `{META_KEY}` entry in the header: not a relay-train checkpoint"
+            ))
+        })?;
     let meta: CheckpointMeta =
         serde_json::from_str(meta_json).map_err(|e| bad(format!("header: {e}")))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
@@ -272,7 +276,11 @@ mod tests {
             "temp file left: {names:?}"
         );
         // A stray temp file (a crash mid-write) is never taken for a checkpoint.
-        std::fs::write(dir.path().join(".checkpoint-00000003.safetensors.tmp-1"), b"half").unwrap();
+        std::fs::write(
+            dir.path().join(".checkpoint-00000003.safetensors.tmp-1"),
+            b"half",
+        )
+        .unwrap();
         let newest = latest(dir.path()).unwrap().unwrap();
         assert_eq!(load(&newest).unwrap().meta.step, 1);
     }

@@ -88,7 +88,10 @@ pub fn read_sft_jsonl(
             if skipped_lines.is_empty() {
                 String::new()
             } else {
-                format!(" ({} left out: no loss token within --max-len)", skipped_lines.len())
+                format!(
+                    " ({} left out: no loss token within --max-len)",
+                    skipped_lines.len()
+                )
             }
         )));
     }
@@ -169,11 +172,7 @@ fn parse_messages(v: &serde_json::Value) -> std::result::Result<Vec<ChatMessage>
         let content = m.get("content").and_then(|c| c.as_str());
         match (role, content) {
             (Some(r), Some(c)) => out.push(ChatMessage::new(r, c)),
-            _ => {
-                return Err(format!(
-                    "messages[{j}] needs string `role` and `content`"
-                ))
-            }
+            _ => return Err(format!("messages[{j}] needs string `role` and `content`")),
         }
     }
     if !out.iter().any(|m| m.role == "assistant") {
@@ -212,14 +211,20 @@ fn render_messages(
         }
         let before = render(&messages[..i], true)?;
         let after = render(&messages[..=i], false)?;
-        let head = before.strip_prefix(done.as_str()).ok_or_else(not_incremental)?;
-        let turn = after.strip_prefix(before.as_str()).ok_or_else(not_incremental)?;
+        let head = before
+            .strip_prefix(done.as_str())
+            .ok_or_else(not_incremental)?;
+        let turn = after
+            .strip_prefix(before.as_str())
+            .ok_or_else(not_incremental)?;
         push(head, 0)?;
         push(turn, 1)?;
         done = after;
     }
     let all = render(messages, false)?;
-    let tail = all.strip_prefix(done.as_str()).ok_or_else(not_incremental)?;
+    let tail = all
+        .strip_prefix(done.as_str())
+        .ok_or_else(not_incremental)?;
     push(tail, 0)?;
     Ok(SftExample {
         input_ids: ids,

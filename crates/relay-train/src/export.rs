@@ -50,10 +50,12 @@ pub fn export(base: &Path, adapter: &Path, out: &Path, opts: &ExportOptions) -> 
     let ckpt_path = checkpoint::resolve(adapter)?;
     let ckpt = checkpoint::load(&ckpt_path)?;
     let model = TrainModel::load(base, ckpt.meta.adapter.clone(), 0)?;
-    model.set_trainable(&ckpt.params).map_err(|e| TrainError::Checkpoint {
-        path: ckpt_path.clone(),
-        reason: format!("does not fit the base {}: {e}", base.display()),
-    })?;
+    model
+        .set_trainable(&ckpt.params)
+        .map_err(|e| TrainError::Checkpoint {
+            path: ckpt_path.clone(),
+            reason: format!("does not fit the base {}: {e}", base.display()),
+        })?;
     export_model(&model, out, opts)?;
     Ok(ckpt_path)
 }
@@ -88,8 +90,12 @@ fn write_safetensors_dir(
             let p = entry?.path();
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
             let Some(name) = name else { continue };
-            let is_weights = name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
-            if p.is_file() && !is_weights && (name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".jinja")) {
+            let is_weights =
+                name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
+            if p.is_file()
+                && !is_weights
+                && (name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".jinja"))
+            {
                 std::fs::copy(&p, out.join(&name))?;
             }
         }
@@ -169,9 +175,9 @@ fn write_gguf(
         )));
     }
     let mut file = std::fs::File::open(base)?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| TrainError::InvalidInput(
-        format!("{}: not a readable GGUF file: {e}", base.display()),
-    ))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| {
+        TrainError::InvalidInput(format!("{}: not a readable GGUF file: {e}", base.display()))
+    })?;
     let mut metadata: Vec<(String, gguf_file::Value)> = content.metadata.into_iter().collect();
     metadata.sort_by(|a, b| a.0.cmp(&b.0));
     // llama.cpp's `general.file_type`: what most of the tensors are stored as.
@@ -188,9 +194,8 @@ fn write_gguf(
     names_sorted.sort();
     for hf in names_sorted {
         let t = &tensors[hf];
-        let gguf = names::hf_to_gguf(hf).ok_or_else(|| {
-            TrainError::Unsupported(format!("no GGUF name for tensor `{hf}`"))
-        })?;
+        let gguf = names::hf_to_gguf(hf)
+            .ok_or_else(|| TrainError::Unsupported(format!("no GGUF name for tensor `{hf}`")))?;
         let dtype = if t.rank() == 2 {
             let row = t.dims()[1];
             if row % weights.block_size() == 0 {

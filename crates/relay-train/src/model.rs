@@ -174,7 +174,9 @@ impl TrainModel {
                 targets,
             } => {
                 if *rank == 0 {
-                    return Err(TrainError::InvalidInput("LoRA rank must be at least 1".into()));
+                    return Err(TrainError::InvalidInput(
+                        "LoRA rank must be at least 1".into(),
+                    ));
                 }
                 let mut rng = StdRng::seed_from_u64(seed);
                 let mut targets = targets.clone();
@@ -360,10 +362,7 @@ impl TrainModel {
                 ids.len()
             )));
         }
-        if let Some(&id) = ids
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
+        if let Some(&id) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             return Err(TrainError::InvalidInput(format!(
                 "token id {id} is out of the vocabulary (size {})",
                 self.config.vocab_size
@@ -405,7 +404,9 @@ impl TrainModel {
         }
         if which == Weights::Current {
             if let Some(l) = self.lora.get(module) {
-                let d = x.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
+                let d = x
+                    .matmul(&l.a.as_tensor().t()?)?
+                    .matmul(&l.b.as_tensor().t()?)?;
                 y = (y + (d * l.scale)?)?;
             }
         }
@@ -444,8 +445,16 @@ impl TrainModel {
                 .linear(&h, &format!("{p}.self_attn.v_proj"), which)?
                 .reshape((n, nkv, hd))?;
             if cfg.arch == Arch::Qwen3 {
-                q = rms_norm(&q, &self.weight(&format!("{p}.self_attn.q_norm.weight"), which)?, eps)?;
-                k = rms_norm(&k, &self.weight(&format!("{p}.self_attn.k_norm.weight"), which)?, eps)?;
+                q = rms_norm(
+                    &q,
+                    &self.weight(&format!("{p}.self_attn.q_norm.weight"), which)?,
+                    eps,
+                )?;
+                k = rms_norm(
+                    &k,
+                    &self.weight(&format!("{p}.self_attn.k_norm.weight"), which)?,
+                    eps,
+                )?;
             }
             let q = rope(&q, &cos, &sin)?;
             let k = rope(&k, &cos, &sin)?;

@@ -8,6 +8,7 @@
 //! checkpoint takes the same updates as one that never stopped.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -109,6 +110,8 @@ pub struct SftSummary {
     pub checkpoint: PathBuf,
     pub trainable_params: usize,
     pub seconds: f64,
+    /// `on_step` stopped the run before the end (no save at the stop).
+    pub stopped_early: bool,
 }
 
 /// Masked cross-entropy of one example: (sum of −log p over masked-in tokens, their count).
@@ -140,7 +143,8 @@ pub fn eval_loss(model: &TrainModel, examples: &[SftExample], mask_out: bool) ->
 /// The order examples are visited in epoch `epoch`.
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = StdRng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     order.shuffle(&mut rng);
     order
 }
@@ -157,12 +161,13 @@ pub fn read_data(model: &TrainModel, cfg: &SftConfig) -> Result<SftData> {
 
 /// Runs SFT into `out`. With `resume`, continues from the newest checkpoint there (the
 /// settings must match); without it, a folder that already holds checkpoints is an error.
-/// `on_step` sees each step as it finishes (progress display).
+/// `on_step` sees each step as it finishes (progress display); `Break` stops the run there
+/// without a save, as a kill would (the run resumes from its last checkpoint).
 pub fn train(
     cfg: &SftConfig,
     out: &Path,
     resume: bool,
-    mut on_step: impl FnMut(&StepReport),
+    mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
 ) -> Result<SftSummary> {
     let started = Instant::now();
     if cfg.grad_accum == 0 || cfg.epochs == 0 {
@@ -271,7 +276,19 @@ pub fn train(
             serde_json::to_string(&report).expect("report serializes")
         )?;
         log.flush()?;
-        on_step(&report);
+        if on_step(&report).is_break() {
+            return Ok(SftSummary {
+                steps: step,
+                examples: n,
+                skipped_lines: data.skipped_lines,
+                resumed_from,
+                final_loss: last_loss,
+                checkpoint: final_path.unwrap_or_default(),
+                trainable_params: model.num_trainable(),
+                seconds: started.elapsed().as_secs_f64(),
+                stopped_early: true,
+            });
+        }
         if (cfg.save_every > 0 && step % cfg.save_every == 0) || pos == total_examples {
             let meta = CheckpointMeta {
                 step,
@@ -304,6 +321,7 @@ pub fn train(
         checkpoint,
         trainable_params: model.num_trainable(),
         seconds: started.elapsed().as_secs_f64(),
+        stopped_early: false,
     })
 }
 

@@ -509,5 +509,11 @@ pub(crate) fn dense_model(
     }
     let norm = take(&mut ts, "model.norm.weight")?;
     let lm_head = matrix(take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone()))?;
-    Ok(Model::new(cfg, Embedding::Dense(embed_w), layers, norm, lm_head))
+    Ok(Model::new(
+        cfg,
+        Embedding::Dense(embed_w),
+        layers,
+        norm,
+        lm_head,
+    ))
 }
