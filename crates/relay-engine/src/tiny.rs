@@ -274,37 +274,6 @@ enum Init {
     Embed,
 }
 
-/// HF tensor name → GGUF tensor name (llama.cpp's qwen2/qwen3 naming).
-fn gguf_name(hf: &str) -> String {
-    if hf == "model.embed_tokens.weight" {
-        return "token_embd.weight".into();
-    }
-    if hf == "model.norm.weight" {
-        return "output_norm.weight".into();
-    }
-    if hf == "lm_head.weight" {
-        return "output.weight".into();
-    }
-    let rest = hf.strip_prefix("model.layers.").expect("layer tensor");
-    let (i, rest) = rest.split_once('.').expect("layer index");
-    let (module, suffix) = rest.rsplit_once('.').expect("weight/bias");
-    let m = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        other => panic!("unknown module {other}"),
-    };
-    format!("blk.{i}.{m}.{suffix}")
-}
-
 /// Writes the tiny model as one GGUF file. `extra_metadata` is appended after (and so may
 /// override) the model keys, e.g. tokenizer metadata.
 pub fn write_gguf(
@@ -324,7 +293,8 @@ pub fn write_gguf(
         } else {
             QTensor::quantize(&t, GgmlDType::F32)?
         };
-        qtensors.push((gguf_name(&name), q));
+        let gguf = crate::candle::names::hf_to_gguf(&name).expect("tiny tensors have GGUF names");
+        qtensors.push((gguf, q));
     }
     let mut md = cfg.gguf_metadata();
     for (k, v) in extra_metadata {

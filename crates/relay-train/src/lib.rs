@@ -1,9 +1,28 @@
-//! relay-train: teaching an SLM to call the LLM.
+//! relay-train: teaching an SLM to call the LLM, on candle's autograd.
 //!
 //! - [`warmup`]: warm-up data — correct solutions with 0–3 `<call>n</call>` commands inserted,
 //!   LLM-written tokens masked out of the loss.
-//! - SFT, GRPO with the difficulty-aware reward (`relay_core::reward`), LoRA and checkpoints
-//!   are built on top (see the training issue).
+//! - [`model::TrainModel`]: a differentiable Qwen2/Qwen3 forward over whole sequences that
+//!   matches the inference engine's numerics, with LoRA or full fine-tuning. A GGUF base is
+//!   dequantized to f32 and kept frozen; LoRA trains low-rank pairs beside it.
+//! - [`optim`]: AdamW (checkpointable), gradient accumulation, global-norm clipping, warm-up +
+//!   cosine/linear schedule.
+//! - [`checkpoint`]: atomic single-file checkpoints (weights + optimizer + step + data position
+//!   + settings) and exact resume.
+//! - [`data`] and [`sft`]: JSONL conversations → ids + loss mask → the SFT loop.
+//! - [`grpo`]: GRPO on the relay's own rollouts with the difficulty-aware reward
+//!   (`relay_core::reward`).
+//! - [`export`]: LoRA merged into the base, written as a safetensors folder or a GGUF.
 
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod export;
 pub mod grpo;
+pub mod model;
+pub mod optim;
+pub mod sft;
 pub mod warmup;
+
+pub use error::{Result, TrainError};
+pub use model::{Adapter, LoraTarget, TrainModel};

@@ -39,7 +39,15 @@ fn parse_arch(s: &str) -> Result<Arch> {
 
 // ---------------------------------------------------------------- GGUF
 
-pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+/// What a model file says besides its tensors.
+struct Header {
+    cfg: ModelConfig,
+    name: String,
+    eos_token_ids: Vec<u32>,
+}
+
+/// Opens a GGUF file and reads its header, checking that no tensor runs past the file's end.
+fn open_gguf(path: &Path) -> Result<(std::fs::File, gguf_file::Content)> {
     let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => EngineError::NotFound(path.to_path_buf()),
         _ => EngineError::Io(e),
@@ -58,6 +66,10 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
             ));
         }
     }
+    Ok((file, content))
+}
+
+fn gguf_header(content: &gguf_file::Content, path: &Path, opts: &LoadOptions) -> Result<Header> {
     let md = &content.metadata;
     let arch_name = md
         .get("general.architecture")
@@ -82,10 +94,60 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
 
     let hidden_size = num("embedding_length")?;
     let num_heads = num("attention.head_count")?;
-    let num_kv_heads = num("attention.head_count_kv").unwrap_or(num_heads);
-    let head_dim = num("attention.key_length").unwrap_or(hidden_size / num_heads.max(1));
-    let num_layers = num("block_count")?;
     let context_length = num("context_length")?;
+    let vocab_size = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| malformed(path, "tensor `token_embd.weight`: missing"))?
+        .shape
+        .dims()
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let cfg = ModelConfig {
+        arch,
+        vocab_size,
+        hidden_size,
+        intermediate_size: num("feed_forward_length").unwrap_or(0),
+        num_layers: num("block_count")?,
+        num_heads,
+        num_kv_heads: num("attention.head_count_kv").unwrap_or(num_heads),
+        head_dim: num("attention.key_length").unwrap_or(hidden_size / num_heads.max(1)),
+        rope_theta: float("rope.freq_base", 10_000.0),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
+        context_length: opts
+            .max_context
+            .map_or(context_length, |m| m.min(context_length)),
+    };
+    let mut eos = Vec::new();
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
+        if let Some(id) = md.get(key).and_then(value_usize) {
+            if !eos.contains(&(id as u32)) {
+                eos.push(id as u32);
+            }
+        }
+    }
+    let name = md
+        .get("general.name")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    Ok(Header {
+        cfg,
+        name,
+        eos_token_ids: eos,
+    })
+}
+
+pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let (mut file, content) = open_gguf(path)?;
+    let header = gguf_header(&content, path, opts)?;
+    let arch = header.cfg.arch;
+    let num_layers = header.cfg.num_layers;
+    let hidden_size = header.cfg.hidden_size;
 
     let dev = Device::Cpu;
     let tensor = |file: &mut std::fs::File, name: &str| -> Result<QTensor> {
@@ -107,8 +169,6 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     };
 
     let embed_q = Arc::new(tensor(&mut file, "token_embd.weight")?);
-    let vocab_size = embed_q.shape().dims2()?.0;
-    let intermediate_size = num("feed_forward_length").unwrap_or(0);
     let mut layers = Vec::with_capacity(num_layers);
     for i in 0..num_layers {
         let b = format!("blk.{i}");
@@ -150,42 +210,10 @@ pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     } else {
         Embedding::Quantized(embed_q)
     };
-
-    let cfg = ModelConfig {
-        arch,
-        vocab_size,
-        hidden_size,
-        intermediate_size,
-        num_layers,
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        rope_theta: float("rope.freq_base", 10_000.0),
-        rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
-        context_length: opts
-            .max_context
-            .map_or(context_length, |m| m.min(context_length)),
-    };
-    let mut eos = Vec::new();
-    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
-        if let Some(id) = md.get(key).and_then(value_usize) {
-            if !eos.contains(&(id as u32)) {
-                eos.push(id as u32);
-            }
-        }
-    }
-    let name = md
-        .get("general.name")
-        .and_then(|v| v.to_string().ok().cloned())
-        .unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
     Ok(Loaded {
-        model: Model::new(cfg, embed, layers, norm, lm_head),
-        name,
-        eos_token_ids: eos,
+        model: Model::new(header.cfg, embed, layers, norm, lm_head),
+        name: header.name,
+        eos_token_ids: header.eos_token_ids,
     })
 }
 
@@ -252,7 +280,8 @@ fn value_f64(v: &gguf_file::Value) -> Option<f64> {
 
 // ---------------------------------------------------------------- safetensors
 
-pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
+/// Reads `config.json` (and `generation_config.json` for EOS ids) and lists the weight files.
+fn safetensors_header(dir: &Path, opts: &LoadOptions) -> Result<(Header, Vec<PathBuf>)> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
         return Err(EngineError::NotFound(cfg_path));
@@ -273,10 +302,6 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
     };
     let hidden_size = num("hidden_size")?;
     let num_heads = num("num_attention_heads")?;
-    let num_kv_heads = num("num_key_value_heads").unwrap_or(num_heads);
-    let head_dim = num("head_dim").unwrap_or(hidden_size / num_heads.max(1));
-    let num_layers = num("num_hidden_layers")?;
-    let vocab_size = num("vocab_size")?;
     let context_length = num("max_position_embeddings").unwrap_or(32768);
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -287,88 +312,15 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
     if files.is_empty() {
         return Err(EngineError::NotFound(dir.join("*.safetensors")));
     }
-    let mut ts: HashMap<String, Tensor> = HashMap::new();
-    for f in &files {
-        let part = candle_core::safetensors::load(f, &Device::Cpu).map_err(|e| malformed(f, e))?;
-        ts.extend(part);
-    }
-    let take_opt = |ts: &mut HashMap<String, Tensor>, name: &str| -> Result<Option<Tensor>> {
-        Ok(match ts.remove(name) {
-            Some(t) => Some(t.to_dtype(DType::F32)?),
-            None => None,
-        })
-    };
-    let take = |ts: &mut HashMap<String, Tensor>, name: &str| -> Result<Tensor> {
-        take_opt(ts, name)?.ok_or_else(|| malformed(dir, format!("missing tensor `{name}`")))
-    };
-    let embed_w = take(&mut ts, "model.embed_tokens.weight")?;
-    if embed_w.dims2()? != (vocab_size, hidden_size) {
-        return Err(malformed(
-            dir,
-            format!(
-                "embed_tokens has shape {:?}, config says ({vocab_size}, {hidden_size})",
-                embed_w.dims()
-            ),
-        ));
-    }
-    let mut layers = Vec::with_capacity(num_layers);
-    for i in 0..num_layers {
-        let b = format!("model.layers.{i}");
-        let mut lin = |name: &str, bias: bool| -> Result<Linear> {
-            let w = take(&mut ts, &format!("{b}.{name}.weight"))?;
-            let b = if bias {
-                take_opt(&mut ts, &format!("{b}.{name}.bias"))?
-            } else {
-                None
-            };
-            Ok(Linear {
-                w: Weight::Candle(QMatMul::Tensor(w)),
-                b,
-            })
-        };
-        let qwen2 = arch == Arch::Qwen2;
-        let q = lin("self_attn.q_proj", qwen2)?;
-        let k = lin("self_attn.k_proj", qwen2)?;
-        let v = lin("self_attn.v_proj", qwen2)?;
-        let o = lin("self_attn.o_proj", false)?;
-        let gate = lin("mlp.gate_proj", false)?;
-        let up = lin("mlp.up_proj", false)?;
-        let down = lin("mlp.down_proj", false)?;
-        let (q_norm, k_norm) = if arch == Arch::Qwen3 {
-            (
-                Some(take(&mut ts, &format!("{b}.self_attn.q_norm.weight"))?.to_vec1::<f32>()?),
-                Some(take(&mut ts, &format!("{b}.self_attn.k_norm.weight"))?.to_vec1::<f32>()?),
-            )
-        } else {
-            (None, None)
-        };
-        layers.push(Layer {
-            attn_norm: take(&mut ts, &format!("{b}.input_layernorm.weight"))?,
-            q,
-            k,
-            v,
-            o,
-            q_norm,
-            k_norm,
-            ffn_norm: take(&mut ts, &format!("{b}.post_attention_layernorm.weight"))?,
-            gate,
-            up,
-            down,
-        });
-    }
-    let norm = take(&mut ts, "model.norm.weight")?;
-    let lm_head = Weight::Candle(QMatMul::Tensor(
-        take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone()),
-    ));
     let cfg = ModelConfig {
         arch,
-        vocab_size,
+        vocab_size: num("vocab_size")?,
         hidden_size,
         intermediate_size: num("intermediate_size").unwrap_or(0),
-        num_layers,
+        num_layers: num("num_hidden_layers")?,
         num_heads,
-        num_kv_heads,
-        head_dim,
+        num_kv_heads: num("num_key_value_heads").unwrap_or(num_heads),
+        head_dim: num("head_dim").unwrap_or(hidden_size / num_heads.max(1)),
         rope_theta: cj
             .get("rope_theta")
             .and_then(|v| v.as_f64())
@@ -401,9 +353,167 @@ pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded>
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(Loaded {
-        model: Model::new(cfg, Embedding::Dense(embed_w), layers, norm, lm_head),
+    let header = Header {
+        cfg,
         name,
         eos_token_ids: eos,
+    };
+    Ok((header, files))
+}
+
+fn read_safetensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
+    let mut ts: HashMap<String, Tensor> = HashMap::new();
+    for f in files {
+        let part = candle_core::safetensors::load(f, &Device::Cpu).map_err(|e| malformed(f, e))?;
+        ts.extend(part);
+    }
+    Ok(ts)
+}
+
+pub(crate) fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let (header, files) = safetensors_header(dir, opts)?;
+    let ts = read_safetensors(&files)?;
+    Ok(Loaded {
+        model: dense_model(header.cfg, ts, GgmlDType::F32, dir, opts)?,
+        name: header.name,
+        eos_token_ids: header.eos_token_ids,
     })
+}
+
+// ---------------------------------------------------------------- dense
+
+/// Every weight of a model as a dense f32 tensor under its Hugging Face name, with the model's
+/// shape: what training starts from (a GGUF file is dequantized tensor by tensor).
+#[derive(Debug, Clone)]
+pub struct DenseWeights {
+    pub config: ModelConfig,
+    /// By HF name; no `lm_head.weight` when the output head is tied to the embeddings.
+    pub tensors: HashMap<String, Tensor>,
+    pub name: String,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// Reads a `.gguf` file or a safetensors folder into [`DenseWeights`].
+pub fn load_dense(path: &Path, opts: &LoadOptions) -> Result<DenseWeights> {
+    let (header, tensors) = if path.is_dir() {
+        let (header, files) = safetensors_header(path, opts)?;
+        let mut ts = read_safetensors(&files)?;
+        for t in ts.values_mut() {
+            *t = t.to_dtype(DType::F32)?;
+        }
+        (header, ts)
+    } else {
+        let (mut file, content) = open_gguf(path)?;
+        let header = gguf_header(&content, path, opts)?;
+        let mut ts = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            // Tensors we do not run (e.g. `rope_freqs`) stay out.
+            let Some(hf) = super::names::gguf_to_hf(name) else {
+                continue;
+            };
+            let q = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .map_err(|e| malformed(path, format!("tensor `{name}`: {e}")))?;
+            ts.insert(hf, q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?);
+        }
+        (header, ts)
+    };
+    Ok(DenseWeights {
+        config: header.cfg,
+        tensors,
+        name: header.name,
+        eos_token_ids: header.eos_token_ids,
+    })
+}
+
+/// Builds a model from dense tensors under their HF names (any float dtype; computed in f32).
+/// The 2-D layer weights and the output head are stored as `weights` (F32 keeps them dense;
+/// a quantized type quantizes them as a GGUF of that type would); `source` names the origin in
+/// errors. A missing `lm_head.weight` means tied embeddings.
+pub(crate) fn dense_model(
+    cfg: ModelConfig,
+    mut ts: HashMap<String, Tensor>,
+    weights: GgmlDType,
+    source: &Path,
+    opts: &LoadOptions,
+) -> Result<Model> {
+    let take_opt = |ts: &mut HashMap<String, Tensor>, name: &str| -> Result<Option<Tensor>> {
+        Ok(match ts.remove(name) {
+            Some(t) => Some(t.to_dtype(DType::F32)?),
+            None => None,
+        })
+    };
+    let take = |ts: &mut HashMap<String, Tensor>, name: &str| -> Result<Tensor> {
+        take_opt(ts, name)?.ok_or_else(|| malformed(source, format!("missing tensor `{name}`")))
+    };
+    let matrix = |w: Tensor| -> Result<Weight> {
+        if weights == GgmlDType::F32 {
+            Ok(Weight::Candle(QMatMul::Tensor(w)))
+        } else {
+            weight(QTensor::quantize(&w, weights)?, opts)
+        }
+    };
+    let (vocab_size, hidden_size) = (cfg.vocab_size, cfg.hidden_size);
+    let embed_w = take(&mut ts, "model.embed_tokens.weight")?;
+    if embed_w.dims2()? != (vocab_size, hidden_size) {
+        return Err(malformed(
+            source,
+            format!(
+                "embed_tokens has shape {:?}, config says ({vocab_size}, {hidden_size})",
+                embed_w.dims()
+            ),
+        ));
+    }
+    let arch = cfg.arch;
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let b = format!("model.layers.{i}");
+        let mut lin = |name: &str, bias: bool| -> Result<Linear> {
+            let w = take(&mut ts, &format!("{b}.{name}.weight"))?;
+            let b = if bias {
+                take_opt(&mut ts, &format!("{b}.{name}.bias"))?
+            } else {
+                None
+            };
+            Ok(Linear { w: matrix(w)?, b })
+        };
+        let qwen2 = arch == Arch::Qwen2;
+        let q = lin("self_attn.q_proj", qwen2)?;
+        let k = lin("self_attn.k_proj", qwen2)?;
+        let v = lin("self_attn.v_proj", qwen2)?;
+        let o = lin("self_attn.o_proj", false)?;
+        let gate = lin("mlp.gate_proj", false)?;
+        let up = lin("mlp.up_proj", false)?;
+        let down = lin("mlp.down_proj", false)?;
+        let (q_norm, k_norm) = if arch == Arch::Qwen3 {
+            (
+                Some(take(&mut ts, &format!("{b}.self_attn.q_norm.weight"))?.to_vec1::<f32>()?),
+                Some(take(&mut ts, &format!("{b}.self_attn.k_norm.weight"))?.to_vec1::<f32>()?),
+            )
+        } else {
+            (None, None)
+        };
+        layers.push(Layer {
+            attn_norm: take(&mut ts, &format!("{b}.input_layernorm.weight"))?,
+            q,
+            k,
+            v,
+            o,
+            q_norm,
+            k_norm,
+            ffn_norm: take(&mut ts, &format!("{b}.post_attention_layernorm.weight"))?,
+            gate,
+            up,
+            down,
+        });
+    }
+    let norm = take(&mut ts, "model.norm.weight")?;
+    let lm_head = matrix(take_opt(&mut ts, "lm_head.weight")?.unwrap_or_else(|| embed_w.clone()))?;
+    Ok(Model::new(
+        cfg,
+        Embedding::Dense(embed_w),
+        layers,
+        norm,
+        lm_head,
+    ))
 }

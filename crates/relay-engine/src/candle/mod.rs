@@ -8,10 +8,12 @@ pub mod bench;
 mod kv;
 mod load;
 mod model;
+pub mod names;
 mod native;
 mod pool;
 mod q8;
 
+pub use load::{load_dense, DenseWeights};
 pub use model::{Arch, ModelConfig};
 
 use std::collections::HashMap;
@@ -82,6 +84,33 @@ impl CandleEngine {
         } else {
             load::load_gguf(path, &opts)?
         };
+        Ok(Self::from_model(loaded))
+    }
+
+    /// An engine over weights already in memory (the trainer's, for rollouts), given as dense
+    /// tensors under their Hugging Face names (`model.layers.0.self_attn.q_proj.weight`; no
+    /// `lm_head.weight` means tied embeddings). The layer matrices are stored as `weights`:
+    /// F32 runs them exactly as given, a quantized type (Q8_0) trades a little accuracy for
+    /// decode speed, as a GGUF of that type would.
+    pub fn from_tensors(
+        cfg: ModelConfig,
+        tensors: HashMap<String, candle_core::Tensor>,
+        weights: candle_core::quantized::GgmlDType,
+        name: impl Into<String>,
+        eos_token_ids: Vec<u32>,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        init_threads(opts.threads);
+        let source = std::path::PathBuf::from("<tensors in memory>");
+        let model = load::dense_model(cfg, tensors, weights, &source, &opts)?;
+        Ok(Self::from_model(load::Loaded {
+            model,
+            name: name.into(),
+            eos_token_ids,
+        }))
+    }
+
+    fn from_model(loaded: load::Loaded) -> Self {
         let cfg = &loaded.model.cfg;
         let info = ModelInfo {
             name: loaded.name,
@@ -90,12 +119,12 @@ impl CandleEngine {
             context_length: cfg.context_length,
             eos_token_ids: loaded.eos_token_ids,
         };
-        Ok(Self {
+        Self {
             model: loaded.model,
             info,
             seqs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-        })
+        }
     }
 
     /// The loaded model's shape.

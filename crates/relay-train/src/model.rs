@@ -1,0 +1,563 @@
+//! A differentiable Qwen2 / Qwen3 forward over whole sequences, on candle's autograd.
+//!
+//! The math is the inference engine's (`relay_engine::candle`'s forward): NEOX RoPE (rotate
+//! halves), grouped-query attention, RMSNorm, SwiGLU, Qwen2's q/k/v biases and Qwen3's per-head
+//! q/k norms. Here it runs over the full sequence at once with a causal mask and no KV cache,
+//! built only from ops whose backward candle implements (RMSNorm, RoPE and softmax are written
+//! out from basic ops for that reason).
+//!
+//! Every weight is held dense in f32 under its Hugging Face name; a GGUF base is dequantized
+//! once at load. The base stays frozen: LoRA adds trainable `A`/`B` pairs next to it (`B` starts
+//! at zero, so the adapted model starts equal to the base), and full fine-tuning trains a copy
+//! while the base remains as the reference model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor, Var, D};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use relay_engine::candle::{load_dense, Arch, ModelConfig};
+use relay_engine::chat::ChatTemplate;
+use relay_engine::model::LoadedModel;
+use relay_engine::tokenizer::Tokenizer;
+use relay_engine::{CandleEngine, LoadOptions};
+
+use crate::error::{Result, TrainError};
+
+/// A linear layer LoRA can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraTarget {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LoraTarget {
+    pub const ALL: [LoraTarget; 7] = [
+        LoraTarget::Q,
+        LoraTarget::K,
+        LoraTarget::V,
+        LoraTarget::O,
+        LoraTarget::Gate,
+        LoraTarget::Up,
+        LoraTarget::Down,
+    ];
+
+    /// The module inside a layer, as HF names it.
+    pub fn module(self) -> &'static str {
+        match self {
+            LoraTarget::Q => "self_attn.q_proj",
+            LoraTarget::K => "self_attn.k_proj",
+            LoraTarget::V => "self_attn.v_proj",
+            LoraTarget::O => "self_attn.o_proj",
+            LoraTarget::Gate => "mlp.gate_proj",
+            LoraTarget::Up => "mlp.up_proj",
+            LoraTarget::Down => "mlp.down_proj",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraTarget::Q => "q",
+            LoraTarget::K => "k",
+            LoraTarget::V => "v",
+            LoraTarget::O => "o",
+            LoraTarget::Gate => "gate",
+            LoraTarget::Up => "up",
+            LoraTarget::Down => "down",
+        }
+    }
+}
+
+impl std::str::FromStr for LoraTarget {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        LoraTarget::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                TrainError::InvalidInput(format!(
+                    "unknown LoRA target `{s}` (known: q, k, v, o, gate, up, down)"
+                ))
+            })
+    }
+}
+
+/// What training changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Adapter {
+    /// Low-rank adapters `W + (alpha / rank) · B A` on the listed linear layers of every layer.
+    Lora {
+        rank: usize,
+        alpha: f64,
+        targets: Vec<LoraTarget>,
+    },
+    /// Every weight is trainable.
+    Full,
+}
+
+impl Adapter {
+    /// LoRA on all seven linear layers of each block.
+    pub fn lora(rank: usize, alpha: f64) -> Self {
+        Adapter::Lora {
+            rank,
+            alpha,
+            targets: LoraTarget::ALL.to_vec(),
+        }
+    }
+}
+
+/// One LoRA pair: `A` is `[rank, in]`, `B` is `[out, rank]`.
+struct Lora {
+    a: Var,
+    b: Var,
+    scale: f64,
+}
+
+/// Which weights a forward uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Weights {
+    /// The trainable ones (adapters on, or the full copy).
+    Current,
+    /// The frozen start.
+    Reference,
+}
+
+/// A Qwen2/Qwen3 model being trained.
+pub struct TrainModel {
+    config: ModelConfig,
+    source: PathBuf,
+    name: String,
+    eos_token_ids: Vec<u32>,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    adapter: Adapter,
+    /// The frozen start weights by HF name (never a `Var`, so autograd passes them by).
+    base: HashMap<String, Tensor>,
+    /// `Adapter::Full`: a trainable copy of every base weight.
+    full: BTreeMap<String, Var>,
+    /// `Adapter::Lora`: by module name (`model.layers.0.self_attn.q_proj`).
+    lora: BTreeMap<String, Lora>,
+    /// RoPE inverse frequencies, computed as the engine does.
+    inv_freq: Vec<f32>,
+}
+
+impl TrainModel {
+    /// Loads a `.gguf` file (every tensor dequantized to f32) or an HF safetensors folder, with
+    /// its tokenizer and chat template, and sets up `adapter`; `seed` draws the LoRA `A` init.
+    pub fn load(path: &Path, adapter: Adapter, seed: u64) -> Result<Self> {
+        let dense = load_dense(path, &LoadOptions::default())?;
+        let tokenizer = Tokenizer::load_for_model(path)?;
+        let template = ChatTemplate::load_for_model(path).ok();
+        let config = dense.config;
+        let base = dense.tensors;
+        let mut full = BTreeMap::new();
+        let mut lora = BTreeMap::new();
+        match &adapter {
+            Adapter::Full => {
+                for (name, t) in &base {
+                    full.insert(name.clone(), Var::from_tensor(t)?);
+                }
+            }
+            Adapter::Lora {
+                rank,
+                alpha,
+                targets,
+            } => {
+                if *rank == 0 {
+                    return Err(TrainError::InvalidInput(
+                        "LoRA rank must be at least 1".into(),
+                    ));
+                }
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut targets = targets.clone();
+                targets.sort();
+                targets.dedup();
+                for i in 0..config.num_layers {
+                    for t in &targets {
+                        let module = format!("model.layers.{i}.{}", t.module());
+                        let w = base.get(&format!("{module}.weight")).ok_or_else(|| {
+                            TrainError::InvalidInput(format!("{module}.weight missing"))
+                        })?;
+                        let (out, inp) = w.dims2()?;
+                        // PEFT's init: A ~ kaiming-uniform (bound 1/sqrt(in)), B = 0.
+                        let bound = 1.0 / (inp as f32).sqrt();
+                        let a: Vec<f32> = (0..rank * inp)
+                            .map(|_| rng.gen_range(-bound..bound))
+                            .collect();
+                        let a = Var::from_vec(a, (*rank, inp), &Device::Cpu)?;
+                        let b = Var::zeros((out, *rank), candle_core::DType::F32, &Device::Cpu)?;
+                        let scale = alpha / *rank as f64;
+                        lora.insert(module, Lora { a, b, scale });
+                    }
+                }
+            }
+        }
+        let hd = config.head_dim;
+        let inv_freq = (0..hd / 2)
+            .map(|i| (1.0 / config.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
+        Ok(Self {
+            config,
+            source: path.to_path_buf(),
+            name: dense.name,
+            eos_token_ids: dense.eos_token_ids,
+            tokenizer,
+            template,
+            adapter,
+            base,
+            full,
+            lora,
+            inv_freq,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
+    /// The file or folder the base was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
+    /// The trainable parameters, in a fixed order (by name).
+    pub fn trainable(&self) -> Vec<Var> {
+        self.trainable_named().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The trainable parameters by name, sorted: HF weight names for full training,
+    /// `<module>.lora_a` / `<module>.lora_b` for LoRA. Checkpoints use these names.
+    pub fn trainable_named(&self) -> Vec<(String, Var)> {
+        let mut out: Vec<(String, Var)> = self
+            .full
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        for (module, l) in &self.lora {
+            out.push((format!("{module}.lora_a"), l.a.clone()));
+            out.push((format!("{module}.lora_b"), l.b.clone()));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_trainable(&self) -> usize {
+        self.trainable().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Sets the trainable parameters from saved values (a checkpoint); every parameter must be
+    /// given, with its shape.
+    pub fn set_trainable(&self, values: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, var) in self.trainable_named() {
+            let t = values.get(&name).ok_or_else(|| {
+                TrainError::InvalidInput(format!("no saved value for parameter `{name}`"))
+            })?;
+            if t.dims() != var.dims() {
+                return Err(TrainError::InvalidInput(format!(
+                    "parameter `{name}` has shape {:?}, saved value {:?}",
+                    var.dims(),
+                    t.dims()
+                )));
+            }
+            var.set(&t.to_dtype(candle_core::DType::F32)?)?;
+        }
+        Ok(())
+    }
+
+    /// log p(ids[t] | ids[..t]) for t = 1..len: a `[len - 1]` f32 tensor, differentiable in
+    /// the trainable parameters.
+    pub fn token_logprobs(&self, ids: &[u32]) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        let logits = self.logits(&ids[..ids.len() - 1], Weights::Current)?;
+        logprobs_of(&logits, &ids[1..])
+    }
+
+    /// The same under the frozen start weights (adapters off / the base of a full run),
+    /// detached.
+    pub fn reference_logprobs(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_ids(ids)?;
+        let logits = self.logits(&ids[..ids.len() - 1], Weights::Reference)?;
+        Ok(logprobs_of(&logits, &ids[1..])?.to_vec1::<f32>()?)
+    }
+
+    /// Every weight with the current training applied (LoRA merged: `W + (alpha/rank) · B A`),
+    /// by HF name; no `lm_head.weight` when the base ties it to the embeddings.
+    pub fn merged_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::with_capacity(self.base.len());
+        for name in self.base.keys() {
+            let mut w = self.weight(name, Weights::Current)?.detach();
+            if let Some(module) = name.strip_suffix(".weight") {
+                if let Some(l) = self.lora.get(module) {
+                    let delta = l.b.as_tensor().matmul(l.a.as_tensor())?;
+                    w = (w + (delta * l.scale)?)?;
+                }
+            }
+            out.insert(name.clone(), w.copy()?);
+        }
+        Ok(out)
+    }
+
+    /// An inference engine with the current (merged) weights, dense f32, same EOS ids: rollouts
+    /// see exactly the model being trained. Pair it with [`Self::tokenizer`] and
+    /// [`Self::chat_template`], or use [`Self::to_loaded_model`].
+    pub fn to_engine(&self, opts: LoadOptions) -> Result<CandleEngine> {
+        self.to_engine_with(opts, GgmlDType::F32)
+    }
+
+    /// [`Self::to_engine`] with the layer matrices stored as `weights` (Q8_0 decodes several
+    /// times faster than f32 on a CPU, at a small cost in accuracy).
+    pub fn to_engine_with(&self, opts: LoadOptions, weights: GgmlDType) -> Result<CandleEngine> {
+        Ok(CandleEngine::from_tensors(
+            self.config.clone(),
+            self.merged_tensors()?,
+            weights,
+            self.name.clone(),
+            self.eos_token_ids.clone(),
+            opts,
+        )?)
+    }
+
+    /// The engine of [`Self::to_engine`] with this model's tokenizer and chat template, as the
+    /// relay and `generate` take it.
+    pub fn to_loaded_model(&self, opts: LoadOptions) -> Result<LoadedModel> {
+        Ok(LoadedModel {
+            path: self.source.clone(),
+            engine: std::sync::Arc::new(self.to_engine(opts)?),
+            tokenizer: std::sync::Arc::new(self.tokenizer.clone()),
+            template: self.template.clone().map(std::sync::Arc::new),
+        })
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if ids.len() < 2 {
+            return Err(TrainError::InvalidInput(format!(
+                "log-probs need at least 2 tokens, got {}",
+                ids.len()
+            )));
+        }
+        if let Some(&id) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(TrainError::InvalidInput(format!(
+                "token id {id} is out of the vocabulary (size {})",
+                self.config.vocab_size
+            )));
+        }
+        if ids.len() > self.config.context_length {
+            return Err(TrainError::InvalidInput(format!(
+                "{} tokens exceed the context length {}",
+                ids.len(),
+                self.config.context_length
+            )));
+        }
+        Ok(())
+    }
+
+    fn weight(&self, name: &str, which: Weights) -> Result<Tensor> {
+        if which == Weights::Current {
+            if let Some(v) = self.full.get(name) {
+                return Ok(v.as_tensor().clone());
+            }
+        }
+        self.base
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TrainError::InvalidInput(format!("model has no tensor `{name}`")))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.base.contains_key(name)
+    }
+
+    /// `x Wᵀ + b`, plus the LoRA term when the current weights are asked for.
+    fn linear(&self, x: &Tensor, module: &str, which: Weights) -> Result<Tensor> {
+        let w = self.weight(&format!("{module}.weight"), which)?;
+        let mut y = x.matmul(&w.t()?)?;
+        let bias = format!("{module}.bias");
+        if self.has(&bias) {
+            y = y.broadcast_add(&self.weight(&bias, which)?)?;
+        }
+        if which == Weights::Current {
+            if let Some(l) = self.lora.get(module) {
+                let d = x
+                    .matmul(&l.a.as_tensor().t()?)?
+                    .matmul(&l.b.as_tensor().t()?)?;
+                y = (y + (d * l.scale)?)?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// Logits after each of `ids`: `[len, vocab]`.
+    fn logits(&self, ids: &[u32], which: Weights) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (n, nh, nkv, hd) = (ids.len(), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let group = nh / nkv;
+        let eps = cfg.rms_norm_eps;
+        let dev = Device::Cpu;
+        let (cos, sin) = self.rope_tables(n)?;
+        let mask = causal_mask(n)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+
+        let ids_t = Tensor::new(ids, &dev)?;
+        let mut x = self
+            .weight("model.embed_tokens.weight", which)?
+            .index_select(&ids_t, 0)?;
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let h = rms_norm(
+                &x,
+                &self.weight(&format!("{p}.input_layernorm.weight"), which)?,
+                eps,
+            )?;
+            let mut q = self
+                .linear(&h, &format!("{p}.self_attn.q_proj"), which)?
+                .reshape((n, nh, hd))?;
+            let mut k = self
+                .linear(&h, &format!("{p}.self_attn.k_proj"), which)?
+                .reshape((n, nkv, hd))?;
+            let v = self
+                .linear(&h, &format!("{p}.self_attn.v_proj"), which)?
+                .reshape((n, nkv, hd))?;
+            if cfg.arch == Arch::Qwen3 {
+                q = rms_norm(
+                    &q,
+                    &self.weight(&format!("{p}.self_attn.q_norm.weight"), which)?,
+                    eps,
+                )?;
+                k = rms_norm(
+                    &k,
+                    &self.weight(&format!("{p}.self_attn.k_norm.weight"), which)?,
+                    eps,
+                )?;
+            }
+            let q = rope(&q, &cos, &sin)?;
+            let k = rope(&k, &cos, &sin)?;
+            // Query head h reads kv head h / group: grouping the query heads of one kv head
+            // into the rows of one matmul needs no copy of k or v.
+            let q = q
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((nkv, group * n, hd))?;
+            let k = k.transpose(0, 1)?.contiguous()?;
+            let v = v.transpose(0, 1)?.contiguous()?;
+            let scores = (q.matmul(&k.t()?)? * scale)?
+                .reshape((nh, n, n))?
+                .broadcast_add(&mask)?;
+            let probs = softmax_last(&scores)?.reshape((nkv, group * n, n))?;
+            let a = probs
+                .matmul(&v)?
+                .reshape((nh, n, hd))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((n, nh * hd))?;
+            x = (x + self.linear(&a, &format!("{p}.self_attn.o_proj"), which)?)?;
+
+            let h = rms_norm(
+                &x,
+                &self.weight(&format!("{p}.post_attention_layernorm.weight"), which)?,
+                eps,
+            )?;
+            let g = self.linear(&h, &format!("{p}.mlp.gate_proj"), which)?;
+            let u = self.linear(&h, &format!("{p}.mlp.up_proj"), which)?;
+            x = (x + self.linear(&(g.silu()? * u)?, &format!("{p}.mlp.down_proj"), which)?)?;
+        }
+        let x = rms_norm(&x, &self.weight("model.norm.weight", which)?, eps)?;
+        let head = if self.has("lm_head.weight") {
+            "lm_head.weight"
+        } else {
+            "model.embed_tokens.weight"
+        };
+        Ok(x.matmul(&self.weight(head, which)?.t()?)?)
+    }
+
+    /// cos/sin of positions `0..n`, `[n, 1, head_dim / 2]`, as the engine computes them.
+    fn rope_tables(&self, n: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for pos in 0..n {
+            for &f in &self.inv_freq {
+                let (s, c) = (pos as f32 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (n, 1, half), &Device::Cpu)?,
+            Tensor::from_vec(sin, (n, 1, half), &Device::Cpu)?,
+        ))
+    }
+}
+
+/// `[n, n]`: 0 where a row may attend, a large negative number above the diagonal.
+fn causal_mask(n: usize) -> Result<Tensor> {
+    // Finite, so no 0 · inf ever reaches a gradient.
+    let data: Vec<f32> = (0..n)
+        .flat_map(|i| (0..n).map(move |j| if j <= i { 0.0 } else { -1e9 }))
+        .collect();
+    Ok(Tensor::from_vec(data, (n, n), &Device::Cpu)?)
+}
+
+/// RMSNorm over the last dimension.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+/// NEOX rotary embedding over `[n, heads, hd]` with `[n, 1, hd / 2]` tables.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let r2 = (x1.broadcast_mul(sin)? + x2.broadcast_mul(cos)?)?;
+    Ok(Tensor::cat(&[r1, r2], D::Minus1)?)
+}
+
+/// Softmax over the last dimension; the shift by the row max is a constant to autograd.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// log_softmax(logits)[t, targets[t]] for each row: `[rows]`.
+fn logprobs_of(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let lse = (logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + max)?;
+    let idx = Tensor::new(targets, &Device::Cpu)?.unsqueeze(1)?;
+    let picked = logits.gather(&idx, 1)?;
+    Ok((picked - lse)?.squeeze(1)?)
+}

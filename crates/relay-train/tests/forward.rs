@@ -1,0 +1,153 @@
+//! The training forward against the inference engine, and its gradients against finite
+//! differences.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{ids, tiny_gguf, tiny_hf};
+use relay_engine::candle::Arch;
+use relay_engine::{CandleEngine, Engine, LoadOptions};
+use relay_train::{Adapter, TrainModel};
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn logprobs_match_the_engine_on_qwen2_and_qwen3_gguf_and_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [Arch::Qwen2, Arch::Qwen3] {
+        for path in [tiny_gguf(dir.path(), arch), tiny_hf(dir.path(), arch)] {
+            let engine = CandleEngine::load(&path, LoadOptions::default()).unwrap();
+            let model = TrainModel::load(&path, Adapter::lora(4, 8.0), 1).unwrap();
+            let seq = ids(48, 7);
+            let want = engine.score(&seq).unwrap();
+            let got = model
+                .token_logprobs(&seq)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-3, "{arch:?} {}: max diff {d}", path.display());
+            // LoRA starts at B = 0: the reference is the same model.
+            let reference = model.reference_logprobs(&seq).unwrap();
+            assert!(max_diff(&reference, &got) < 1e-5);
+            // Sanity: these are real distributions, not all equal.
+            assert!(got.iter().all(|x| *x <= 0.0) && got.iter().any(|x| *x < -1.0));
+        }
+    }
+}
+
+#[test]
+fn trained_weights_reach_the_engine_and_the_reference_stays_put() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, adapter) in [
+        (Arch::Qwen2, Adapter::lora(4, 8.0)),
+        (Arch::Qwen3, Adapter::Full),
+    ] {
+        let path = tiny_gguf(dir.path(), arch);
+        let base = CandleEngine::load(&path, LoadOptions::default()).unwrap();
+        let model = TrainModel::load(&path, adapter, 3).unwrap();
+        // Move every trainable parameter.
+        for (i, v) in model.trainable().iter().enumerate() {
+            let noise = Tensor::randn(0f32, 0.05, v.dims(), &Device::Cpu).unwrap();
+            let _ = i;
+            v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+        }
+        let seq = ids(40, 11);
+        let got = model
+            .token_logprobs(&seq)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let base_lp = base.score(&seq).unwrap();
+        assert!(
+            max_diff(&got, &base_lp) > 1e-2,
+            "{arch:?}: training changed nothing"
+        );
+        let reference = model.reference_logprobs(&seq).unwrap();
+        assert!(
+            max_diff(&reference, &base_lp) < 1e-3,
+            "{arch:?}: reference moved"
+        );
+        let merged = model.to_engine(LoadOptions::default()).unwrap();
+        assert_eq!(merged.info().eos_token_ids, base.info().eos_token_ids);
+        let d = max_diff(&merged.score(&seq).unwrap(), &got);
+        assert!(d < 1e-3, "{arch:?}: merged engine differs by {d}");
+    }
+}
+
+/// Central differences on a few LoRA entries (the largest gradients of one A and one B) of a
+/// tiny model whose B is non-zero, so both halves of each pair carry gradient.
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [Arch::Qwen2, Arch::Qwen3] {
+        let path = tiny_hf(dir.path(), arch);
+        let model = TrainModel::load(&path, Adapter::lora(4, 8.0), 5).unwrap();
+        for (name, v) in model.trainable_named() {
+            if name.ends_with("lora_b") {
+                let t = Tensor::randn(0f32, 0.05, v.dims(), &Device::Cpu).unwrap();
+                v.set(&t).unwrap();
+            }
+        }
+        let seq = ids(24, 3);
+        let weights: Vec<f32> = (0..seq.len() - 1)
+            .map(|i| if i % 3 == 0 { -1.0 } else { 0.5 })
+            .collect();
+        let w = Tensor::new(weights.as_slice(), &Device::Cpu).unwrap();
+        let loss = |m: &TrainModel| -> Tensor {
+            (m.token_logprobs(&seq).unwrap() * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let grads = loss(&model).backward().unwrap();
+        let named = model.trainable_named();
+        let picks = [
+            "model.layers.0.self_attn.q_proj.lora_a",
+            "model.layers.1.mlp.down_proj.lora_b",
+            "model.layers.0.self_attn.v_proj.lora_b",
+        ];
+        for pick in picks {
+            let (_, var) = named.iter().find(|(n, _)| n == pick).unwrap();
+            let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+            let g = g.to_vec1::<f32>().unwrap();
+            // The two largest entries.
+            let mut order: Vec<usize> = (0..g.len()).collect();
+            order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for &i in &order[..2] {
+                let h = 1e-2f32;
+                let at = |delta: f32| -> f64 {
+                    let mut p = base.clone();
+                    p[i] += delta;
+                    var.set(&Tensor::from_vec(p, var.dims(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss(&model).to_scalar::<f32>().unwrap() as f64
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+                var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let an = g[i] as f64;
+                assert!(
+                    an.abs() > 1e-3,
+                    "{arch:?} {pick}[{i}]: gradient {an} too small to check"
+                );
+                assert!(
+                    (fd - an).abs() <= 0.03 * an.abs() + 2e-3,
+                    "{arch:?} {pick}[{i}]: autograd {an}, finite difference {fd}"
+                );
+            }
+        }
+    }
+}
