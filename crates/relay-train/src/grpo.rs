@@ -8,10 +8,25 @@
 //! model, averaged over every trained token of the batch (token-mean). LLM-written tokens are
 //! not trained unless `train_llm_tokens`.
 
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::error::{Result, TrainError};
+use crate::model::{Adapter, TrainModel};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Decay, GradAccum, LrSchedule};
 use candle_core::{Tensor, D};
 use relay_core::reward::{group_rewards, RewardKind, RhoKind, Rollout, RolloutCall, Scenario};
 use relay_core::Source;
+use relay_core::{PolicyKind, RelayConfig};
+use relay_engine::chat::ChatMessage;
+use relay_engine::model::{same_vocabulary, LoadedModel, ModelPair};
+use relay_engine::relay::{relay, LlmRetry, RelayRequest};
+use relay_engine::sampling::SamplingParams;
+use relay_engine::LoadOptions;
+use relay_grader::GradeMode;
 use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The knobs of the objective.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,6 +249,499 @@ pub fn rollout_stats(samples: &[Sample], log: &mut StepLog) {
         llm as f64 / response as f64
     };
     log.response_tokens_mean = response as f64 / n;
+}
+
+// ---------------------------------------------------------------- the training loop
+
+pub const GRPO_LOG: &str = "grpo_log.jsonl";
+pub const ROLLOUTS_LOG: &str = "rollouts.jsonl";
+
+/// Everything a GRPO run is, besides the LLM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrpoConfig {
+    pub slm: PathBuf,
+    pub adapter: Adapter,
+    /// JSONL: `{"problem" (or "prompt"), "answer"}` a line.
+    pub data: PathBuf,
+    /// Rollouts per prompt.
+    pub group: usize,
+    /// Prompts per step.
+    pub prompts_per_step: usize,
+    pub steps: u64,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    /// Optimizer passes over each step's rollouts (PPO epochs; the clip matters from the 2nd).
+    pub ppo_epochs: usize,
+    pub objective: GrpoObjective,
+    pub reward: RewardKind,
+    pub rho: RhoKind,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Response budget (SLM + LLM tokens).
+    pub max_tokens: usize,
+    pub max_calls: usize,
+    pub max_call_tokens: usize,
+    /// Render prompts with the chat template (else the problem text is the prompt).
+    pub chat: bool,
+    /// Append the evaluation instruction ("… put your final answer within \boxed{}.").
+    pub instruction: bool,
+    pub grader: GradeMode,
+    pub seed: u64,
+    pub limit: Option<usize>,
+    pub threads: Option<usize>,
+    /// Save every N steps (and at the end); 0 = only at the end.
+    pub save_every: u64,
+}
+
+impl GrpoConfig {
+    pub fn new(slm: PathBuf, data: PathBuf) -> Self {
+        Self {
+            slm,
+            adapter: Adapter::lora(16, 32.0),
+            data,
+            group: 8,
+            prompts_per_step: 4,
+            steps: 100,
+            lr: 1e-5,
+            warmup_steps: 0,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            ppo_epochs: 1,
+            objective: GrpoObjective::default(),
+            reward: RewardKind::Difficulty,
+            rho: RhoKind::Requested,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_tokens: 1024,
+            max_calls: 4,
+            max_call_tokens: 512,
+            chat: true,
+            instruction: true,
+            grader: GradeMode::MathRuler,
+            seed: 0,
+            limit: None,
+            threads: None,
+            save_every: 10,
+        }
+    }
+
+    fn pinned(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        if let Some(o) = v.as_object_mut() {
+            for k in ["save_every", "steps", "threads"] {
+                o.remove(k);
+            }
+        }
+        v
+    }
+
+    fn relay_config(&self, seed: u64) -> RelayConfig {
+        let mut c = RelayConfig::default();
+        c.limits.max_response_tokens = self.max_tokens;
+        c.limits.max_calls = self.max_calls;
+        c.limits.max_call_tokens = self.max_call_tokens;
+        c.policy.kind = PolicyKind::Tag;
+        c.policy.seed = seed;
+        c
+    }
+}
+
+/// One training prompt.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub index: usize,
+    pub problem: String,
+    pub answer: String,
+}
+
+/// Reads `{"problem"|"prompt", "answer"}` lines (blank lines skipped; a bad line is an error
+/// naming it).
+pub fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<Prompt>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| TrainError::BadData {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let problem = v
+            .get("problem")
+            .or_else(|| v.get("prompt"))
+            .and_then(|p| p.as_str())
+            .ok_or_else(|| bad("needs a `problem` (or `prompt`) string".into()))?;
+        let answer = match v.get("answer") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(n @ serde_json::Value::Number(_)) => n.to_string(),
+            _ => return Err(bad("needs an `answer` (string or number)".into())),
+        };
+        out.push(Prompt {
+            index: out.len(),
+            problem: problem.to_string(),
+            answer,
+        });
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+    }
+    if out.is_empty() {
+        return Err(TrainError::InvalidInput(format!(
+            "{} has no prompts",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// A seed per (base, step, prompt, rollout) (splitmix64 of their mix).
+fn mix_seed(parts: &[u64]) -> u64 {
+    let mut z = 0x9E37_79B9_7F4A_7C15u64;
+    for &p in parts {
+        z = z.wrapping_add(p).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+    }
+    z
+}
+
+/// The prompts' order in one pass over the data (a seeded shuffle per epoch).
+fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(mix_seed(&[seed, epoch, 0x6e70]));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// The relay rollouts of one group: `group` runs of `prompt` with the pair.
+#[allow(clippy::too_many_arguments)]
+pub fn rollout_group(
+    pair: &ModelPair,
+    cfg: &GrpoConfig,
+    prompt: &Prompt,
+    step: u64,
+) -> Result<Vec<Sample>> {
+    let text = if cfg.instruction {
+        relay_grader_instruction(&prompt.problem)
+    } else {
+        prompt.problem.clone()
+    };
+    let (slm_prompt, llm_prompt) = pair.prompt_ids(&[ChatMessage::user(text)], cfg.chat)?;
+    let relay_pair = pair.relay_pair();
+    let mut out = Vec::with_capacity(cfg.group);
+    for g in 0..cfg.group {
+        let seed = mix_seed(&[cfg.seed, step, prompt.index as u64, g as u64]);
+        let request = RelayRequest {
+            slm_prompt: slm_prompt.clone(),
+            llm_prompt: llm_prompt.clone(),
+            config: cfg.relay_config(seed),
+            sampling: SamplingParams {
+                temperature: cfg.temperature,
+                top_p: cfg.top_p,
+                top_k: 0,
+                seed,
+            },
+            retry: LlmRetry::default(),
+            cancel: None,
+        };
+        let r = relay(&relay_pair, &request, |_| {})?;
+        let correct = relay_grader::grade(cfg.grader, &prompt.answer, &r.text);
+        out.push(Sample {
+            index: prompt.index,
+            prompt_ids: slm_prompt.clone(),
+            response_ids: r.tokens,
+            sources: r.sources,
+            text: r.text,
+            correct,
+            calls: r
+                .trace
+                .calls
+                .iter()
+                .map(|c| RolloutCall {
+                    requested_n: c.requested_n,
+                    served: c.served as u64,
+                })
+                .collect(),
+            reward: 0.0,
+            advantage: 0.0,
+        });
+    }
+    Ok(out)
+}
+
+fn relay_grader_instruction(problem: &str) -> String {
+    const INSTRUCTION: &str =
+        "Please reason step by step, and put your final answer within \\boxed{}.";
+    if problem.contains(INSTRUCTION) {
+        problem.to_string()
+    } else {
+        format!("{}\n{INSTRUCTION}", problem.trim_end())
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrpoSummary {
+    pub steps: u64,
+    pub resumed_from: Option<u64>,
+    pub checkpoint: PathBuf,
+    pub last: Option<StepLog>,
+    pub seconds: f64,
+    pub stopped_early: bool,
+}
+
+/// Runs GRPO into `out` with `llm` as the teacher (any engine: embedded or remote). With
+/// `resume`, continues from the newest checkpoint there (settings must match). `on_step`
+/// sees each step's log; `Break` stops there without a save, as a kill would.
+pub fn train(
+    cfg: &GrpoConfig,
+    llm: &LoadedModel,
+    out: &Path,
+    resume: bool,
+    mut on_step: impl FnMut(&StepLog) -> ControlFlow<()>,
+) -> Result<GrpoSummary> {
+    let started = Instant::now();
+    if cfg.group < 2 || cfg.prompts_per_step == 0 || cfg.ppo_epochs == 0 {
+        return Err(TrainError::InvalidInput(
+            "--group must be at least 2, --prompts-per-step and --ppo-epochs at least 1".into(),
+        ));
+    }
+    std::fs::create_dir_all(out)?;
+    let existing = checkpoint::latest(out)?;
+    if existing.is_some() && !resume {
+        return Err(TrainError::InvalidInput(format!(
+            "{} already holds checkpoints: pass --resume to continue, or choose another --out",
+            out.display()
+        )));
+    }
+    let prompts = read_prompts(&cfg.data, cfg.limit)?;
+    let model = TrainModel::load(&cfg.slm, cfg.adapter.clone(), cfg.seed)?;
+    if !same_vocabulary(model.tokenizer(), &llm.tokenizer) {
+        return Err(TrainError::InvalidInput(
+            "the SLM and the LLM have different vocabularies: GRPO needs token ids to pass between them".into(),
+        ));
+    }
+    let params = model.trainable_named();
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            weight_decay: cfg.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let schedule = LrSchedule {
+        peak: cfg.lr,
+        warmup_steps: cfg.warmup_steps,
+        total_steps: cfg.steps,
+        decay: Decay::Constant,
+        min_ratio: 0.0,
+    };
+    let pinned = serde_json::json!({"grpo": cfg.pinned(), "prompts": prompts.len()});
+    let (mut step, mut pos, resumed_from) = match (&existing, resume) {
+        (Some(path), true) => {
+            let c = checkpoint::load(path)?;
+            if c.meta.config != pinned {
+                return Err(TrainError::Resume {
+                    path: path.clone(),
+                    reason: format!(
+                        "settings differ from the checkpoint's:\n  checkpoint: {}\n  now:        {}",
+                        c.meta.config, pinned
+                    ),
+                });
+            }
+            model.set_trainable(&c.params)?;
+            opt.load_state(&c.optimizer, c.meta.step)?;
+            (c.meta.step, c.meta.position, Some(c.meta.step))
+        }
+        _ => (0, 0, None),
+    };
+    let mut log = open_log(&out.join(GRPO_LOG), resumed_from)?;
+    let mut rollouts_log = open_log(&out.join(ROLLOUTS_LOG), resumed_from)?;
+    let opts = LoadOptions {
+        threads: cfg.threads,
+        ..LoadOptions::default()
+    };
+    let mut accum = GradAccum::new(params.len());
+    let mut last = None;
+    let mut final_path = existing.clone();
+    let n = prompts.len() as u64;
+    while step < cfg.steps {
+        let t0 = Instant::now();
+        // Rollouts with the current weights.
+        let slm = model.to_loaded_model(opts.clone())?;
+        let pair = ModelPair::new(slm, llm.clone());
+        let mut samples = Vec::new();
+        let mut scenarios = ScenarioCounts::default();
+        for p in pos..pos + cfg.prompts_per_step as u64 {
+            let order = epoch_order(prompts.len(), cfg.seed, p / n);
+            let prompt = &prompts[order[(p % n) as usize]];
+            let mut group = rollout_group(&pair, cfg, prompt, step)?;
+            scenarios.add(score_group(&mut group, cfg.reward, cfg.rho));
+            samples.extend(group);
+        }
+        drop(pair);
+        let rollout_s = t0.elapsed().as_secs_f64();
+
+        // The update.
+        let t1 = Instant::now();
+        let masks: Vec<Vec<f32>> = samples
+            .iter()
+            .map(|s| s.loss_mask(&cfg.objective))
+            .collect();
+        let trained: f32 = masks.iter().flatten().sum();
+        let mut entry = StepLog {
+            step: step as usize + 1,
+            scenarios,
+            rollout_s,
+            trained_tokens: trained as usize,
+            lr: schedule.lr(step),
+            ..StepLog::default()
+        };
+        rollout_stats(&samples, &mut entry);
+        let mut old: Vec<Option<Vec<f32>>> = vec![None; samples.len()];
+        let mut refs: Vec<Option<Vec<f32>>> = vec![None; samples.len()];
+        if trained > 0.0 {
+            for epoch in 0..cfg.ppo_epochs {
+                accum.clear();
+                let (mut loss_sum, mut kl_sum, mut clipped) = (0.0, 0.0, 0.0);
+                for (i, s) in samples.iter().enumerate() {
+                    if masks[i].iter().all(|m| *m == 0.0) {
+                        continue;
+                    }
+                    let ids = s.ids();
+                    let start = s.prompt_ids.len() - 1;
+                    let len = s.response_ids.len();
+                    let new = model.token_logprobs(&ids)?.narrow(0, start, len)?;
+                    let old_i = old[i]
+                        .get_or_insert_with(|| new.to_vec1::<f32>().unwrap_or_default())
+                        .clone();
+                    if refs[i].is_none() {
+                        refs[i] = Some(model.reference_logprobs(&ids)?[start..].to_vec());
+                    }
+                    let terms = loss_terms(
+                        &new,
+                        &old_i,
+                        refs[i].as_deref().unwrap_or_default(),
+                        &masks[i],
+                        s.advantage,
+                        &cfg.objective,
+                    )?;
+                    let scaled = (terms.sum / trained as f64)?;
+                    accum.add(&params, &scaled.backward()?)?;
+                    loss_sum += scaled.to_scalar::<f32>()? as f64;
+                    kl_sum += terms.kl_sum;
+                    clipped += terms.clipped;
+                }
+                let grad_norm = clip_grad_norm(accum.grads_mut(), cfg.max_grad_norm)?;
+                opt.step(accum.grads(), entry.lr)?;
+                if epoch == 0 {
+                    entry.loss = loss_sum;
+                    entry.kl = kl_sum / trained as f64;
+                    entry.grad_norm = grad_norm;
+                }
+                entry.clip_fraction = clipped / trained as f64;
+            }
+        }
+        entry.train_s = t1.elapsed().as_secs_f64();
+        step += 1;
+        pos += cfg.prompts_per_step as u64;
+        writeln!(
+            log,
+            "{}",
+            serde_json::to_string(&entry).expect("log serializes")
+        )?;
+        log.flush()?;
+        for s in &samples {
+            let line = serde_json::json!({
+                "step": step, "index": s.index, "text": s.text, "correct": s.correct,
+                "calls": s.calls, "reward": s.reward, "advantage": s.advantage,
+                "response_tokens": s.response_ids.len(), "llm_tokens": s.llm_tokens(),
+            });
+            writeln!(rollouts_log, "{line}")?;
+        }
+        rollouts_log.flush()?;
+        let stop = on_step(&entry).is_break();
+        last = Some(entry);
+        if stop {
+            return Ok(GrpoSummary {
+                steps: step,
+                resumed_from,
+                checkpoint: final_path.unwrap_or_default(),
+                last,
+                seconds: started.elapsed().as_secs_f64(),
+                stopped_early: true,
+            });
+        }
+        if (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps {
+            final_path = Some(save(out, step, pos, cfg, &pinned, &model, &opt)?);
+        }
+    }
+    let checkpoint = match final_path {
+        Some(p) => p,
+        None => save(out, step, pos, cfg, &pinned, &model, &opt)?,
+    };
+    Ok(GrpoSummary {
+        steps: step,
+        resumed_from,
+        checkpoint,
+        last,
+        seconds: started.elapsed().as_secs_f64(),
+        stopped_early: false,
+    })
+}
+
+fn save(
+    out: &Path,
+    step: u64,
+    position: u64,
+    cfg: &GrpoConfig,
+    pinned: &serde_json::Value,
+    model: &TrainModel,
+    opt: &AdamW,
+) -> Result<PathBuf> {
+    let meta = CheckpointMeta {
+        step,
+        position,
+        adapter: cfg.adapter.clone(),
+        config: pinned.clone(),
+    };
+    let params: Vec<(String, Tensor)> = model
+        .trainable_named()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    checkpoint::save(out, &meta, &params, &opt.state())
+}
+
+/// A step log opened for appending: a fresh run starts it empty; a resumed one keeps the
+/// lines up to its checkpoint's step.
+fn open_log(path: &Path, resumed_from: Option<u64>) -> Result<std::fs::File> {
+    match resumed_from {
+        Some(step) => {
+            let old = std::fs::read_to_string(path).unwrap_or_default();
+            let kept: String = old
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step")?.as_u64())
+                        .is_some_and(|s| s <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            checkpoint::write_atomic(path, kept.as_bytes())?;
+        }
+        None => std::fs::write(path, b"")?,
+    }
+    Ok(std::fs::OpenOptions::new().append(true).open(path)?)
 }
 
 #[cfg(test)]
