@@ -40,6 +40,11 @@ enum Command {
     Data(cmd::data::DataCommand),
     /// Serve the relay over HTTP (OpenAI-compatible API, token API, metrics, page).
     Serve(cmd::serve::ServeArgs),
+    /// Train the SLM (`train sft`).
+    #[command(subcommand)]
+    Train(cmd::train::TrainCommand),
+    /// Merge a trained checkpoint into its base and write a safetensors folder or a GGUF.
+    Export(cmd::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
         Command::Data(c) => cmd::data::run(c),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::eval::report(a),
+        Command::Train(c) => cmd::train::run(c),
+        Command::Export(a) => cmd::export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

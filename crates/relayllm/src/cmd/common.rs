@@ -56,13 +56,7 @@ impl ModelArgs {
             let template = ChatTemplate::load_for_model(source).ok().map(Arc::new);
             return self.load_remote(arg, Arc::new(tokenizer), template);
         }
-        let path = self.resolve(arg);
-        if !path.exists() && (arg == "slm" || arg == "llm") {
-            anyhow::bail!(
-                "{arg} not found at {} — run `relayllm fetch models` first",
-                path.display()
-            );
-        }
+        let path = resolve_local_model(arg, self.models_dir.as_deref())?;
         let opts = LoadOptions {
             threads: self.threads,
             ..LoadOptions::default()
@@ -119,6 +113,20 @@ impl ModelArgs {
             template,
         })
     }
+}
+
+/// A local model argument as a path: `slm` / `llm` name the fetched pair (in `models_dir`, or
+/// the default models folder), which must have been fetched; anything else is a path.
+pub fn resolve_local_model(arg: &str, models_dir: Option<&std::path::Path>) -> Result<PathBuf> {
+    let dir = models_dir.map_or_else(default_models_dir, |d| d.to_path_buf());
+    let path = resolve_model_arg(arg, &dir);
+    if !path.exists() && (arg == "slm" || arg == "llm") {
+        anyhow::bail!(
+            "{arg} not found at {} — run `relayllm fetch models` first",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// An `http://`/`https://` model argument names a server, not a file.

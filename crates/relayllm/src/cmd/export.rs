@@ -1,0 +1,85 @@
+//! `relayllm export`: a trained checkpoint merged into its base, written as an HF safetensors
+//! folder or a GGUF that `generate`, `relay` and the engine load.
+use super::common::resolve_local_model;
+use super::train::set_threads;
+use anyhow::{Context, Result};
+use candle_core::quantized::GgmlDType;
+use clap::{Args, ValueEnum};
+use relay_train::export::{export, ExportFormat, ExportOptions};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Safetensors,
+    Gguf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GgufDtype {
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    F32,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The base the checkpoint was trained from: `slm`, a .gguf file or a safetensors folder.
+    #[arg(long)]
+    pub model: String,
+    /// A `train` output folder (its newest checkpoint) or one checkpoint file.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Where to write: a folder (safetensors) or a .gguf file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Output format [default: gguf when --out ends in .gguf, else safetensors].
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// GGUF storage of the weight matrices (norms and biases stay f32).
+    #[arg(long, default_value = "f16")]
+    pub dtype: GgufDtype,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Folder of the fetched pair, for `slm`.
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    set_threads(args.threads);
+    let base = resolve_local_model(&args.model, args.models_dir.as_deref())?;
+    let is_gguf_name = args
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let format = match args.format {
+        Some(Format::Gguf) => ExportFormat::Gguf,
+        Some(Format::Safetensors) => ExportFormat::Safetensors,
+        None if is_gguf_name => ExportFormat::Gguf,
+        None => ExportFormat::Safetensors,
+    };
+    let opts = ExportOptions {
+        format,
+        gguf_weights: match args.dtype {
+            GgufDtype::F16 => GgmlDType::F16,
+            GgufDtype::Q8_0 => GgmlDType::Q8_0,
+            GgufDtype::F32 => GgmlDType::F32,
+        },
+    };
+    let ckpt = export(&base, &args.adapter, &args.out, &opts).with_context(|| {
+        format!(
+            "exporting {} with {}",
+            base.display(),
+            args.adapter.display()
+        )
+    })?;
+    println!(
+        "wrote {} ({} merged into {})",
+        args.out.display(),
+        ckpt.display(),
+        base.display()
+    );
+    Ok(())
+}

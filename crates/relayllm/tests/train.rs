@@ -1,0 +1,188 @@
+//! `relayllm train sft` and `relayllm export` as a user runs them, on a tiny GGUF with the tiny
+//! vocabulary and the real Qwen2.5 chat template.
+
+use relay_engine::testing::write_tiny_pair;
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relayllm"))
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const QA: [(&str, &str); 2] = [("Say hi.", "Hello there!"), ("Name a color.", "Red!")];
+
+#[test]
+fn train_sft_then_export_then_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, _) = write_tiny_pair(dir.path(), 512);
+    let data = dir.path().join("sft.jsonl");
+    let lines: Vec<String> = QA
+        .iter()
+        .map(|(q, a)| {
+            serde_json::json!({"messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a}]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("run");
+    let summary = ok(bin()
+        .args(["train", "sft", "--model"])
+        .arg(&slm)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--lora-rank",
+            "8",
+            "--epochs",
+            "20",
+            "--lr",
+            "0.02",
+            "--warmup-steps",
+            "2",
+        ])
+        .args(["--save-every", "10", "--seed", "1", "--json"])
+        .output()
+        .unwrap());
+    let s: Value = serde_json::from_str(summary.trim()).unwrap();
+    assert_eq!(s["steps"], 40, "{s}");
+    assert!(s["final_loss"].as_f64().unwrap() < 0.1, "{s}");
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 40);
+
+    // Already trained: a second run into the same folder needs --resume, which then has
+    // nothing left to do.
+    let again = bin()
+        .args(["train", "sft", "--model"])
+        .arg(&slm)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+
+    let merged = dir.path().join("merged.gguf");
+    ok(bin()
+        .args(["export", "--model"])
+        .arg(&slm)
+        .arg("--adapter")
+        .arg(&out)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap());
+    for (q, a) in QA {
+        let text = ok(bin()
+            .args(["generate", "--model"])
+            .arg(&merged)
+            .args([
+                "--prompt",
+                q,
+                "--chat",
+                "--system",
+                "Be brief.",
+                "--max-tokens",
+                "20",
+            ])
+            .output()
+            .unwrap());
+        assert_eq!(text.trim_end(), a, "{q}");
+    }
+    // The safetensors form loads too.
+    let hf = dir.path().join("merged-hf");
+    ok(bin()
+        .args(["export", "--model"])
+        .arg(&slm)
+        .arg("--adapter")
+        .arg(&out)
+        .arg("--out")
+        .arg(&hf)
+        .output()
+        .unwrap());
+    let text = ok(bin()
+        .args(["generate", "--model"])
+        .arg(&hf)
+        .args([
+            "--prompt",
+            QA[0].0,
+            "--chat",
+            "--system",
+            "Be brief.",
+            "--max-tokens",
+            "20",
+        ])
+        .output()
+        .unwrap());
+    assert_eq!(text.trim_end(), QA[0].1);
+}
+
+#[test]
+fn bad_training_input_gives_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, _) = write_tiny_pair(dir.path(), 512);
+    let run = |data: &str, extra: &[&str]| -> String {
+        let path = dir.path().join("data.jsonl");
+        std::fs::write(&path, data).unwrap();
+        let out = bin()
+            .args(["train", "sft", "--model"])
+            .arg(&slm)
+            .arg("--data")
+            .arg(&path)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let good =
+        r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#;
+    let err = run(
+        &format!("{good}\n{{\"input_ids\":[1,2],\"loss_mask\":[0]}}\n"),
+        &[],
+    );
+    assert!(
+        err.contains("data.jsonl:2:") && err.contains("loss_mask"),
+        "{err}"
+    );
+    let err = run(&format!("{good}\nnot json\n"), &[]);
+    assert!(err.contains("data.jsonl:2: not valid JSON"), "{err}");
+    let err = run(good, &["--lora-targets", "q,nope"]);
+    assert!(err.contains("unknown LoRA target `nope`"), "{err}");
+    let err = run(good, &["--model-typo"]);
+    assert!(err.contains("--model-typo"), "{err}");
+    let missing = bin()
+        .args(["export", "--model"])
+        .arg(&slm)
+        .arg("--adapter")
+        .arg(dir.path().join("nowhere"))
+        .arg("--out")
+        .arg(dir.path().join("x.gguf"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("nowhere") && err.contains("not found"),
+        "{err}"
+    );
+}
