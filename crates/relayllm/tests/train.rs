@@ -186,3 +186,110 @@ fn bad_training_input_gives_a_clear_error_not_a_panic() {
         "{err}"
     );
 }
+
+#[test]
+fn train_grpo_logs_checkpoints_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
+    let data = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &data,
+        "{\"problem\": \"E3:\", \"answer\": \"3\"}\n{\"problem\": \"H3:\", \"answer\": 64}\n{\"problem\": \"E5:\", \"answer\": \"5\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("grpo");
+    let run = |steps: &str, extra: &[&str]| {
+        let mut c = bin();
+        c.args(["train", "grpo", "--slm"])
+            .arg(&slm)
+            .arg("--llm")
+            .arg(&llm);
+        c.arg("--data").arg(&data).arg("--out").arg(&out);
+        c.args([
+            "--steps",
+            steps,
+            "--group",
+            "2",
+            "--prompts-per-step",
+            "2",
+            "--max-tokens",
+            "6",
+            "--no-chat",
+            "--no-instruction",
+            "--lora-rank",
+            "2",
+            "--save-every",
+            "1",
+            "--json",
+        ]);
+        c.args(extra);
+        c.output().unwrap()
+    };
+    let summary: Value = serde_json::from_str(ok(run("2", &[])).trim()).unwrap();
+    assert_eq!(summary["steps"], 2);
+    let log = std::fs::read_to_string(out.join("grpo_log.jsonl")).unwrap();
+    let steps: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(steps.len(), 2);
+    for s in &steps {
+        for key in [
+            "reward_mean",
+            "accuracy",
+            "call_rate",
+            "call_ratio",
+            "kl",
+            "loss",
+            "scenarios",
+        ] {
+            assert!(s.get(key).is_some(), "{key} missing from {s}");
+        }
+    }
+    let rollouts = std::fs::read_to_string(out.join("rollouts.jsonl")).unwrap();
+    assert_eq!(
+        rollouts.lines().count(),
+        2 * 2 * 2,
+        "steps x prompts x group"
+    );
+
+    // A second run into the same folder refuses without --resume, and continues with it.
+    let again = run("3", &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let summary: Value = serde_json::from_str(ok(run("3", &["--resume"])).trim()).unwrap();
+    assert_eq!(summary["steps"], 3);
+    assert_eq!(summary["resumed_from"], 2);
+    let log = std::fs::read_to_string(out.join("grpo_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3);
+
+    // Changed settings do not resume silently.
+    let changed = run("4", &["--resume", "--kl-coef", "0.5"]);
+    assert!(!changed.status.success());
+    assert!(String::from_utf8_lossy(&changed.stderr).contains("settings differ"));
+
+    // The curves.
+    ok(bin().arg("report").arg(&out).output().unwrap());
+    assert!(out.join("curves.svg").exists() && out.join("curves.png").exists());
+
+    // Bad input: no such data, and a wrong line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"problem\": \"x\"}\n").unwrap();
+    let o = bin()
+        .args(["train", "grpo", "--slm"])
+        .arg(&slm)
+        .arg("--llm")
+        .arg(&llm)
+        .arg("--data")
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.path().join("bad-run"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.jsonl:1") && err.contains("answer") && !err.contains("panicked"),
+        "{err}"
+    );
+}

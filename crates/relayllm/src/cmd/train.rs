@@ -16,6 +16,104 @@ use std::path::PathBuf;
 pub enum TrainCommand {
     /// Supervised fine-tuning: loss on assistant tokens only (LLM-written tokens masked).
     Sft(SftArgs),
+    /// GRPO on relay rollouts with the difficulty-aware reward (the SLM learns when to call).
+    Grpo(GrpoArgs),
+}
+
+#[derive(Args)]
+pub struct GrpoArgs {
+    /// The SLM to train: `slm`, a .gguf (frozen dequantized base + adapters) or a safetensors
+    /// folder — usually the warm-up SFT's export.
+    #[arg(long, default_value = "slm")]
+    pub slm: String,
+    /// The LLM that serves calls: `llm`, a path, or an `http://` OpenAI-compatible server.
+    #[arg(long, default_value = "llm")]
+    pub llm: String,
+    /// Prompts, one `{"problem" (or "prompt"), "answer"}` a line. Use `math-train.jsonl`
+    /// (`relayllm fetch data`), never a benchmark you evaluate on.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: checkpoints, grpo_log.jsonl (per step) and rollouts.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Rollouts per prompt.
+    #[arg(long, default_value_t = 8)]
+    pub group: usize,
+    /// Prompts per step.
+    #[arg(long, default_value_t = 4)]
+    pub prompts_per_step: usize,
+    #[arg(long, default_value_t = 100)]
+    pub steps: u64,
+    /// difficulty (DESIGN.md's table), simple (accuracy − ρ) or accuracy (plain GRPO).
+    #[arg(long, default_value = "difficulty")]
+    pub reward: relay_core::reward::RewardKind,
+    /// What ρ counts: requested (the n the SLM asked for) or served (what the LLM wrote).
+    #[arg(long, default_value = "requested")]
+    pub rho: relay_core::reward::RhoKind,
+    /// Train on the LLM-written tokens too (masked out by default).
+    #[arg(long)]
+    pub train_llm_tokens: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16, conflicts_with = "full")]
+    pub lora_rank: usize,
+    /// LoRA alpha [default: 2 × rank].
+    #[arg(long, conflicts_with = "full")]
+    pub lora_alpha: Option<f64>,
+    /// Train every weight instead of LoRA adapters.
+    #[arg(long)]
+    pub full: bool,
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Optimizer passes over each step's rollouts.
+    #[arg(long, default_value_t = 1)]
+    pub ppo_epochs: usize,
+    #[arg(long, default_value_t = 0.2)]
+    pub clip_low: f64,
+    #[arg(long, default_value_t = 0.3)]
+    pub clip_high: f64,
+    /// Weight of the k3 KL to the start model.
+    #[arg(long, default_value_t = 0.01)]
+    pub kl_coef: f64,
+    /// Rollout sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Response budget per rollout (SLM + LLM tokens).
+    #[arg(long, default_value_t = 1024)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 4)]
+    pub max_calls: usize,
+    #[arg(long, default_value_t = 512)]
+    pub max_call_tokens: usize,
+    /// Prompts are plain text, not chat-formatted.
+    #[arg(long)]
+    pub no_chat: bool,
+    /// Do not append the evaluation instruction ("… within \\boxed{}.") to problems.
+    #[arg(long)]
+    pub no_instruction: bool,
+    /// Grader of the reward: mathruler (the training grader) or verify.
+    #[arg(long, value_enum, default_value_t = super::eval::Grader::Mathruler)]
+    pub grader: super::eval::Grader,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use the first N prompts only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    pub save_every: u64,
+    /// Continue from the newest checkpoint in --out (same settings required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print a JSON summary at the end.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub models: super::common::ModelArgs,
 }
 
 #[derive(Args)]
@@ -108,7 +206,98 @@ fn parse_decay(s: &str) -> Result<Decay, String> {
 pub fn run(cmd: TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Sft(args) => sft(args),
+        TrainCommand::Grpo(args) => grpo(args),
     }
+}
+
+fn grpo(mut args: GrpoArgs) -> Result<()> {
+    use relay_train::grpo::{train, GrpoConfig, GrpoObjective};
+    set_threads(args.models.threads);
+    let slm = resolve_local_model(&args.slm, args.models.models_dir.as_deref())?;
+    // A remote LLM reads the SLM's tokenizer unless told otherwise: they must share it.
+    if super::common::is_remote(&args.llm) && args.models.tokenizer.is_none() {
+        args.models.tokenizer = Some(slm.clone());
+    }
+    let llm = args.models.load(&args.llm)?;
+    let adapter = if args.full {
+        Adapter::Full
+    } else {
+        Adapter::lora(
+            args.lora_rank,
+            args.lora_alpha.unwrap_or(2.0 * args.lora_rank as f64),
+        )
+    };
+    let mut cfg = GrpoConfig::new(slm.clone(), args.data.clone());
+    cfg.adapter = adapter;
+    cfg.group = args.group;
+    cfg.prompts_per_step = args.prompts_per_step;
+    cfg.steps = args.steps;
+    cfg.lr = args.lr;
+    cfg.warmup_steps = args.warmup_steps;
+    cfg.max_grad_norm = args.max_grad_norm;
+    cfg.ppo_epochs = args.ppo_epochs;
+    cfg.objective = GrpoObjective {
+        clip_low: args.clip_low,
+        clip_high: args.clip_high,
+        kl_coef: args.kl_coef,
+        train_llm_tokens: args.train_llm_tokens,
+    };
+    cfg.reward = args.reward;
+    cfg.rho = args.rho;
+    cfg.temperature = args.temperature;
+    cfg.top_p = args.top_p;
+    cfg.max_tokens = args.max_tokens;
+    cfg.max_calls = args.max_calls;
+    cfg.max_call_tokens = args.max_call_tokens;
+    cfg.chat = !args.no_chat;
+    cfg.instruction = !args.no_instruction;
+    cfg.grader = args.grader.into();
+    cfg.seed = args.seed;
+    cfg.limit = args.limit;
+    cfg.threads = args.models.threads;
+    cfg.save_every = args.save_every;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(args.steps);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}")
+                .expect("valid template"),
+        );
+        bar
+    });
+    let summary = train(&cfg, &llm, &args.out, args.resume, |l| {
+        let msg = format!(
+            "reward {:.3}  acc {:.2}  calls {:.2}  LLM share {:.3}  kl {:.4}  ({:.0}s rollouts, {:.0}s update)",
+            l.reward_mean, l.accuracy, l.call_rate, l.call_ratio, l.kl, l.rollout_s, l.train_s
+        );
+        match &bar {
+            Some(b) => {
+                b.set_position(l.step as u64);
+                b.set_message(msg);
+            }
+            None => eprintln!("step {}/{}  {msg}", l.step, args.steps),
+        }
+        ControlFlow::Continue(())
+    })
+    .with_context(|| format!("GRPO of {} on {}", slm.display(), args.data.display()))?;
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "{} steps{} in {:.0} s; checkpoint {}; curves: relayllm report {}",
+            summary.steps,
+            summary
+                .resumed_from
+                .map(|s| format!(" (resumed from step {s})"))
+                .unwrap_or_default(),
+            summary.seconds,
+            summary.checkpoint.display(),
+            args.out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Sets the compute threads before any pool starts (they are process-wide).
