@@ -16,6 +16,43 @@ pub struct TokenTotals {
     pub response: u64,
 }
 
+/// The call tags the SLM wrote, read from the traces: how well it has learned the command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TagStats {
+    /// Well-formed commands: served or failed calls, `n = 0`, and calls past the limit.
+    pub parsed: u64,
+    /// Tag-shaped text that is not a command (`<call></call>`, `<call>x</call>`, ...).
+    pub malformed: u64,
+    /// parsed / (parsed + malformed); 1 when no tag was written.
+    pub parse_rate: f64,
+}
+
+impl TagStats {
+    fn add_trace(&mut self, trace: &serde_json::Value) {
+        let n = |k: &str| trace.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let tagged = trace
+            .get("calls")
+            .and_then(|c| c.as_array())
+            .map_or(0, |calls| {
+                calls
+                    .iter()
+                    .filter(|c| c.get("tag_start").is_some())
+                    .count() as u64
+            });
+        self.parsed += tagged + n("zero_n_tags") + n("ignored_calls");
+        self.malformed += n("malformed_tags");
+    }
+
+    fn finish(&mut self) {
+        let all = self.parsed + self.malformed;
+        self.parse_rate = if all == 0 {
+            1.0
+        } else {
+            self.parsed as f64 / all as f64
+        };
+    }
+}
+
 /// How long the run took. The only part of a summary that differs between a resumed run and an
 /// uninterrupted one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -52,6 +89,9 @@ pub struct Summary {
     pub calls: u64,
     /// Mean response length in tokens.
     pub mean_response_tokens: f64,
+    /// Call tags written by the SLM (absent in summaries written before it was counted).
+    #[serde(default)]
+    pub tags: TagStats,
     pub settings: RunSettings,
     pub selection: Selection,
     pub timing: Timing,
@@ -81,6 +121,7 @@ pub fn summarize(
     let mut any_correct: BTreeMap<usize, bool> = BTreeMap::new();
     let mut tokens = TokenTotals::default();
     let mut calls = 0u64;
+    let mut tags = TagStats::default();
     let mut solve_ms = 0.0;
     for line in by_key.values() {
         per_sample_total[line.sample] += 1;
@@ -89,6 +130,7 @@ pub fn summarize(
         tokens.slm += line.slm_tokens as u64;
         tokens.llm += line.llm_tokens as u64;
         calls += line.calls as u64;
+        tags.add_trace(&line.trace);
         solve_ms += line.wall_ms;
     }
     tokens.response = tokens.slm + tokens.llm;
@@ -114,6 +156,7 @@ pub fn summarize(
         any_correct.values().filter(|&&c| c).count() as f64 / any_correct.len() as f64
     };
     let results = by_key.len();
+    tags.finish();
     Summary {
         n: indices.len(),
         samples: k,
@@ -129,11 +172,35 @@ pub fn summarize(
         } else {
             tokens.response as f64 / results as f64
         },
+        tags,
         settings: settings.clone(),
         selection: selection.clone(),
         timing: Timing {
             solve_s: solve_ms / 1000.0,
             ..timing
         },
+    }
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::TagStats;
+    use serde_json::json;
+
+    #[test]
+    fn tags_count_commands_zero_n_ignored_and_malformed_but_not_tagless_calls() {
+        let mut t = TagStats::default();
+        t.add_trace(&json!({
+            "calls": [{"at": 3, "tag_start": 1, "requested_n": 4, "served": 4},
+                      {"at": 9, "requested_n": 16, "served": 16}],
+            "zero_n_tags": 1, "ignored_calls": 1, "malformed_tags": 1
+        }));
+        t.add_trace(&json!(null));
+        t.finish();
+        assert_eq!((t.parsed, t.malformed), (3, 1));
+        assert!((t.parse_rate - 0.75).abs() < 1e-12);
+        let mut none = TagStats::default();
+        none.finish();
+        assert_eq!(none.parse_rate, 1.0);
     }
 }

@@ -102,6 +102,7 @@ fn sft_full(base: &Path, data: &Path, out: &Path, epochs: usize) -> TrainModel {
     cfg.warmup_steps = 10;
     cfg.grad_accum = 8;
     cfg.save_every = 0;
+    cfg.rollout_weights = grpo::RolloutWeights::F32;
     let summary = sft::train(&cfg, out, false, |_| ControlFlow::Continue(())).unwrap();
     let ckpt = relay_train::checkpoint::load(&summary.checkpoint).unwrap();
     let model = TrainModel::load(base, Adapter::Full, 0).unwrap();

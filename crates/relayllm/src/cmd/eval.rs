@@ -235,6 +235,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         summary.calls,
         summary.timing.wall_s,
     );
+    let t = summary.tags;
+    if t.parsed + t.malformed > 0 {
+        println!(
+            "call tags: {} parsed, {} malformed ({:.1}% parse)",
+            t.parsed,
+            t.malformed,
+            t.parse_rate * 100.0
+        );
+    }
     Ok(())
 }
 

@@ -106,6 +106,9 @@ pub struct GrpoArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 10)]
     pub save_every: u64,
+    /// Rollout engine weights: q8_0 (fast CPU decoding) or f32 (exact).
+    #[arg(long, default_value = "q8_0")]
+    pub rollout_weights: relay_train::grpo::RolloutWeights,
     /// Continue from the newest checkpoint in --out (same settings required).
     #[arg(long)]
     pub resume: bool,
@@ -256,6 +259,7 @@ fn grpo(mut args: GrpoArgs) -> Result<()> {
     cfg.limit = args.limit;
     cfg.threads = args.models.threads;
     cfg.save_every = args.save_every;
+    cfg.rollout_weights = args.rollout_weights;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(args.steps);
         bar.set_style(
