@@ -9,8 +9,8 @@
 //! - `math500.jsonl`: the problem with [`INSTRUCTION`] appended; the answer is the last
 //!   `\boxed{}` of the reference solution.
 //! - `math-train.jsonl`: the 5,000 MATH test problems minus MATH-500 (4,500, deduplicated by
-//!   problem text), in the same shape: the pool training draws from, so it never trains on
-//!   what we evaluate on.
+//!   problem text), in the same shape plus the reference `solution`: the pool training draws
+//!   from, so it never trains on what we evaluate on.
 //!
 //! Each file is written atomically; `fetch-data.json` (written last) records the files'
 //! sha256, so a second fetch with intact files does nothing.
@@ -73,6 +73,8 @@ pub struct MathRecord {
     pub problem: String,
     /// The last `\boxed{}` of the reference solution.
     pub answer: String,
+    /// The reference solution (written to `math-train.jsonl`, where warm-up data reads it).
+    pub solution: String,
 }
 
 /// The three benchmark files' contents.
@@ -165,7 +167,11 @@ pub fn math_from_requests(gz: &[u8], source_name: &str) -> Result<Vec<MathRecord
             let answer = relay_grader::extract_boxed(&solution)
                 .filter(|a| !a.trim().is_empty())
                 .ok_or_else(|| err("the solution has no complete, non-empty \\boxed{}".into()))?;
-            Ok(MathRecord { problem, answer })
+            Ok(MathRecord {
+                problem,
+                answer,
+                solution,
+            })
         })
         .collect()
 }
@@ -261,24 +267,28 @@ impl Converted {
                 ])
             })
             .collect();
-        let math = |records: &[MathRecord]| -> String {
+        // MATH-500 stays byte-identical to the shared benchmark file; the training pool also
+        // carries each reference solution (`relayllm data warmup --solutions` reads it).
+        let math = |records: &[MathRecord], with_solution: bool| -> String {
             records
                 .iter()
                 .map(|r| {
-                    py_json_line(&[
-                        ("problem", &with_instruction(&r.problem)),
-                        ("answer", &r.answer),
-                    ])
+                    let problem = with_instruction(&r.problem);
+                    let mut fields = vec![("problem", problem.as_str()), ("answer", &r.answer)];
+                    if with_solution {
+                        fields.push(("solution", &r.solution));
+                    }
+                    py_json_line(&fields)
                 })
                 .collect()
         };
         debug_assert!(with_instruction("x").ends_with(INSTRUCTION));
         vec![
             (GSM8K_FILE, gsm8k, self.gsm8k.len()),
-            (MATH500_FILE, math(&self.math500), self.math500.len()),
+            (MATH500_FILE, math(&self.math500, false), self.math500.len()),
             (
                 MATH_TRAIN_FILE,
-                math(&self.math_train),
+                math(&self.math_train, true),
                 self.math_train.len(),
             ),
         ]
