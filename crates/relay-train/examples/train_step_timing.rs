@@ -52,16 +52,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             peak_rss_mib()
         );
     }
-    let engine = CandleEngine::load(&path, LoadOptions::default())?;
     let short = &ids[..64.min(seq)];
-    let want = engine.score(short)?;
     let got = model.token_logprobs(short)?.to_vec1::<f32>()?;
-    let max = want
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    let mean = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).sum::<f32>() / got.len() as f32;
-    println!("vs engine score (quantized kernels) on {} tokens: max |diff| {max:.4}, mean {mean:.4}", short.len());
+    let diff = |want: &[f32]| {
+        let d: Vec<f32> = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).collect();
+        (d.iter().fold(0f32, |m, x| m.max(*x)), d.iter().sum::<f32>() / d.len() as f32)
+    };
+    // Same dense weights in the engine: isolates the forward's math from the quantization.
+    let dense = model.to_engine(LoadOptions::default())?;
+    let (max, mean) = diff(&dense.score(short)?);
+    println!("vs the engine on the same dense f32 weights, {} tokens: max |diff| {max:.5}, mean {mean:.5}", short.len());
+    drop(dense);
+    let engine = CandleEngine::load(&path, LoadOptions::default())?;
+    let (max, mean) = diff(&engine.score(short)?);
+    println!("vs the engine on the GGUF's quantized kernels: max |diff| {max:.4}, mean {mean:.4}");
     Ok(())
 }
