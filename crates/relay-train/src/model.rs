@@ -397,7 +397,7 @@ impl TrainModel {
     /// `x Wᵀ + b`, plus the LoRA term when the current weights are asked for.
     fn linear(&self, x: &Tensor, module: &str, which: Weights) -> Result<Tensor> {
         let w = self.weight(&format!("{module}.weight"), which)?;
-        let mut y = x.matmul(&w.t()?)?;
+        let mut y = matmul_t(x, &w)?;
         let bias = format!("{module}.bias");
         if self.has(&bias) {
             y = y.broadcast_add(&self.weight(&bias, which)?)?;
@@ -493,7 +493,7 @@ impl TrainModel {
         } else {
             "model.embed_tokens.weight"
         };
-        Ok(x.matmul(&self.weight(head, which)?.t()?)?)
+        matmul_t(&x, &self.weight(head, which)?)
     }
 
     /// cos/sin of positions `0..n`, `[n, 1, head_dim / 2]`, as the engine computes them.
@@ -512,6 +512,54 @@ impl TrainModel {
             Tensor::from_vec(cos, (n, 1, half), &Device::Cpu)?,
             Tensor::from_vec(sin, (n, 1, half), &Device::Cpu)?,
         ))
+    }
+}
+
+/// `x Wᵀ` for `x: [n, in]`, `W: [out, in]`. A trainable `W` goes through candle's matmul; a
+/// frozen one through [`FrozenMatmul`], whose backward yields the gradient of `x` alone:
+/// candle's matmul backward always computes the weight's gradient too, which for a frozen
+/// base is a whole extra matmul per layer and a weight-sized buffer (the output head's is
+/// vocab × hidden) for nothing.
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if w.is_variable() || !x.track_op() {
+        return Ok(x.matmul(&w.t()?)?);
+    }
+    Ok(x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?)
+}
+
+/// `x ↦ x Wᵀ` with `W` a constant.
+struct FrozenMatmul {
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input not contiguous".into()))?;
+        let x = Tensor::from_slice(
+            &storage.as_slice::<f32>()?[start..end],
+            layout.shape(),
+            &Device::Cpu,
+        )?;
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        Ok((
+            candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?),
+            shape,
+        ))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
     }
 }
 
