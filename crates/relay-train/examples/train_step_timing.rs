@@ -56,7 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let got = model.token_logprobs(short)?.to_vec1::<f32>()?;
     let diff = |want: &[f32]| {
         let d: Vec<f32> = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).collect();
-        (d.iter().fold(0f32, |m, x| m.max(*x)), d.iter().sum::<f32>() / d.len() as f32)
+        (
+            d.iter().fold(0f32, |m, x| m.max(*x)),
+            d.iter().sum::<f32>() / d.len() as f32,
+        )
     };
     // Same dense weights in the engine: isolates the forward's math from the quantization.
     let dense = model.to_engine(LoadOptions::default())?;

@@ -108,6 +108,31 @@ fn warmup_from_reference_solutions_writes_masked_examples() {
     assert!(run(&[]).status.success());
     assert_eq!(std::fs::read(&out_path).unwrap(), first);
 
+    // --max-len leaves long examples out (and counts them): a limit at the shortest example
+    // keeps it and drops the longest.
+    let lens: Vec<usize> = records
+        .iter()
+        .map(|r| r["input_ids"].as_array().unwrap().len())
+        .collect();
+    let limit = lens.iter().min().unwrap().to_string();
+    assert!(lens.iter().max() > lens.iter().min());
+    let out = run(&["--max-len", &limit]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let short = lines(&out_path);
+    assert!(!short.is_empty() && short.len() < 3);
+    assert!(short
+        .iter()
+        .all(|r| r["input_ids"].as_array().unwrap().len() <= limit.parse().unwrap()));
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("warmup/out.summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        summary["too_long"].as_u64().unwrap() + short.len() as u64,
+        3,
+        "{summary}"
+    );
+
     // With the LLM as teacher: its own tokens follow each command.
     let out = run(&["--teacher", llm.to_str().unwrap()]);
     let summary: Value = serde_json::from_str(

@@ -330,7 +330,9 @@ fn fetch_data_downloads_converts_and_is_idempotent() {
         .iter()
         .all(|r| !r["problem"].as_str().unwrap().starts_with("Shared one.")));
     // The training pool carries reference solutions (warm-up data uses them); MATH-500 does not.
-    assert!(train.iter().all(|r| r["solution"].as_str().unwrap().contains("\\boxed{")));
+    assert!(train
+        .iter()
+        .all(|r| r["solution"].as_str().unwrap().contains("\\boxed{")));
     assert!(math500.iter().all(|r| r.get("solution").is_none()));
     // No download leftovers next to the data.
     let names: Vec<String> = std::fs::read_dir(&data)

@@ -84,6 +84,10 @@ pub struct WarmupArgs {
     /// Keep at most this many solutions per problem.
     #[arg(long)]
     pub per_problem: Option<usize>,
+    /// Leave out examples longer than this many tokens (prompt + response), rather than have
+    /// SFT cut off their answers.
+    #[arg(long)]
+    pub max_len: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -206,6 +210,10 @@ fn warmup(args: WarmupArgs) -> Result<()> {
                 &options,
                 item_seed(args.seed, problem.index, k),
             )?;
+            if args.max_len.is_some_and(|m| record.input_ids.len() > m) {
+                stats.too_long += 1;
+                continue;
+            }
             if record.teacher {
                 let text = record.messages[1]["content"].as_str().unwrap_or_default();
                 if !relay_grader::grade(grade_mode, &problem.answer, text) {
@@ -230,12 +238,13 @@ fn warmup(args: WarmupArgs) -> Result<()> {
 
     let summary = stats.summary(problems.len());
     eprintln!(
-        "{}: {} examples from {} problems ({} without a solution, {} solutions graded wrong{}) · {} calls ({:.2} a example) · LLM-written {:.1}% of response tokens",
+        "{}: {} examples from {} problems ({} without a solution, {} solutions graded wrong, {} over --max-len{}) · {} calls ({:.2} a example) · LLM-written {:.1}% of response tokens",
         args.out.display(),
         stats.examples,
         problems.len(),
         stats.no_solution,
         stats.wrong_solution,
+        stats.too_long,
         if args.teacher.is_some() {
             format!(", {} whose answer the teacher changed", stats.teacher_changed_answer)
         } else {
@@ -252,7 +261,13 @@ fn warmup(args: WarmupArgs) -> Result<()> {
     )
     .with_context(|| format!("writing {}", summary_path.display()))?;
     if stats.examples == 0 {
-        bail!("no example written: no problem had a solution the grader accepts");
+        bail!(
+            "no example written: of {} problems, {} had no solution, {} solutions were graded wrong, {} examples were over --max-len",
+            problems.len(),
+            stats.no_solution,
+            stats.wrong_solution,
+            stats.too_long
+        );
     }
     Ok(())
 }
@@ -442,6 +457,7 @@ struct Stats {
     no_solution: usize,
     wrong_solution: usize,
     teacher_changed_answer: usize,
+    too_long: usize,
     from_slm: usize,
 }
 
@@ -470,6 +486,7 @@ impl Stats {
             "problems_without_solution": self.no_solution,
             "solutions_graded_wrong": self.wrong_solution,
             "teacher_changed_answer": self.teacher_changed_answer,
+            "too_long": self.too_long,
             "calls": self.calls,
             "calls_per_example": per(self.calls),
             "examples_by_calls": self.by_calls,
