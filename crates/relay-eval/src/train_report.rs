@@ -141,12 +141,23 @@ fn markdown(
         let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let _ = writeln!(
             md,
-            "| {field} | {:.4} | {:.4} | {lo:.4} | {hi:.4} |",
-            ys[0],
-            ys[ys.len() - 1]
+            "| {field} | {} | {} | {} | {} |",
+            num(ys[0]),
+            num(ys[ys.len() - 1]),
+            num(lo),
+            num(hi)
         );
     }
     md
+}
+
+/// Four decimals, or scientific notation for small magnitudes (learning rates).
+fn num(x: f64) -> String {
+    if x != 0.0 && x.abs() < 1e-3 {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.4}")
+    }
 }
 
 type Panels = [(String, String, Vec<(f64, f64)>)];

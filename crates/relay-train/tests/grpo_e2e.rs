@@ -102,7 +102,6 @@ fn sft_full(base: &Path, data: &Path, out: &Path, epochs: usize) -> TrainModel {
     cfg.warmup_steps = 10;
     cfg.grad_accum = 8;
     cfg.save_every = 0;
-    cfg.rollout_weights = grpo::RolloutWeights::F32;
     let summary = sft::train(&cfg, out, false, |_| ControlFlow::Continue(())).unwrap();
     let ckpt = relay_train::checkpoint::load(&summary.checkpoint).unwrap();
     let model = TrainModel::load(base, Adapter::Full, 0).unwrap();
@@ -195,6 +194,7 @@ fn grpo_moves_calls_onto_the_hard_items_and_raises_the_reward() {
     cfg.reward = RewardKind::Difficulty;
     cfg.rho = RhoKind::Requested;
     cfg.save_every = 0;
+    cfg.rollout_weights = grpo::RolloutWeights::F32;
 
     let before_slm = LoadedModel::load(&slm_path, LoadOptions::default()).unwrap();
     let (easy0, hard0) = call_rates(&before_slm, &llm, &cfg, 8);
