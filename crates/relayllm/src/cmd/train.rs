@@ -42,6 +42,7 @@ pub struct GrpoArgs {
     /// Prompts per step.
     #[arg(long, default_value_t = 4)]
     pub prompts_per_step: usize,
+    /// Optimizer steps to reach (a resumed run counts the steps already done).
     #[arg(long, default_value_t = 100)]
     pub steps: u64,
     /// difficulty (DESIGN.md's table), simple (accuracy − ρ) or accuracy (plain GRPO).
@@ -62,17 +63,22 @@ pub struct GrpoArgs {
     /// Train every weight instead of LoRA adapters.
     #[arg(long)]
     pub full: bool,
+    /// Learning rate (constant after the warm-up).
     #[arg(long, default_value_t = 1e-5)]
     pub lr: f64,
+    /// Steps of linear LR warm-up.
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
+    /// Clip the global gradient norm to this (0: no clipping).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
     /// Optimizer passes over each step's rollouts.
     #[arg(long, default_value_t = 1)]
     pub ppo_epochs: usize,
+    /// PPO clip below 1 (the ratio is kept above 1 − this for negative advantages).
     #[arg(long, default_value_t = 0.2)]
     pub clip_low: f64,
+    /// PPO clip above 1 (the ratio is kept below 1 + this for positive advantages).
     #[arg(long, default_value_t = 0.3)]
     pub clip_high: f64,
     /// Weight of the k3 KL to the start model.
@@ -81,13 +87,16 @@ pub struct GrpoArgs {
     /// Rollout sampling temperature.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Rollout nucleus sampling.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
     /// Response budget per rollout (SLM + LLM tokens).
     #[arg(long, default_value_t = 1024)]
     pub max_tokens: usize,
+    /// Calls per rollout; later commands are ignored.
     #[arg(long, default_value_t = 4)]
     pub max_calls: usize,
+    /// LLM tokens per call at most, whatever the command asks.
     #[arg(long, default_value_t = 512)]
     pub max_call_tokens: usize,
     /// Prompts are plain text, not chat-formatted.
@@ -99,11 +108,13 @@ pub struct GrpoArgs {
     /// Grader of the reward: mathruler (the training grader) or verify.
     #[arg(long, value_enum, default_value_t = super::eval::Grader::Mathruler)]
     pub grader: super::eval::Grader,
+    /// Seed of the prompt order, the rollouts and the LoRA init.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Use the first N prompts only.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Save a checkpoint every N steps (and at the end; 0: only at the end).
     #[arg(long, default_value_t = 10)]
     pub save_every: u64,
     /// Rollout engine weights: q8_0 (fast CPU decoding) or f32 (exact).
