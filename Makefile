@@ -7,7 +7,7 @@ BIN := target/release/relayllm
 GSM8K ?= $(firstword $(wildcard ../shared/data/benchmarks/gsm8k.jsonl) data/gsm8k.jsonl)
 DEMO_N ?= 3
 
-.PHONY: setup build models demo test test-real parity bench bench-relay llama-cpp
+.PHONY: setup build models demo test test-llama-cpp test-real parity bench bench-relay llama-cpp
 
 # System packages the build and the tests need (Debian). Skipped when already present.
 setup:
@@ -15,6 +15,9 @@ setup:
 	    apt-get update -qq && apt-get install -y -qq python3-pip; fi
 	@if ! command -v cmake >/dev/null || ! command -v c++ >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq cmake g++; fi
+	@# libclang for bindgen in the llama-cpp feature's build (llama-cpp-sys-2).
+	@if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq libclang-dev; fi
 	@if ! command -v chromium >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq chromium; fi
 
@@ -37,6 +40,13 @@ test:
 	fi
 	$(CARGO) test -p relay-engine --test remote -- --ignored
 	$(CARGO) test -p relay-server --test api -- --ignored
+
+# The engine tests (kv cache, errors, batching) against both engines, and candle vs llama.cpp
+# parity, with the llama-cpp feature: builds llama.cpp through llama-cpp-sys-2 (cmake, C++,
+# libclang; several minutes once). `make test` stays on the default build.
+test-llama-cpp:
+	$(CARGO) test -p relay-engine --features llama-cpp --no-fail-fast \
+	    --test kv_cache --test errors --test batching --test engine_parity
 
 # The relay on the real pair: the confidence policy serves calls, answers are boxed, and the
 # call ratio moves with the threshold (needs the models; not part of `make test`).

@@ -15,6 +15,7 @@ fn main() {
             max_context: Some(4096),
             requantize,
             native_kernels: std::env::var("NATIVE").map_or(true, |v| v != "0"),
+            ..LoadOptions::default()
         },
     )
     .unwrap();

@@ -22,6 +22,9 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An error reported by llama.cpp (the `llama-cpp` engine).
+    #[error("llama.cpp: {0}")]
+    LlamaCpp(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("relay protocol: {0}")]
@@ -42,6 +45,7 @@ impl EngineError {
             Self::Unsupported(_) => "unsupported",
             Self::Malformed { .. } => "malformed",
             Self::Candle(_) => "candle",
+            Self::LlamaCpp(_) => "llama_cpp",
             Self::Io(_) => "io",
             Self::Relay(_) => "relay",
         }

@@ -8,6 +8,8 @@ pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod generate;
+#[cfg(feature = "llama-cpp")]
+pub mod llama_cpp;
 pub mod model;
 pub mod relay;
 pub mod remote;
@@ -18,6 +20,8 @@ pub mod tiny;
 pub mod tiny_vocab;
 pub mod tokenizer;
 
-pub use candle::{CandleEngine, LoadOptions};
+pub use candle::{CandleEngine, EngineKind, LoadOptions};
 pub use engine::{Engine, ModelInfo, SeqId};
 pub use error::{EngineError, Result};
+#[cfg(feature = "llama-cpp")]
+pub use llama_cpp::LlamaCppEngine;

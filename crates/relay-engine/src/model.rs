@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batching::BatchingEngine;
-use crate::candle::{CandleEngine, LoadOptions};
+use crate::candle::{CandleEngine, EngineKind, LoadOptions};
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
@@ -24,12 +24,13 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads a `.gguf` file or a safetensors folder with the embedded candle engine.
+    /// Loads a `.gguf` file or a safetensors folder on the engine `opts.engine` names (the
+    /// embedded candle engine by default).
     pub fn load(path: &Path, opts: LoadOptions) -> Result<Self> {
         if !path.exists() {
             return Err(EngineError::NotFound(path.to_path_buf()));
         }
-        let engine = CandleEngine::load(path, opts)?;
+        let engine = load_engine(path, opts)?;
         let tokenizer = Tokenizer::load_for_model(path)?;
         let template = match ChatTemplate::load_for_model(path) {
             Ok(t) => Some(Arc::new(t)),
@@ -40,7 +41,7 @@ impl LoadedModel {
         };
         Ok(Self {
             path: path.to_path_buf(),
-            engine: Arc::new(engine),
+            engine,
             tokenizer: Arc::new(tokenizer),
             template,
         })
@@ -65,6 +66,21 @@ impl LoadedModel {
     pub fn prompt_ids(&self, messages: &[ChatMessage], chat: bool) -> Result<Vec<u32>> {
         let text = self.render(messages, chat)?;
         self.tokenizer.encode(&text, false)
+    }
+}
+
+/// The engine `opts.engine` names, on `path`.
+pub fn load_engine(path: &Path, opts: LoadOptions) -> Result<Arc<dyn Engine>> {
+    match opts.engine {
+        EngineKind::Candle => Ok(Arc::new(CandleEngine::load(path, opts)?)),
+        #[cfg(feature = "llama-cpp")]
+        EngineKind::LlamaCpp => Ok(Arc::new(crate::llama_cpp::LlamaCppEngine::load(
+            path, opts,
+        )?)),
+        #[cfg(not(feature = "llama-cpp"))]
+        EngineKind::LlamaCpp => Err(EngineError::Unsupported(
+            "the llama-cpp engine: this build lacks the `llama-cpp` cargo feature".into(),
+        )),
     }
 }
 

@@ -226,6 +226,11 @@ impl TinyConfig {
                 "tokenizer.ggml.eos_token_id".to_string(),
                 V::U32(self.eos_token_id),
             ),
+            // No vocabulary of its own (tests that need one pass `tiny_vocab::gguf_metadata()`,
+            // which overrides this): llama.cpp needs the key, and then sizes its dummy
+            // vocabulary from `{arch}.vocab_size`. Candle reads neither.
+            ("tokenizer.ggml.model".to_string(), V::String("none".into())),
+            (format!("{a}.vocab_size"), V::U32(self.vocab_size as u32)),
         ];
         if self.arch == Arch::Qwen3 {
             md.push((
@@ -374,4 +379,29 @@ pub fn tiny_engine(
         }
     };
     Ok((crate::candle::CandleEngine::load(&path, opts)?, dir))
+}
+
+/// Every in-process engine this build has ([`crate::EngineKind::Candle`], and
+/// [`crate::EngineKind::LlamaCpp`] with the `llama-cpp` feature), each loaded from the same
+/// tiny GGUF, so one test body can check them all. Keep the directory alive as long as the
+/// engines are in use.
+pub fn tiny_engines(
+    cfg: &TinyConfig,
+    opts: crate::candle::LoadOptions,
+) -> Result<(
+    Vec<(crate::EngineKind, std::sync::Arc<dyn crate::Engine>)>,
+    tempfile::TempDir,
+)> {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path().join("tiny.gguf");
+    write_gguf(&p, cfg, &[])?;
+    let mut out = Vec::new();
+    for kind in crate::EngineKind::built() {
+        let opts = crate::candle::LoadOptions {
+            engine: kind,
+            ..opts.clone()
+        };
+        out.push((kind, crate::model::load_engine(&p, opts)?));
+    }
+    Ok((out, dir))
 }

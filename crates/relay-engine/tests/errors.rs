@@ -1,19 +1,23 @@
 //! Bad input gives a clear `EngineError` variant, never a panic, and a failed call leaves
-//! every sequence as it was.
+//! every sequence as it was: on every engine this build has (candle; llama.cpp with the
+//! `llama-cpp` feature), with the same variants.
 
 use candle_core::quantized::gguf_file::Value;
-use relay_engine::tiny::{tiny_engine, write_gguf, write_safetensors, TinyConfig, TinyFormat};
-use relay_engine::{CandleEngine, Engine, EngineError, LoadOptions, SeqId};
+use relay_engine::model::load_engine;
+use relay_engine::tiny::{tiny_engines, write_gguf, write_safetensors, TinyConfig};
+use relay_engine::{CandleEngine, Engine, EngineError, EngineKind, LoadOptions, SeqId};
+use std::sync::Arc;
 
-fn tiny() -> (CandleEngine, tempfile::TempDir) {
-    tiny_engine(
-        &TinyConfig::qwen2(),
-        TinyFormat::Gguf,
-        LoadOptions::default(),
-    )
-    .unwrap()
+/// Every engine of this build on the default tiny model.
+fn tiny_opts(opts: LoadOptions) -> (Vec<(EngineKind, Arc<dyn Engine>)>, tempfile::TempDir) {
+    tiny_engines(&TinyConfig::qwen2(), opts).unwrap()
 }
 
+fn tiny() -> (Vec<(EngineKind, Arc<dyn Engine>)>, tempfile::TempDir) {
+    tiny_opts(LoadOptions::default())
+}
+
+/// The candle engine's error loading `path` (safetensors folders are candle's alone).
 fn load_err(path: &std::path::Path) -> EngineError {
     match CandleEngine::load(path, LoadOptions::default()) {
         Ok(_) => panic!("loading {} should fail", path.display()),
@@ -21,145 +25,178 @@ fn load_err(path: &std::path::Path) -> EngineError {
     }
 }
 
+/// Each engine's error loading the GGUF file `path`.
+fn load_errs(path: &std::path::Path) -> Vec<(EngineKind, EngineError)> {
+    EngineKind::built()
+        .into_iter()
+        .map(|kind| {
+            let opts = LoadOptions {
+                engine: kind,
+                ..LoadOptions::default()
+            };
+            match load_engine(path, opts) {
+                Ok(_) => panic!("{kind:?}: loading {} should fail", path.display()),
+                Err(e) => (kind, e),
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn unknown_sequence() {
-    let (e, _d) = tiny();
-    let ghost = SeqId(999_999);
-    assert!(matches!(e.prefill(ghost, &[1]), Err(EngineError::UnknownSequence(s)) if s == ghost));
-    assert!(matches!(
-        e.step(&[(ghost, 1)]),
-        Err(EngineError::UnknownSequence(_))
-    ));
-    assert!(matches!(
-        e.seq_len(ghost),
-        Err(EngineError::UnknownSequence(_))
-    ));
-    assert!(matches!(
-        e.truncate(ghost, 0),
-        Err(EngineError::UnknownSequence(_))
-    ));
-    assert!(matches!(
-        e.fork(ghost),
-        Err(EngineError::UnknownSequence(_))
-    ));
-    assert!(matches!(
-        e.free(ghost),
-        Err(EngineError::UnknownSequence(_))
-    ));
-    // A freed sequence is unknown from then on.
-    let s = e.create_sequence().unwrap();
-    e.free(s).unwrap();
-    assert!(matches!(e.free(s), Err(EngineError::UnknownSequence(_))));
-    assert!(matches!(
-        e.prefill(s, &[1]),
-        Err(EngineError::UnknownSequence(_))
-    ));
-    assert_eq!(EngineError::UnknownSequence(s).label(), "unknown_sequence");
+    let (es, _d) = tiny();
+    for (kind, e) in &es {
+        let e: &dyn Engine = e.as_ref();
+        eprintln!("engine: {kind:?}"); // names the engine in a failure's output
+        let ghost = SeqId(999_999);
+        assert!(
+            matches!(e.prefill(ghost, &[1]), Err(EngineError::UnknownSequence(s)) if s == ghost)
+        );
+        assert!(matches!(
+            e.step(&[(ghost, 1)]),
+            Err(EngineError::UnknownSequence(_))
+        ));
+        assert!(matches!(
+            e.seq_len(ghost),
+            Err(EngineError::UnknownSequence(_))
+        ));
+        assert!(matches!(
+            e.truncate(ghost, 0),
+            Err(EngineError::UnknownSequence(_))
+        ));
+        assert!(matches!(
+            e.fork(ghost),
+            Err(EngineError::UnknownSequence(_))
+        ));
+        assert!(matches!(
+            e.free(ghost),
+            Err(EngineError::UnknownSequence(_))
+        ));
+        // A freed sequence is unknown from then on.
+        let s = e.create_sequence().unwrap();
+        e.free(s).unwrap();
+        assert!(matches!(e.free(s), Err(EngineError::UnknownSequence(_))));
+        assert!(matches!(
+            e.prefill(s, &[1]),
+            Err(EngineError::UnknownSequence(_))
+        ));
+        assert_eq!(EngineError::UnknownSequence(s).label(), "unknown_sequence");
+    }
 }
 
 #[test]
 fn failed_batch_leaves_sequences_unchanged() {
-    let (e, _d) = tiny();
-    let s = e.create_sequence().unwrap();
-    e.prefill(s, &[1, 2, 3]).unwrap();
-    assert!(matches!(
-        e.step(&[(s, 4), (SeqId(424242), 5)]),
-        Err(EngineError::UnknownSequence(_))
-    ));
-    assert!(matches!(
-        e.step(&[(s, 4), (s, 5000)]),
-        Err(EngineError::TokenOutOfVocab { id: 5000, .. })
-    ));
-    assert_eq!(e.seq_len(s).unwrap(), 3);
+    let (es, _d) = tiny();
+    for (kind, e) in &es {
+        let e: &dyn Engine = e.as_ref();
+        eprintln!("engine: {kind:?}"); // names the engine in a failure's output
+        let s = e.create_sequence().unwrap();
+        e.prefill(s, &[1, 2, 3]).unwrap();
+        assert!(matches!(
+            e.step(&[(s, 4), (SeqId(424242), 5)]),
+            Err(EngineError::UnknownSequence(_))
+        ));
+        assert!(matches!(
+            e.step(&[(s, 4), (s, 5000)]),
+            Err(EngineError::TokenOutOfVocab { id: 5000, .. })
+        ));
+        assert_eq!(e.seq_len(s).unwrap(), 3);
+    }
 }
 
 #[test]
 fn token_out_of_vocab() {
-    let (e, _d) = tiny();
-    let vocab = e.info().vocab_size;
-    let s = e.create_sequence().unwrap();
-    let bad = vocab as u32;
-    assert!(
-        matches!(e.prefill(s, &[1, bad]), Err(EngineError::TokenOutOfVocab { id, vocab_size }) if id == bad && vocab_size == vocab)
-    );
-    assert!(matches!(
-        e.step(&[(s, bad)]),
-        Err(EngineError::TokenOutOfVocab { .. })
-    ));
-    assert!(matches!(
-        e.score(&[1, u32::MAX]),
-        Err(EngineError::TokenOutOfVocab { .. })
-    ));
-    assert_eq!(e.seq_len(s).unwrap(), 0);
-    // The largest valid id is fine.
-    e.prefill(s, &[bad - 1]).unwrap();
+    let (es, _d) = tiny();
+    for (kind, e) in &es {
+        let e: &dyn Engine = e.as_ref();
+        eprintln!("engine: {kind:?}"); // names the engine in a failure's output
+        let vocab = e.info().vocab_size;
+        let s = e.create_sequence().unwrap();
+        let bad = vocab as u32;
+        assert!(
+            matches!(e.prefill(s, &[1, bad]), Err(EngineError::TokenOutOfVocab { id, vocab_size }) if id == bad && vocab_size == vocab)
+        );
+        assert!(matches!(
+            e.step(&[(s, bad)]),
+            Err(EngineError::TokenOutOfVocab { .. })
+        ));
+        assert!(matches!(
+            e.score(&[1, u32::MAX]),
+            Err(EngineError::TokenOutOfVocab { .. })
+        ));
+        assert_eq!(e.seq_len(s).unwrap(), 0);
+        // The largest valid id is fine.
+        e.prefill(s, &[bad - 1]).unwrap();
+    }
 }
 
 #[test]
 fn context_overflow() {
-    let (e, _d) = tiny_engine(
-        &TinyConfig::qwen2(),
-        TinyFormat::Gguf,
-        LoadOptions {
-            max_context: Some(8),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let s = e.create_sequence().unwrap();
-    let long: Vec<u32> = (0..9).collect();
-    assert!(matches!(
-        e.prefill(s, &long),
-        Err(EngineError::ContextOverflow {
-            len: 9,
-            context_length: 8
-        })
-    ));
-    assert!(matches!(
-        e.score(&long),
-        Err(EngineError::ContextOverflow { .. })
-    ));
-    e.prefill(s, &long[..6]).unwrap();
-    assert!(matches!(
-        e.prefill(s, &[1, 2, 3]),
-        Err(EngineError::ContextOverflow { len: 9, .. })
-    ));
-    e.step(&[(s, 1)]).unwrap();
-    e.step(&[(s, 1)]).unwrap();
-    assert!(matches!(
-        e.step(&[(s, 1)]),
-        Err(EngineError::ContextOverflow { len: 9, .. })
-    ));
-    assert_eq!(e.seq_len(s).unwrap(), 8);
-    // Truncating makes room again.
-    e.truncate(s, 7).unwrap();
-    e.step(&[(s, 1)]).unwrap();
+    let (es, _d) = tiny_opts(LoadOptions {
+        max_context: Some(8),
+        ..Default::default()
+    });
+    for (kind, e) in &es {
+        let e: &dyn Engine = e.as_ref();
+        eprintln!("engine: {kind:?}"); // names the engine in a failure's output
+        let s = e.create_sequence().unwrap();
+        let long: Vec<u32> = (0..9).collect();
+        assert!(matches!(
+            e.prefill(s, &long),
+            Err(EngineError::ContextOverflow {
+                len: 9,
+                context_length: 8
+            })
+        ));
+        assert!(matches!(
+            e.score(&long),
+            Err(EngineError::ContextOverflow { .. })
+        ));
+        e.prefill(s, &long[..6]).unwrap();
+        assert!(matches!(
+            e.prefill(s, &[1, 2, 3]),
+            Err(EngineError::ContextOverflow { len: 9, .. })
+        ));
+        e.step(&[(s, 1)]).unwrap();
+        e.step(&[(s, 1)]).unwrap();
+        assert!(matches!(
+            e.step(&[(s, 1)]),
+            Err(EngineError::ContextOverflow { len: 9, .. })
+        ));
+        assert_eq!(e.seq_len(s).unwrap(), 8);
+        // Truncating makes room again.
+        e.truncate(s, 7).unwrap();
+        e.step(&[(s, 1)]).unwrap();
+    }
 }
 
 #[test]
 fn empty_prefill_and_bad_truncate() {
-    let (e, _d) = tiny();
-    let s = e.create_sequence().unwrap();
-    assert!(matches!(
-        e.prefill(s, &[]),
-        Err(EngineError::InvalidInput(_))
-    ));
-    assert!(matches!(e.score(&[]), Err(EngineError::InvalidInput(_))));
-    e.prefill(s, &[1, 2]).unwrap();
-    assert!(matches!(
-        e.truncate(s, 3),
-        Err(EngineError::InvalidInput(_))
-    ));
-    assert_eq!(e.seq_len(s).unwrap(), 2);
+    let (es, _d) = tiny();
+    for (kind, e) in &es {
+        let e: &dyn Engine = e.as_ref();
+        eprintln!("engine: {kind:?}"); // names the engine in a failure's output
+        let s = e.create_sequence().unwrap();
+        assert!(matches!(
+            e.prefill(s, &[]),
+            Err(EngineError::InvalidInput(_))
+        ));
+        assert!(matches!(e.score(&[]), Err(EngineError::InvalidInput(_))));
+        e.prefill(s, &[1, 2]).unwrap();
+        assert!(matches!(
+            e.truncate(s, 3),
+            Err(EngineError::InvalidInput(_))
+        ));
+        assert_eq!(e.seq_len(s).unwrap(), 2);
+    }
 }
 
 #[test]
 fn missing_files() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        load_err(&dir.path().join("nope.gguf")),
-        EngineError::NotFound(_)
-    ));
+    for (kind, err) in load_errs(&dir.path().join("nope.gguf")) {
+        assert!(matches!(err, EngineError::NotFound(_)), "{kind:?}: {err}");
+    }
     // A directory without config.json.
     assert!(matches!(load_err(dir.path()), EngineError::NotFound(p) if p.ends_with("config.json")));
     // config.json but no weights.
@@ -179,11 +216,12 @@ fn wrong_architecture() {
         &[("general.architecture".into(), Value::String("llama".into()))],
     )
     .unwrap();
-    let err = load_err(&p);
-    assert!(
-        matches!(&err, EngineError::Unsupported(m) if m.contains("llama")),
-        "{err}"
-    );
+    for (kind, err) in load_errs(&p) {
+        assert!(
+            matches!(&err, EngineError::Unsupported(m) if m.contains("llama")),
+            "{kind:?}: {err}"
+        );
+    }
 
     let hf = dir.path().join("hf");
     write_safetensors(&hf, &TinyConfig::qwen2()).unwrap();
@@ -203,15 +241,21 @@ fn truncated_or_corrupt_gguf() {
     for cut in [bytes.len() - 1, bytes.len() / 2, 100, 10, 0] {
         let q = dir.path().join(format!("cut{cut}.gguf"));
         std::fs::write(&q, &bytes[..cut]).unwrap();
-        let err = load_err(&q);
-        assert!(
-            matches!(err, EngineError::Malformed { .. }),
-            "cut at {cut}: {err}"
-        );
+        for (kind, err) in load_errs(&q) {
+            assert!(
+                matches!(err, EngineError::Malformed { .. }),
+                "{kind:?}: cut at {cut}: {err}"
+            );
+        }
     }
     let q = dir.path().join("garbage.gguf");
     std::fs::write(&q, b"this is not a gguf file at all, just text").unwrap();
-    assert!(matches!(load_err(&q), EngineError::Malformed { .. }));
+    for (kind, err) in load_errs(&q) {
+        assert!(
+            matches!(err, EngineError::Malformed { .. }),
+            "{kind:?}: {err}"
+        );
+    }
     // Metadata that is missing a required key.
     let r = dir.path().join("nokey.gguf");
     write_gguf(
@@ -220,5 +264,10 @@ fn truncated_or_corrupt_gguf() {
         &[("general.architecture".into(), Value::String("qwen3".into()))],
     )
     .unwrap();
-    assert!(matches!(load_err(&r), EngineError::Malformed { .. }));
+    for (kind, err) in load_errs(&r) {
+        assert!(
+            matches!(err, EngineError::Malformed { .. }),
+            "{kind:?}: {err}"
+        );
+    }
 }

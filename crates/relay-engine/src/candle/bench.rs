@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use super::CandleEngine;
 use crate::engine::Engine;
 use crate::error::Result;
 
@@ -23,7 +22,7 @@ pub struct BenchResult {
 /// greedily one step at a time; repeats `runs` times (after one untimed warm-up run that
 /// also packs the weights) and reports the medians.
 pub fn bench_decode(
-    engine: &CandleEngine,
+    engine: &dyn Engine,
     prompt_tokens: usize,
     gen_tokens: usize,
     runs: usize,

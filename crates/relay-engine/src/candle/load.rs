@@ -142,6 +142,31 @@ fn gguf_header(content: &gguf_file::Content, path: &Path, opts: &LoadOptions) ->
     })
 }
 
+/// What another engine needs from a GGUF header, read (and checked: architecture, truncation)
+/// exactly as this engine reads it, so both engines fail alike on a bad file.
+#[allow(dead_code)]
+pub(crate) struct GgufHeader {
+    pub name: String,
+    pub architecture: String,
+    pub vocab_size: usize,
+    /// Already capped by `opts.max_context`.
+    pub context_length: usize,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[allow(dead_code)]
+pub(crate) fn read_gguf_header(path: &Path, opts: &LoadOptions) -> Result<GgufHeader> {
+    let (_file, content) = open_gguf(path)?;
+    let h = gguf_header(&content, path, opts)?;
+    Ok(GgufHeader {
+        name: h.name,
+        architecture: h.cfg.arch.name().to_string(),
+        vocab_size: h.cfg.vocab_size,
+        context_length: h.cfg.context_length,
+        eos_token_ids: h.eos_token_ids,
+    })
+}
+
 pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let (mut file, content) = open_gguf(path)?;
     let header = gguf_header(&content, path, opts)?;

@@ -13,6 +13,8 @@ mod native;
 mod pool;
 mod q8;
 
+#[allow(unused_imports)]
+pub(crate) use load::read_gguf_header;
 pub use load::{load_dense, DenseWeights};
 pub use model::{Arch, ModelConfig};
 
@@ -46,6 +48,56 @@ pub struct LoadOptions {
     /// 4.75 / 6.6 bits per weight where candle's kernels read 6 and the Q8 fallback 8.5.
     /// Prefill still uses candle's repacked kernels. Ignored on other CPUs.
     pub native_kernels: bool,
+    /// Which engine [`crate::model::LoadedModel::load`] runs the model on. Candle (the
+    /// default) is always built; llama.cpp only with the `llama-cpp` cargo feature.
+    pub engine: EngineKind,
+}
+
+/// The in-process engines a model can be loaded on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// [`CandleEngine`]: pure Rust, always built.
+    #[default]
+    Candle,
+    /// `LlamaCppEngine` on llama.cpp: needs the `llama-cpp` cargo feature.
+    LlamaCpp,
+}
+
+impl EngineKind {
+    /// Its name on the command line: `candle`, `llama-cpp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Candle => "candle",
+            Self::LlamaCpp => "llama-cpp",
+        }
+    }
+
+    /// The engines this build has, candle first.
+    pub fn built() -> Vec<Self> {
+        [Self::Candle, Self::LlamaCpp]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    }
+
+    /// Whether this build has it.
+    pub fn available(self) -> bool {
+        match self {
+            Self::Candle => true,
+            Self::LlamaCpp => cfg!(feature = "llama-cpp"),
+        }
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "candle" => Ok(Self::Candle),
+            "llama-cpp" | "llama.cpp" | "llamacpp" => Ok(Self::LlamaCpp),
+            other => Err(format!("unknown engine `{other}` (candle, llama-cpp)")),
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -55,6 +107,7 @@ impl Default for LoadOptions {
             max_context: None,
             requantize: true,
             native_kernels: true,
+            engine: EngineKind::Candle,
         }
     }
 }

@@ -3,7 +3,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use relay_engine::candle::bench::bench_decode;
 use relay_engine::fetch::{default_models_dir, resolve_model_arg};
-use relay_engine::{CandleEngine, LoadOptions};
+use relay_engine::{EngineKind, LoadOptions};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,8 +72,8 @@ pub struct DecodeArgs {
     /// `slm`, `llm` (the fetched pair), a .gguf file, or a safetensors folder.
     #[arg(long)]
     pub model: String,
-    /// Engine to measure.
-    #[arg(long, default_value = "candle", value_parser = ["candle"])]
+    /// Engine to measure (`llama-cpp` needs a build with the `llama-cpp` feature).
+    #[arg(long, default_value = "candle", value_parser = ["candle", "llama-cpp"])]
     pub engine: String,
     /// Compute threads [default: all cores].
     #[arg(long)]
@@ -158,13 +158,15 @@ fn decode(args: DecodeArgs) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let engine_kind: EngineKind = args.engine.parse().map_err(anyhow::Error::msg)?;
     let opts = LoadOptions {
         threads: Some(threads),
         requantize: !args.no_requantize,
+        engine: engine_kind,
         ..LoadOptions::default()
     };
-    let engine =
-        CandleEngine::load(&path, opts).with_context(|| format!("loading {}", path.display()))?;
+    let engine = relay_engine::model::load_engine(&path, opts)
+        .with_context(|| format!("loading {}", path.display()))?;
     if !args.json {
         eprintln!(
             "measuring {} ({} threads, {} runs)...",
@@ -173,7 +175,12 @@ fn decode(args: DecodeArgs) -> Result<()> {
             args.runs
         );
     }
-    let ours = bench_decode(&engine, args.prompt_tokens, args.gen_tokens, args.runs)?;
+    let ours = bench_decode(
+        engine.as_ref(),
+        args.prompt_tokens,
+        args.gen_tokens,
+        args.runs,
+    )?;
     drop(engine); // free its memory before llama.cpp maps the same file
     let theirs = match &args.llama_bench {
         Some(bin) => Some(llama_bench(bin, &path, threads, &args)?),
