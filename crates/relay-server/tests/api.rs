@@ -634,7 +634,7 @@ async fn the_page_shows_llm_spans_in_chromium() {
     // dump can catch the answer mid-stream. Each try is a full page load and request; take the
     // first that finished.
     let mut dom = String::new();
-    for _ in 0..8 {
+    for _ in 0..16 {
         let out = run(&["--dump-dom".to_string()]).await.unwrap();
         dom = String::from_utf8_lossy(&out.stdout).to_string();
         if dom.contains("data-done=\"1\"") {
