@@ -25,6 +25,29 @@ pub struct ModelInfo {
     pub eos_token_ids: Vec<u32>,
 }
 
+impl ModelInfo {
+    /// Every id is inside the vocabulary (the check each engine does before running tokens).
+    pub fn check_tokens(&self, tokens: &[u32]) -> crate::error::Result<()> {
+        let vocab_size = self.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            Some(&id) => Err(crate::error::EngineError::TokenOutOfVocab { id, vocab_size }),
+            None => Ok(()),
+        }
+    }
+
+    /// A sequence of `len` positions fits the context.
+    pub fn check_context(&self, len: usize) -> crate::error::Result<()> {
+        let context_length = self.context_length;
+        if len > context_length {
+            return Err(crate::error::EngineError::ContextOverflow {
+                len,
+                context_length,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A model runtime with per-sequence KV caches.
 ///
 /// All methods take `&self`: engines use interior mutability so that one engine can be shared

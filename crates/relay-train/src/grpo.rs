@@ -8,10 +8,11 @@
 //! model, averaged over every trained token of the batch (token-mean). LLM-written tokens are
 //! not trained unless `train_llm_tokens`.
 
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::checkpoint::CheckpointMeta;
 use crate::error::{Result, TrainError};
 use crate::model::{Adapter, TrainModel};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Decay, GradAccum, LrSchedule};
+use crate::run;
 use candle_core::{Tensor, D};
 use relay_core::reward::{group_rewards, RewardKind, RhoKind, Rollout, RolloutCall, Scenario};
 use relay_core::Source;
@@ -537,14 +538,7 @@ pub fn train(
             "--group must be at least 2, --prompts-per-step and --ppo-epochs at least 1".into(),
         ));
     }
-    std::fs::create_dir_all(out)?;
-    let existing = checkpoint::latest(out)?;
-    if existing.is_some() && !resume {
-        return Err(TrainError::InvalidInput(format!(
-            "{} already holds checkpoints: pass --resume to continue, or choose another --out",
-            out.display()
-        )));
-    }
+    let existing = run::prepare(out, resume)?;
     let prompts = read_prompts(&cfg.data, cfg.limit)?;
     let model = TrainModel::load(&cfg.slm, cfg.adapter.clone(), cfg.seed)?;
     if !same_vocabulary(model.tokenizer(), &llm.tokenizer) {
@@ -568,26 +562,10 @@ pub fn train(
         min_ratio: 0.0,
     };
     let pinned = serde_json::json!({"grpo": cfg.pinned(), "prompts": prompts.len()});
-    let (mut step, mut pos, resumed_from) = match (&existing, resume) {
-        (Some(path), true) => {
-            let c = checkpoint::load(path)?;
-            if c.meta.config != pinned {
-                return Err(TrainError::Resume {
-                    path: path.clone(),
-                    reason: format!(
-                        "settings differ from the checkpoint's:\n  checkpoint: {}\n  now:        {}",
-                        c.meta.config, pinned
-                    ),
-                });
-            }
-            model.set_trainable(&c.params)?;
-            opt.load_state(&c.optimizer, c.meta.step)?;
-            (c.meta.step, c.meta.position, Some(c.meta.step))
-        }
-        _ => (0, 0, None),
-    };
-    let mut log = open_log(&out.join(GRPO_LOG), resumed_from)?;
-    let mut rollouts_log = open_log(&out.join(ROLLOUTS_LOG), resumed_from)?;
+    let (mut step, mut pos, resumed_from) =
+        run::restore(existing.as_deref(), resume, &pinned, &model, &mut opt)?;
+    let mut log = run::open_step_log(&out.join(GRPO_LOG), resumed_from)?;
+    let mut rollouts_log = run::open_step_log(&out.join(ROLLOUTS_LOG), resumed_from)?;
     let opts = LoadOptions {
         threads: cfg.threads,
         ..LoadOptions::default()
@@ -754,35 +732,7 @@ fn save(
         adapter: cfg.adapter.clone(),
         config: pinned.clone(),
     };
-    let params: Vec<(String, Tensor)> = model
-        .trainable_named()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
-    checkpoint::save(out, &meta, &params, &opt.state())
-}
-
-/// A step log opened for appending: a fresh run starts it empty; a resumed one keeps the
-/// lines up to its checkpoint's step.
-fn open_log(path: &Path, resumed_from: Option<u64>) -> Result<std::fs::File> {
-    match resumed_from {
-        Some(step) => {
-            let old = std::fs::read_to_string(path).unwrap_or_default();
-            let kept: String = old
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step")?.as_u64())
-                        .is_some_and(|s| s <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            checkpoint::write_atomic(path, kept.as_bytes())?;
-        }
-        None => std::fs::write(path, b"")?,
-    }
-    Ok(std::fs::OpenOptions::new().append(true).open(path)?)
+    run::save(out, &meta, model, opt)
 }
 
 #[cfg(test)]

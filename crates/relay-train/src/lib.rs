@@ -12,6 +12,7 @@
 //! - [`data`] and [`sft`]: JSONL conversations → ids + loss mask → the SFT loop.
 //! - [`grpo`]: GRPO on the relay's own rollouts with the difficulty-aware reward
 //!   (`relay_core::reward`).
+//! - [`run`]: what SFT and GRPO share around their loops: refuse or resume, step logs, saves.
 //! - [`export`]: LoRA merged into the base, written as a safetensors folder or a GGUF.
 
 pub mod checkpoint;
@@ -21,6 +22,7 @@ pub mod export;
 pub mod grpo;
 pub mod model;
 pub mod optim;
+pub mod run;
 pub mod sft;
 pub mod warmup;
 

@@ -16,17 +16,17 @@ use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::checkpoint::CheckpointMeta;
 use crate::data::{read_sft_jsonl, SftData, SftExample, Vocab};
 use crate::error::{Result, TrainError};
 use crate::model::{Adapter, TrainModel};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Decay, GradAccum, LrSchedule};
+use crate::run;
 
 /// Name of the per-step log written into the output folder.
 pub const TRAIN_LOG: &str = "train_log.jsonl";
 
 /// Checkpoints kept in the output folder (older ones are removed after each save).
-const KEEP_CHECKPOINTS: usize = 2;
 
 /// Every setting of an SFT run. The ones that change the result are pinned in each checkpoint
 /// and must match on `--resume`.
@@ -175,14 +175,7 @@ pub fn train(
             "--grad-accum and --epochs must be at least 1".into(),
         ));
     }
-    std::fs::create_dir_all(out)?;
-    let existing = checkpoint::latest(out)?;
-    if existing.is_some() && !resume {
-        return Err(TrainError::InvalidInput(format!(
-            "{} already holds checkpoints: pass --resume to continue, or choose another --out",
-            out.display()
-        )));
-    }
+    let existing = run::prepare(out, resume)?;
 
     let model = TrainModel::load(&cfg.model, cfg.adapter.clone(), cfg.seed)?;
     let data = read_data(&model, cfg)?;
@@ -207,25 +200,9 @@ pub fn train(
     )?;
 
     let pinned = serde_json::json!({"sft": cfg.pinned(), "examples": n});
-    let (mut step, mut pos, resumed_from) = match (&existing, resume) {
-        (Some(path), true) => {
-            let c = checkpoint::load(path)?;
-            if c.meta.config != pinned {
-                return Err(TrainError::Resume {
-                    path: path.clone(),
-                    reason: format!(
-                        "settings differ from the checkpoint's:\n  checkpoint: {}\n  now:        {}",
-                        c.meta.config, pinned
-                    ),
-                });
-            }
-            model.set_trainable(&c.params)?;
-            opt.load_state(&c.optimizer, c.meta.step)?;
-            (c.meta.step, c.meta.position, Some(c.meta.step))
-        }
-        _ => (0, 0, None),
-    };
-    let mut log = open_log(out, resumed_from)?;
+    let (mut step, mut pos, resumed_from) =
+        run::restore(existing.as_deref(), resume, &pinned, &model, &mut opt)?;
+    let mut log = run::open_step_log(&out.join(TRAIN_LOG), resumed_from)?;
 
     let mut accum = GradAccum::new(params.len());
     let mut order_epoch = usize::MAX;
@@ -296,7 +273,7 @@ pub fn train(
                 adapter: cfg.adapter.clone(),
                 config: pinned.clone(),
             };
-            final_path = Some(save(out, &meta, &model, &opt)?);
+            final_path = Some(run::save(out, &meta, &model, &opt)?);
         }
     }
     // A resumed run with nothing left still names its checkpoint.
@@ -309,7 +286,7 @@ pub fn train(
                 adapter: cfg.adapter.clone(),
                 config: pinned.clone(),
             };
-            save(out, &meta, &model, &opt)?
+            run::save(out, &meta, &model, &opt)?
         }
     };
     Ok(SftSummary {
@@ -323,39 +300,4 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         stopped_early: false,
     })
-}
-
-fn save(out: &Path, meta: &CheckpointMeta, model: &TrainModel, opt: &AdamW) -> Result<PathBuf> {
-    let params: Vec<(String, Tensor)> = model
-        .trainable_named()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
-    let path = checkpoint::save(out, meta, &params, &opt.state())?;
-    checkpoint::prune(out, KEEP_CHECKPOINTS)?;
-    Ok(path)
-}
-
-/// Opens `train_log.jsonl` for appending; a resumed run first drops the lines past its
-/// checkpoint (steps the interrupted run logged but did not save), so the log reads as one run.
-fn open_log(out: &Path, resumed_from: Option<u64>) -> Result<std::fs::File> {
-    let path = out.join(TRAIN_LOG);
-    match resumed_from {
-        Some(step) => {
-            let old = std::fs::read_to_string(&path).unwrap_or_default();
-            let kept: String = old
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step")?.as_u64())
-                        .is_some_and(|s| s <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            checkpoint::write_atomic(&path, kept.as_bytes())?;
-        }
-        None => std::fs::write(&path, b"")?,
-    }
-    Ok(std::fs::OpenOptions::new().append(true).open(&path)?)
 }

@@ -207,22 +207,11 @@ impl CandleEngine {
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        let vocab_size = self.info.vocab_size;
-        match tokens.iter().find(|&&t| t as usize >= vocab_size) {
-            Some(&id) => Err(EngineError::TokenOutOfVocab { id, vocab_size }),
-            None => Ok(()),
-        }
+        self.info.check_tokens(tokens)
     }
 
     fn check_context(&self, len: usize) -> Result<()> {
-        let context_length = self.info.context_length;
-        if len > context_length {
-            return Err(EngineError::ContextOverflow {
-                len,
-                context_length,
-            });
-        }
-        Ok(())
+        self.info.check_context(len)
     }
 }
 
