@@ -618,14 +618,13 @@ pub fn train(
                         continue;
                     }
                     let ids = s.ids();
-                    let start = s.prompt_ids.len() - 1;
-                    let len = s.response_ids.len();
-                    let new = model.token_logprobs(&ids)?.narrow(0, start, len)?;
+                    let start = s.prompt_ids.len();
+                    let new = model.token_logprobs_from(&ids, start)?;
                     let old_i = old[i]
                         .get_or_insert_with(|| new.to_vec1::<f32>().unwrap_or_default())
                         .clone();
                     if refs[i].is_none() {
-                        refs[i] = Some(model.reference_logprobs(&ids)?[start..].to_vec());
+                        refs[i] = Some(model.reference_logprobs_from(&ids, start)?);
                     }
                     let terms = loss_terms(
                         &new,

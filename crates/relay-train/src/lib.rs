@@ -5,6 +5,8 @@
 //! - [`model::TrainModel`]: a differentiable Qwen2/Qwen3 forward over whole sequences that
 //!   matches the inference engine's numerics, with LoRA or full fine-tuning. A GGUF base is
 //!   dequantized to f32 and kept frozen; LoRA trains low-rank pairs beside it.
+//! - [`fused`]: attention and the output head as ops that recompute in the backward pass, so
+//!   a step's memory stays linear in the sequence length with no vocabulary-sized activations.
 //! - [`optim`]: AdamW (checkpointable), gradient accumulation, global-norm clipping, warm-up +
 //!   cosine/linear schedule.
 //! - [`checkpoint`]: atomic single-file checkpoints (weights + optimizer + step + data position
@@ -19,6 +21,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod fused;
 pub mod grpo;
 pub mod model;
 pub mod optim;

@@ -26,6 +26,7 @@ use relay_engine::tokenizer::Tokenizer;
 use relay_engine::{CandleEngine, LoadOptions};
 
 use crate::error::{Result, TrainError};
+use crate::fused;
 
 /// A linear layer LoRA can adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -149,6 +150,8 @@ pub struct TrainModel {
     lora: BTreeMap<String, Lora>,
     /// RoPE inverse frequencies, computed as the engine does.
     inv_freq: Vec<f32>,
+    /// Attention and the output head through [`crate::fused`]'s recomputing ops.
+    fused: bool,
 }
 
 impl TrainModel {
@@ -218,6 +221,7 @@ impl TrainModel {
             full,
             lora,
             inv_freq,
+            fused: true,
         })
     }
 
@@ -294,17 +298,61 @@ impl TrainModel {
     /// log p(ids[t] | ids[..t]) for t = 1..len: a `[len - 1]` f32 tensor, differentiable in
     /// the trainable parameters.
     pub fn token_logprobs(&self, ids: &[u32]) -> Result<Tensor> {
-        self.check_ids(ids)?;
-        let logits = self.logits(&ids[..ids.len() - 1], Weights::Current)?;
-        logprobs_of(&logits, &ids[1..])
+        self.token_logprobs_from(ids, 1)
+    }
+
+    /// log p(ids[t] | ids[..t]) for t = from..len only (`[len - from]`): the positions before
+    /// `from` (a prompt) still condition the rest, but the output head, the largest matmul,
+    /// skips them.
+    pub fn token_logprobs_from(&self, ids: &[u32], from: usize) -> Result<Tensor> {
+        self.logprobs(ids, from, Weights::Current)
     }
 
     /// The same under the frozen start weights (adapters off / the base of a full run),
-    /// detached.
+    /// detached: t = from..len.
+    pub fn reference_logprobs_from(&self, ids: &[u32], from: usize) -> Result<Vec<f32>> {
+        Ok(self
+            .logprobs(ids, from, Weights::Reference)?
+            .to_vec1::<f32>()?)
+    }
+
+    /// [`Self::reference_logprobs_from`] from t = 1.
     pub fn reference_logprobs(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.reference_logprobs_from(ids, 1)
+    }
+
+    /// Turns the fused attention and output-head ops off (`false`) or on (the default). The
+    /// unfused path keeps every intermediate for the backward pass (several GB on a real model
+    /// at a few hundred tokens); it stays for tests that check the fused ops against it.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
+    fn logprobs(&self, ids: &[u32], from: usize, which: Weights) -> Result<Tensor> {
         self.check_ids(ids)?;
-        let logits = self.logits(&ids[..ids.len() - 1], Weights::Reference)?;
-        Ok(logprobs_of(&logits, &ids[1..])?.to_vec1::<f32>()?)
+        if from == 0 || from >= ids.len() {
+            return Err(TrainError::InvalidInput(format!(
+                "log-probs from position {from} of {} tokens: need 1 ≤ from < len",
+                ids.len()
+            )));
+        }
+        let hidden =
+            self.hidden(&ids[..ids.len() - 1], which)?
+                .narrow(0, from - 1, ids.len() - from)?;
+        let head = self.weight(self.head_name(), which)?;
+        let targets = &ids[from..];
+        if self.fused {
+            return Ok(fused::head_logprobs(&hidden, &head, targets)?);
+        }
+        logprobs_of(&matmul_t(&hidden, &head)?, targets)
+    }
+
+    fn head_name(&self) -> &'static str {
+        if self.has("lm_head.weight") {
+            "lm_head.weight"
+        } else {
+            "model.embed_tokens.weight"
+        }
     }
 
     /// Every weight with the current training applied (LoRA merged: `W + (alpha/rank) · B A`),
@@ -413,15 +461,14 @@ impl TrainModel {
         Ok(y)
     }
 
-    /// Logits after each of `ids`: `[len, vocab]`.
-    fn logits(&self, ids: &[u32], which: Weights) -> Result<Tensor> {
+    /// The final hidden state after each of `ids` (the output head's input): `[len, hidden]`.
+    fn hidden(&self, ids: &[u32], which: Weights) -> Result<Tensor> {
         let cfg = &self.config;
         let (n, nh, nkv, hd) = (ids.len(), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let group = nh / nkv;
         let eps = cfg.rms_norm_eps;
         let dev = Device::Cpu;
         let (cos, sin) = self.rope_tables(n)?;
-        let mask = causal_mask(n)?;
         let scale = 1.0 / (hd as f64).sqrt();
 
         let ids_t = Tensor::new(ids, &dev)?;
@@ -466,12 +513,17 @@ impl TrainModel {
                 .reshape((nkv, group * n, hd))?;
             let k = k.transpose(0, 1)?.contiguous()?;
             let v = v.transpose(0, 1)?.contiguous()?;
-            let scores = (q.matmul(&k.t()?)? * scale)?
-                .reshape((nh, n, n))?
-                .broadcast_add(&mask)?;
-            let probs = softmax_last(&scores)?.reshape((nkv, group * n, n))?;
-            let a = probs
-                .matmul(&v)?
+            let a = if self.fused {
+                fused::causal_attention(&q, &k, &v, scale)?
+            } else {
+                let scores = (q.matmul(&k.t()?)? * scale)?
+                    .reshape((nh, n, n))?
+                    .broadcast_add(&causal_mask(n)?)?;
+                softmax_last(&scores)?
+                    .reshape((nkv, group * n, n))?
+                    .matmul(&v)?
+            };
+            let a = a
                 .reshape((nh, n, hd))?
                 .transpose(0, 1)?
                 .contiguous()?
@@ -487,13 +539,7 @@ impl TrainModel {
             let u = self.linear(&h, &format!("{p}.mlp.up_proj"), which)?;
             x = (x + self.linear(&(g.silu()? * u)?, &format!("{p}.mlp.down_proj"), which)?)?;
         }
-        let x = rms_norm(&x, &self.weight("model.norm.weight", which)?, eps)?;
-        let head = if self.has("lm_head.weight") {
-            "lm_head.weight"
-        } else {
-            "model.embed_tokens.weight"
-        };
-        matmul_t(&x, &self.weight(head, which)?)
+        rms_norm(&x, &self.weight("model.norm.weight", which)?, eps)
     }
 
     /// cos/sin of positions `0..n`, `[n, 1, head_dim / 2]`, as the engine computes them.

@@ -151,3 +151,73 @@ fn lora_gradients_match_finite_differences() {
         }
     }
 }
+
+/// The fused attention and output-head ops (the default) against the written-out forward:
+/// same log-probs and the same gradient for every trainable parameter, with LoRA and with full
+/// training (where the tied output head / embedding is trainable too).
+#[test]
+fn fused_ops_give_the_written_out_values_and_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, adapter) in [
+        (Arch::Qwen2, Adapter::lora(4, 8.0)),
+        (Arch::Qwen3, Adapter::Full),
+    ] {
+        let path = tiny_hf(dir.path(), arch);
+        let fused = TrainModel::load(&path, adapter.clone(), 9).unwrap();
+        let mut plain = TrainModel::load(&path, adapter, 9).unwrap();
+        plain.set_fused(false);
+        // Non-zero LoRA B (or moved full weights), the same in both models.
+        for ((name, a), (_, b)) in fused.trainable_named().iter().zip(plain.trainable_named()) {
+            let noise = Tensor::randn(0f32, 0.05, a.dims(), &Device::Cpu).unwrap();
+            let t = if name.ends_with("lora_a") {
+                a.as_tensor().copy().unwrap()
+            } else {
+                (a.as_tensor() + noise).unwrap().detach()
+            };
+            a.set(&t).unwrap();
+            b.set(&t).unwrap();
+        }
+        let seq = ids(40, 21);
+        let from = 9;
+        let weights: Vec<f32> = (from..seq.len())
+            .map(|i| if i % 4 == 0 { -1.5 } else { 0.7 })
+            .collect();
+        let w = Tensor::new(weights.as_slice(), &Device::Cpu).unwrap();
+        let run = |m: &TrainModel| {
+            let lp = m.token_logprobs_from(&seq, from).unwrap();
+            let grads = (&lp * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            (lp.to_vec1::<f32>().unwrap(), grads)
+        };
+        let (lp_f, g_f) = run(&fused);
+        let (lp_p, g_p) = run(&plain);
+        assert_eq!(lp_f.len(), seq.len() - from);
+        assert!(max_diff(&lp_f, &lp_p) < 1e-4, "{arch:?}: log-probs differ");
+        // The tail of the full-length log-probs.
+        let all = fused
+            .token_logprobs(&seq)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(max_diff(&all[from - 1..], &lp_f) < 1e-5);
+        let mut checked = 0;
+        for ((name, a), (_, b)) in fused.trainable_named().iter().zip(plain.trainable_named()) {
+            let ga = g_f.get(a.as_tensor()).unwrap().flatten_all().unwrap();
+            let gb = g_p.get(b.as_tensor()).unwrap().flatten_all().unwrap();
+            let (ga, gb) = (ga.to_vec1::<f32>().unwrap(), gb.to_vec1::<f32>().unwrap());
+            let scale = gb.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let d = max_diff(&ga, &gb);
+            assert!(
+                d <= 1e-3 * scale.max(1e-3),
+                "{arch:?} {name}: gradients differ by {d} (largest {scale})"
+            );
+            checked += 1;
+        }
+        assert!(checked > 10, "{arch:?}: only {checked} parameters compared");
+        // The reference path agrees with itself fused or not.
+        let r_f = fused.reference_logprobs_from(&seq, from).unwrap();
+        let r_p = plain.reference_logprobs_from(&seq, from).unwrap();
+        assert!(max_diff(&r_f, &r_p) < 1e-4);
+        assert!(fused.token_logprobs_from(&seq, 0).is_err());
+        assert!(fused.token_logprobs_from(&seq, seq.len()).is_err());
+    }
+}
