@@ -5,7 +5,8 @@
 #   scripts/train-real.sh warmup     # warm-up examples from math-train.jsonl's reference solutions
 #   scripts/train-real.sh sft        # LoRA SFT of the 0.5B SLM on them, then export to GGUF
 #   scripts/train-real.sh eval       # the warmed-up SLM with --policy tag on GSM8K (first $EVAL_N)
-#   scripts/train-real.sh grpo       # GRPO steps on math-train prompts (--resume continues)
+#   scripts/train-real.sh grpo       # GRPO steps on math-train prompts (--resume continues;
+#                                    # GRPO_OUT, GRPO_STEPS, GRPO_MAX_TOKENS, GRPO_LR override)
 #
 # Needs the fetched pair (`make models`) and data (`relayllm fetch data`). LLM=http://host:port
 # puts the LLM behind an OpenAI-compatible server (llama-server on the same 1.5B GGUF); the SLM
@@ -40,11 +41,13 @@ eval)
   ;;
 grpo)
   resume=""
-  [ -d $out/grpo ] && resume=--resume
+  grpo=${GRPO_OUT:-$out/grpo}
+  [ -d "$grpo" ] && resume=--resume
   $bin train grpo --slm $out/slm-warmup.gguf --llm "$llm" --data data/math-train.jsonl \
-    --out $out/grpo --group 4 --prompts-per-step 2 --steps "${GRPO_STEPS:-200}" \
-    --max-tokens 512 --lr 1e-5 --save-every 1 --threads "$threads" $resume
-  $bin report $out/grpo
+    --out "$grpo" --group 4 --prompts-per-step 2 --steps "${GRPO_STEPS:-200}" \
+    --max-tokens "${GRPO_MAX_TOKENS:-512}" --lr "${GRPO_LR:-5e-5}" --save-every 1 \
+    --threads "$threads" $resume
+  $bin report "$grpo"
   ;;
 *)
   echo "unknown stage $stage (warmup, sft, eval, grpo)" >&2

@@ -79,7 +79,9 @@ pub fn load_engine(path: &Path, opts: LoadOptions) -> Result<Arc<dyn Engine>> {
         )?)),
         #[cfg(not(feature = "llama-cpp"))]
         EngineKind::LlamaCpp => Err(EngineError::Unsupported(
-            "the llama-cpp engine: this build lacks the `llama-cpp` cargo feature".into(),
+            "the llama-cpp engine: this build lacks the `llama-cpp` cargo feature (build with \
+             `cargo build --release -p relayllm --features llama-cpp`)"
+                .into(),
         )),
     }
 }

@@ -164,3 +164,80 @@ fn many_sequences_forks_and_long_prefill() {
         max_diff(&a, &b)
     );
 }
+
+/// The relay loop itself on two llama.cpp engines (what `relayllm relay|eval|serve --engine
+/// llama-cpp` run): the same tokens, sources and calls as on two candle engines, with calls
+/// served.
+#[test]
+fn the_relay_runs_alike_on_both_engines() {
+    use relay_core::{PolicyKind, RelayConfig, Source};
+    use relay_engine::relay::{relay, LlmRetry, RelayPair, RelayRequest};
+    use relay_engine::sampling::SamplingParams;
+    use relay_engine::tokenizer::Tokenizer;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (slm_path, llm_path) = write_tiny_pair(dir.path(), 512);
+    let tokenizer = Arc::new(Tokenizer::load_for_model(&slm_path).unwrap());
+    let prompt = tokenizer
+        .encode(
+            "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        )
+        .unwrap();
+    let mut config = RelayConfig::default();
+    config.policy.kind = PolicyKind::Confidence;
+    config.policy.threshold = 0.9; // random weights are never this sure: calls happen
+    config.policy.call_tokens = 3;
+    config.policy.cooldown = 4;
+    config.limits.max_calls = 4;
+    config.limits.max_response_tokens = 40;
+    let request = RelayRequest {
+        slm_prompt: prompt.clone(),
+        llm_prompt: prompt,
+        config,
+        sampling: SamplingParams::greedy(),
+        retry: LlmRetry {
+            attempts: 1,
+            backoff: std::time::Duration::from_millis(1),
+            token_timeout: std::time::Duration::from_secs(30),
+        },
+        cancel: None,
+    };
+    let run = |engine: EngineKind| {
+        let load = |p: &std::path::Path| {
+            load_engine(
+                p,
+                LoadOptions {
+                    engine,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap()
+        };
+        let pair = RelayPair {
+            slm: load(&slm_path),
+            llm: load(&llm_path),
+            slm_tokenizer: tokenizer.clone(),
+            llm_tokenizer: None,
+        };
+        let out = relay(&pair, &request, |_| {}).unwrap();
+        out.trace.check().unwrap();
+        out
+    };
+    let (candle, llama) = (run(EngineKind::Candle), run(EngineKind::LlamaCpp));
+    assert!(
+        llama.sources.contains(&Source::Llm) && llama.sources.contains(&Source::Slm),
+        "no call was served on llama.cpp: {:?}",
+        llama.trace
+    );
+    assert_eq!(candle.tokens, llama.tokens);
+    assert_eq!(candle.sources, llama.sources);
+    let calls = |o: &relay_engine::relay::RelayOutput| {
+        o.trace
+            .calls
+            .iter()
+            .map(|c| (c.requested_n, c.served))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(calls(&candle), calls(&llama));
+}

@@ -172,6 +172,36 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
         "lists valid policies: {err}"
     );
 
+    // `--engine llama-cpp` in a build without the feature says how to get it; `--engine`
+    // with an unknown name lists the engines.
+    let (slm, llm) = write_tiny_pair(dir.path(), 128);
+    let out = bin()
+        .args(["relay", "--prompt", "x", "--engine", "llama-cpp", "--slm"])
+        .arg(&slm)
+        .arg("--llm")
+        .arg(&llm)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "llama-cpp") {
+        assert!(out.status.success(), "{err}");
+    } else {
+        assert!(
+            !out.status.success()
+                && err.contains("--features llama-cpp")
+                && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+    let out = bin()
+        .args([
+            "generate", "--model", "slm", "--prompt", "x", "--engine", "vllm",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("llama-cpp"), "{err}");
+
     // `slm` before `fetch models`: says what to do.
     let out = bin()
         .args([

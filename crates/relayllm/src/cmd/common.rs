@@ -20,6 +20,10 @@ pub struct ModelArgs {
     /// Compute threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Engine for local models: `candle` (pure Rust) or `llama-cpp` (needs a build with
+    /// `--features llama-cpp`). Remote (`http://`) models ignore it.
+    #[arg(long, default_value = "candle", value_parser = ["candle", "llama-cpp"])]
+    pub engine: String,
     /// Folder of the fetched pair, for `slm`/`llm` [default: $RELAYLLM_MODELS_DIR or the repo's models/].
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
@@ -59,9 +63,11 @@ impl ModelArgs {
         let path = resolve_local_model(arg, self.models_dir.as_deref())?;
         let opts = LoadOptions {
             threads: self.threads,
+            engine: self.engine.parse().map_err(anyhow::Error::msg)?,
             ..LoadOptions::default()
         };
-        LoadedModel::load(&path, opts).with_context(|| format!("loading {}", path.display()))
+        LoadedModel::load(&path, opts)
+            .with_context(|| format!("loading {} on the {} engine", path.display(), self.engine))
     }
 
     /// Both models of a relay. A remote model's tokenizer and chat template come from
