@@ -7,7 +7,7 @@ BIN := target/release/relayllm
 GSM8K ?= $(firstword $(wildcard ../shared/data/benchmarks/gsm8k.jsonl) data/gsm8k.jsonl)
 DEMO_N ?= 3
 
-.PHONY: setup build models demo test test-llama-cpp test-real parity bench bench-relay llama-cpp
+.PHONY: setup build models demo test test-llama-cpp test-real parity bench bench-llama-cpp bench-relay llama-cpp
 
 # System packages the build and the tests need (Debian). Skipped when already present.
 setup:
@@ -65,6 +65,15 @@ parity: models llama-cpp
 bench: models llama-cpp
 	$(BIN) bench decode --model llm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
 	$(BIN) bench decode --model slm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
+
+# The llama.cpp engine against llama-bench. ggml is compiled for this CPU (target-cpu=native, as
+# the llama-bench build uses GGML_NATIVE) in its own target folder; the default build's ggml
+# gets only the baseline x86-64 instructions.
+BIN_NATIVE := target/native/release/relayllm
+bench-llama-cpp: models llama-cpp
+	RUSTFLAGS="-C target-cpu=native" $(CARGO) build --release -p relayllm --features llama-cpp --target-dir target/native
+	$(BIN_NATIVE) bench decode --engine llama-cpp --model llm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
+	$(BIN_NATIVE) bench decode --engine llama-cpp --model slm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
 
 # Relay overhead and KV-reuse savings on the real pair.
 bench-relay: models

@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--need", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--engine", default="candle",
+                    help="relayllm's engine: candle, or llama-cpp (a build with --features llama-cpp)")
     args = ap.parse_args()
 
     problems = []
@@ -76,8 +78,8 @@ def main():
         try:
             for i, problem in enumerate(problems):
                 ours = json.loads(subprocess.run(
-                    [args.relayllm, "generate", "--model", model, "--chat", "--json", "--temperature", "0",
-                     "--max-tokens", str(args.tokens), "--prompt", problem],
+                    [args.relayllm, "generate", "--model", model, "--engine", args.engine, "--chat",
+                     "--json", "--temperature", "0", "--max-tokens", str(args.tokens), "--prompt", problem],
                     capture_output=True, text=True, check=True).stdout)
                 theirs = post(base + "/completion", {
                     "prompt": ours["prompt_tokens"], "n_predict": args.tokens, "temperature": 0,
@@ -95,7 +97,7 @@ def main():
         finally:
             proc.terminate()
             proc.wait()
-        print(f"{model}: {matches}/{len(problems)} prompts match for the first {args.tokens} greedy tokens")
+        print(f"{model} ({args.engine} engine): {matches}/{len(problems)} prompts match for the first {args.tokens} greedy tokens")
         failed |= matches < args.need
     sys.exit(1 if failed else 0)
 
