@@ -235,27 +235,59 @@ impl NativeMatrix {
         let out = match &self.blocks {
             Blocks::Q4K(w) => {
                 let a: Vec<ActQ4K> = xs.chunks_exact(QK_K).map(quantize_q4k_act).collect();
-                matmul(w, &a, m, self.n, kb, |w, a| dot_q4k(lvl, w, a))
+                matmul(w, &a, m, self.n, kb, &Q4KDot(lvl))
             }
             Blocks::Q6K(w) => {
                 let a: Vec<ActQ6K> = xs.chunks_exact(QK_K).map(quantize_q6k_act).collect();
-                matmul(w, &a, m, self.n, kb, |w, a| dot_q6k(lvl, w, a))
+                matmul(w, &a, m, self.n, kb, &Q6KDot(lvl))
             }
         };
         Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
     }
 }
 
-/// Output columns are split into tiles over our compute pool; each tile runs every input
-/// row against its weight rows while they are hot in cache, so `m` rows cost no more weight
-/// traffic than one.
+/// Dot products of one weight row with `R` activation rows at once.
+trait RowsDot<W, A>: Sync {
+    fn dot<const R: usize>(&self, w: &[W], a: [&[A]; R]) -> [f32; R];
+}
+
+struct Q4KDot(Level);
+struct Q6KDot(Level);
+
+impl RowsDot<Q4KBlock, ActQ4K> for Q4KDot {
+    #[inline]
+    fn dot<const R: usize>(&self, w: &[Q4KBlock], a: [&[ActQ4K]; R]) -> [f32; R] {
+        #[cfg(target_arch = "x86_64")]
+        if self.0 == Level::Avx512 && R > 1 {
+            // SAFETY: the level was detected at run time (or a test checked it).
+            return unsafe { x86::dot_q4k_rows(w, a) };
+        }
+        a.map(|a| dot_q4k(self.0, w, a))
+    }
+}
+
+impl RowsDot<Q6KBlock, ActQ6K> for Q6KDot {
+    #[inline]
+    fn dot<const R: usize>(&self, w: &[Q6KBlock], a: [&[ActQ6K]; R]) -> [f32; R] {
+        #[cfg(target_arch = "x86_64")]
+        if self.0 == Level::Avx512 && R > 1 {
+            // SAFETY: as above.
+            return unsafe { x86::dot_q6k_rows(w, a) };
+        }
+        a.map(|a| dot_q6k(self.0, w, a))
+    }
+}
+
+/// Output columns are split into tiles over our compute pool; in each tile every weight row
+/// meets the input rows in groups of up to 8, so a block's unpacking (nibbles, scales) is
+/// done once per group, and `m` rows cost no more weight traffic than one.
 fn matmul<W: Sync, A: Sync>(
     w: &[W],
     a: &[A],
     m: usize,
     n: usize,
     kb: usize,
-    dot: impl Fn(&[W], &[A]) -> f32 + Sync,
+    d: &impl RowsDot<W, A>,
 ) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     let out_ptr = out.as_mut_ptr() as usize;
@@ -263,14 +295,32 @@ fn matmul<W: Sync, A: Sync>(
     let n_tiles = n.div_ceil(TILE);
     let run = |range: std::ops::Range<usize>| {
         let out_ptr = out_ptr as *mut f32;
+        let put = |r: usize, c: usize, v: &[f32]| {
+            for (i, v) in v.iter().enumerate() {
+                // SAFETY: each tile owns columns c0..c1 of every row.
+                unsafe { *out_ptr.add((r + i) * n + c) = *v };
+            }
+        };
+        let rows = |r: usize| &a[r * kb..(r + 1) * kb];
         for tile in range {
             let (c0, c1) = (tile * TILE, (tile * TILE + TILE).min(n));
-            for r in 0..m {
-                let ar = &a[r * kb..(r + 1) * kb];
-                for c in c0..c1 {
-                    let v = dot(&w[c * kb..(c + 1) * kb], ar);
-                    // SAFETY: each tile owns columns c0..c1 of every row.
-                    unsafe { *out_ptr.add(r * n + c) = v };
+            for c in c0..c1 {
+                let wc = &w[c * kb..(c + 1) * kb];
+                let mut r = 0;
+                while m - r >= 8 {
+                    put(r, c, &d.dot::<8>(wc, std::array::from_fn(|i| rows(r + i))));
+                    r += 8;
+                }
+                if m - r >= 4 {
+                    put(r, c, &d.dot::<4>(wc, std::array::from_fn(|i| rows(r + i))));
+                    r += 4;
+                }
+                if m - r >= 2 {
+                    put(r, c, &d.dot::<2>(wc, std::array::from_fn(|i| rows(r + i))));
+                    r += 2;
+                }
+                if m - r == 1 {
+                    put(r, c, &d.dot::<1>(wc, [rows(r)]));
                 }
             }
         }
@@ -450,7 +500,7 @@ mod x86 {
             let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
                 x.mn.as_ptr() as *const __m128i
             )));
-            let bs = _mm256_load_ps(y.bsum.as_ptr());
+            let bs = _mm256_loadu_ps(y.bsum.as_ptr());
             acc_min = _mm256_fmadd_ps(_mm256_mul_ps(mn, bs), _mm256_set1_ps(x.dmin), acc_min);
         }
         _mm512_reduce_add_ps(acc) - hsum256(acc_min)
@@ -500,7 +550,7 @@ mod x86 {
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.sc.as_ptr() as *const __m128i));
             let scz = _mm512_zextsi256_si512(sc16);
             // Σ sc * (q - 32) * a = Σ sc * q * a - 32 * Σ_groups sc * (Σ a).
-            let corr = _mm256_madd_epi16(sc16, _mm256_load_si256(y.bsum.as_ptr() as *const _));
+            let corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256(y.bsum.as_ptr() as *const _));
             let mut s = _mm512_zextsi256_si512(_mm256_sub_epi32(
                 _mm256_setzero_si256(),
                 _mm256_slli_epi32(corr, 5),
@@ -527,6 +577,119 @@ mod x86 {
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(x.d * y.d), acc);
         }
         _mm512_reduce_add_ps(acc)
+    }
+
+    /// [`dot_q4k`] against `R` activation rows: each block's nibbles and scale vectors are
+    /// unpacked once for all of them.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn dot_q4k_rows<const R: usize>(
+        w: &[Q4KBlock],
+        a: [&[ActQ4K]; R],
+    ) -> [f32; R] {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let idx = Q4K_SCALE_IDX.map(|i| _mm512_loadu_si512(i.as_ptr() as *const _));
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut acc_min = [_mm256_setzero_ps(); R];
+        for (b, x) in w.iter().enumerate() {
+            let q0 = _mm512_loadu_si512(x.qs.as_ptr() as *const _);
+            let q1 = _mm512_loadu_si512(x.qs.as_ptr().add(64) as *const _);
+            let n0 = _mm512_and_si512(q0, m4);
+            let n1 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4);
+            let n2 = _mm512_and_si512(q1, m4);
+            let n3 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4);
+            let sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+                x.sc.as_ptr() as *const __m128i
+            )));
+            let s0 = _mm512_shuffle_epi8(sc, idx[0]);
+            let s1 = _mm512_shuffle_epi8(sc, idx[1]);
+            let s2 = _mm512_shuffle_epi8(sc, idx[2]);
+            let s3 = _mm512_shuffle_epi8(sc, idx[3]);
+            let mn = _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    x.mn.as_ptr() as *const __m128i
+                ))),
+                _mm256_set1_ps(x.dmin),
+            );
+            for r in 0..R {
+                let y = a[r].get_unchecked(b);
+                let ya = y.qs.as_ptr();
+                let p0 = _mm512_maddubs_epi16(n0, _mm512_load_si512(ya as *const _));
+                let p1 = _mm512_maddubs_epi16(n1, _mm512_load_si512(ya.add(64) as *const _));
+                let p2 = _mm512_maddubs_epi16(n2, _mm512_load_si512(ya.add(128) as *const _));
+                let p3 = _mm512_maddubs_epi16(n3, _mm512_load_si512(ya.add(192) as *const _));
+                let s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), p0, s0);
+                let s = _mm512_dpwssd_epi32(s, p1, s1);
+                let s = _mm512_dpwssd_epi32(s, p2, s2);
+                let s = _mm512_dpwssd_epi32(s, p3, s3);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(x.d * y.d), acc[r]);
+                acc_min[r] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(y.bsum.as_ptr()), acc_min[r]);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_ps(acc[r]) - hsum256(acc_min[r]);
+        }
+        out
+    }
+
+    /// [`dot_q6k`] against `R` activation rows: each block's 6-bit values and scale vectors
+    /// are unpacked once for all of them.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn dot_q6k_rows<const R: usize>(
+        w: &[Q6KBlock],
+        a: [&[ActQ6K]; R],
+    ) -> [f32; R] {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        let idx = Q6K_SCALE_IDX.map(|i| _mm512_loadu_si512(i.as_ptr() as *const _));
+        let shl = _mm512_loadu_si512(Q6K_SHL_LO.as_ptr() as *const _);
+        let shr = _mm512_loadu_si512(Q6K_SHR_HI.as_ptr() as *const _);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (b, x) in w.iter().enumerate() {
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.sc.as_ptr() as *const __m128i));
+            let scz = _mm512_zextsi256_si512(sc16);
+            let mut v = [_mm512_setzero_si512(); 4];
+            for half in 0..2 {
+                let ql = _mm512_loadu_si512(x.ql.as_ptr().add(64 * half) as *const _);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    x.qh.as_ptr().add(32 * half) as *const __m256i
+                ));
+                v[2 * half] = _mm512_or_si512(
+                    _mm512_and_si512(ql, m4),
+                    _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30),
+                );
+                v[2 * half + 1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                    _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30),
+                );
+            }
+            let sv = [
+                _mm512_permutexvar_epi16(idx[0], scz),
+                _mm512_permutexvar_epi16(idx[1], scz),
+                _mm512_permutexvar_epi16(idx[2], scz),
+                _mm512_permutexvar_epi16(idx[3], scz),
+            ];
+            for r in 0..R {
+                let y = a[r].get_unchecked(b);
+                let corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256(y.bsum.as_ptr() as *const _));
+                let mut s = _mm512_zextsi256_si512(_mm256_sub_epi32(
+                    _mm256_setzero_si256(),
+                    _mm256_slli_epi32(corr, 5),
+                ));
+                let ya = y.qs.as_ptr();
+                for (j, (vj, sj)) in v.iter().zip(&sv).enumerate() {
+                    let p =
+                        _mm512_maddubs_epi16(*vj, _mm512_load_si512(ya.add(64 * j) as *const _));
+                    s = _mm512_dpwssd_epi32(s, p, *sj);
+                }
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(x.d * y.d), acc[r]);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_ps(acc[r]);
+        }
+        out
     }
 }
 
@@ -599,7 +762,13 @@ mod tests {
     fn kernels_match_dequantized_product() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for dt in [GgmlDType::Q4K, GgmlDType::Q6K] {
-            for (n, k, m) in [(1, 256, 1), (37, 512, 1), (48, 1536, 3), (20, 256, 9)] {
+            for (n, k, m) in [
+                (1, 256, 1),
+                (37, 512, 1),
+                (48, 1536, 3),
+                (20, 256, 9),
+                (9, 768, 7),
+            ] {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-2.0..2.0)).collect();
                 check(dt, n, k, x, n as u64);
             }
