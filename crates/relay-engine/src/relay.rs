@@ -23,7 +23,7 @@ use relay_core::{
 
 use crate::engine::{Engine, SeqId};
 use crate::error::{EngineError, Result};
-use crate::sampling::{log_softmax, top1_prob, Sampler, SamplingParams};
+use crate::sampling::{LogitStats, Sampler, SamplingParams};
 use crate::stream::TokenStreamDecoder;
 use crate::tokenizer::Tokenizer;
 
@@ -230,8 +230,10 @@ fn drive(
                     continue;
                 }
                 let id = sampler.sample(&logits);
-                let (_, p1) = top1_prob(&logits);
-                let logprob = log_softmax(&logits).get(id as usize).copied();
+                // One pass over the vocabulary for the confidence signal and the log-prob.
+                let stats = LogitStats::new(&logits);
+                let p1 = stats.top1_prob(&logits);
+                let logprob = stats.logprob(&logits, id);
                 let eos = pair.slm_tokenizer.is_eos(id) || slm.info().eos_token_ids.contains(&id);
                 // The detokenizer must not swallow a token the policy drops: decode on a copy.
                 // An end-of-sequence token is part of the response but writes no text.

@@ -1,7 +1,9 @@
 //! Sampling: greedy is argmax, the same seed gives the same tokens, top-k and top-p restrict
 //! the candidates; plus the log-softmax helpers.
 
-use relay_engine::sampling::{argmax, log_softmax, top1_prob, Sampler, SamplingParams};
+use relay_engine::sampling::{
+    argmax, log_softmax, top1_prob, LogitStats, Sampler, SamplingParams,
+};
 
 fn logits() -> Vec<f32> {
     // A spread-out distribution over 50 tokens with its maximum at 17.
@@ -151,4 +153,44 @@ fn log_softmax_and_top1() {
     // Large logits do not overflow.
     let lp = log_softmax(&[1000.0, 1000.0]);
     assert!((lp[0] - (0.5f32).ln()).abs() < 1e-6);
+}
+
+/// The fast log-sum-exp (polynomial exp, lanes, f32 partial sums) against an f64 reference on
+/// a vocabulary-sized vector spanning the whole useful range, plus the one-pass stats.
+#[test]
+fn log_softmax_matches_an_f64_reference_over_a_real_sized_vocabulary() {
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 40) as f32 / (1u64 << 24) as f32
+    };
+    for (n, spread) in [(151_936usize, 30.0f32), (1_000, 200.0), (17, 5.0), (1, 1.0)] {
+        let l: Vec<f32> = (0..n).map(|_| (next() - 0.5) * spread).collect();
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let ln_sum = l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let got = log_softmax(&l);
+        for (i, (&g, &v)) in got.iter().zip(&l).enumerate() {
+            let want = (v as f64 - max) - ln_sum;
+            assert!(
+                (g as f64 - want).abs() <= 2e-5 * want.abs().max(1.0),
+                "n={n} [{i}]: {g} vs {want}"
+            );
+        }
+        let stats = LogitStats::new(&l);
+        assert_eq!(stats.argmax as usize, argmax(&l));
+        let (top, p1) = top1_prob(&l);
+        assert_eq!(top, stats.argmax);
+        assert!((stats.top1_prob(&l) - p1).abs() < 1e-6);
+        assert_eq!(stats.logprob(&l, 3.min(n as u32 - 1)), Some(got[3.min(n - 1)]));
+        assert_eq!(stats.logprob(&l, n as u32), None);
+        // Probabilities sum to one.
+        let total: f64 = got.iter().map(|&g| (g as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-4, "n={n}: Σp = {total}");
+    }
+    // Extremes: logits far below the max underflow to probability 0, not NaN.
+    let l = [0.0f32, -1e4, -90.0, -86.0, f32::MIN];
+    let got = log_softmax(&l);
+    assert!(got.iter().all(|g| !g.is_nan()) && got[0].abs() < 1e-6, "{got:?}");
 }

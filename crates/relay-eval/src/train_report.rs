@@ -217,6 +217,14 @@ fn draw<DB: DrawingBackend>(
         chart
             .configure_mesh()
             .x_desc("step")
+            // Steps are whole numbers; at most ~8 labels, none repeated.
+            .x_labels(((x1 - x0) as usize + 1).min(8))
+            .x_label_formatter(&|x| format!("{:.0}", x))
+            .y_label_formatter(&|y| {
+                let s = format!("{:.3}", y);
+                let s = s.trim_end_matches('0').trim_end_matches('.');
+                if s == "-0" { "0".to_string() } else { s.to_string() }
+            })
             .label_style((FONT_FAMILY, 12))
             .axis_desc_style((FONT_FAMILY, 13))
             .light_line_style(RGBColor(235, 235, 235))

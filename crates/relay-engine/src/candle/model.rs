@@ -50,7 +50,12 @@ pub struct ModelConfig {
 /// own Q8 kernel for the rest (see [`super::q8`]).
 pub(crate) enum Weight {
     Candle(QMatMul),
-    Q8(super::q8::Q8Matrix),
+    /// Our Q8 kernel; `batched` is candle's repacked kernel for the same weight where it has
+    /// one (Q8_0 rows a multiple of 256 long), faster for prefill-sized inputs.
+    Q8 {
+        q8: super::q8::Q8Matrix,
+        batched: Option<QMatMul>,
+    },
     /// The file's own blocks; `batched` is candle's repacked kernel, faster once many rows
     /// share each weight load (prefill).
     Native {
@@ -66,7 +71,10 @@ impl Weight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Weight::Candle(w) => w.forward(x)?,
-            Weight::Q8(w) => w.forward(x)?,
+            Weight::Q8 {
+                batched: Some(b), ..
+            } if x.dim(0)? >= BATCHED_ROWS => b.forward(x)?,
+            Weight::Q8 { q8, .. } => q8.forward(x)?,
             Weight::Native {
                 batched: Some(b), ..
             } if x.dim(0)? >= BATCHED_ROWS => b.forward(x)?,
