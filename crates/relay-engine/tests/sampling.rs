@@ -1,9 +1,7 @@
 //! Sampling: greedy is argmax, the same seed gives the same tokens, top-k and top-p restrict
 //! the candidates; plus the log-softmax helpers.
 
-use relay_engine::sampling::{
-    argmax, log_softmax, top1_prob, LogitStats, Sampler, SamplingParams,
-};
+use relay_engine::sampling::{argmax, log_softmax, top1_prob, LogitStats, Sampler, SamplingParams};
 
 fn logits() -> Vec<f32> {
     // A spread-out distribution over 50 tokens with its maximum at 17.
@@ -183,7 +181,10 @@ fn log_softmax_matches_an_f64_reference_over_a_real_sized_vocabulary() {
         let (top, p1) = top1_prob(&l);
         assert_eq!(top, stats.argmax);
         assert!((stats.top1_prob(&l) - p1).abs() < 1e-6);
-        assert_eq!(stats.logprob(&l, 3.min(n as u32 - 1)), Some(got[3.min(n - 1)]));
+        assert_eq!(
+            stats.logprob(&l, 3.min(n as u32 - 1)),
+            Some(got[3.min(n - 1)])
+        );
         assert_eq!(stats.logprob(&l, n as u32), None);
         // Probabilities sum to one.
         let total: f64 = got.iter().map(|&g| (g as f64).exp()).sum();
@@ -192,5 +193,8 @@ fn log_softmax_matches_an_f64_reference_over_a_real_sized_vocabulary() {
     // Extremes: logits far below the max underflow to probability 0, not NaN.
     let l = [0.0f32, -1e4, -90.0, -86.0, f32::MIN];
     let got = log_softmax(&l);
-    assert!(got.iter().all(|g| !g.is_nan()) && got[0].abs() < 1e-6, "{got:?}");
+    assert!(
+        got.iter().all(|g| !g.is_nan()) && got[0].abs() < 1e-6,
+        "{got:?}"
+    );
 }

@@ -223,7 +223,11 @@ fn draw<DB: DrawingBackend>(
             .y_label_formatter(&|y| {
                 let s = format!("{:.3}", y);
                 let s = s.trim_end_matches('0').trim_end_matches('.');
-                if s == "-0" { "0".to_string() } else { s.to_string() }
+                if s == "-0" {
+                    "0".to_string()
+                } else {
+                    s.to_string()
+                }
             })
             .label_style((FONT_FAMILY, 12))
             .axis_desc_style((FONT_FAMILY, 13))

@@ -64,20 +64,26 @@ pub(crate) enum Weight {
     },
 }
 
-/// Rows from which prefill switches to candle's repacked kernel where there is one.
+/// Rows from which one sequence's prefill switches to candle's repacked kernel where there is
+/// one.
 pub(crate) const BATCHED_ROWS: usize = 8;
 
 impl Weight {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x Wᵀ`. `one_sequence`: every row belongs to one sequence (a prefill or a score), so
+    /// candle's repacked kernels may take it. Rows of several sequences (a batched decode
+    /// step) always go through our kernels, which give each row exactly what it gets alone:
+    /// a request's tokens never depend on which others share its batch.
+    pub fn forward(&self, x: &Tensor, one_sequence: bool) -> Result<Tensor> {
+        let wide = one_sequence && x.dim(0)? >= BATCHED_ROWS;
         Ok(match self {
             Weight::Candle(w) => w.forward(x)?,
             Weight::Q8 {
                 batched: Some(b), ..
-            } if x.dim(0)? >= BATCHED_ROWS => b.forward(x)?,
+            } if wide => b.forward(x)?,
             Weight::Q8 { q8, .. } => q8.forward(x)?,
             Weight::Native {
                 batched: Some(b), ..
-            } if x.dim(0)? >= BATCHED_ROWS => b.forward(x)?,
+            } if wide => b.forward(x)?,
             Weight::Native { native, .. } => native.forward(x)?,
         })
     }
@@ -90,8 +96,8 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.w.forward(x)?;
+    fn forward(&self, x: &Tensor, one_sequence: bool) -> Result<Tensor> {
+        let y = self.w.forward(x, one_sequence)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -204,15 +210,16 @@ impl Model {
             ids.extend_from_slice(c.tokens);
         }
         let n = ids.len();
+        let one = chunks.len() == 1;
         let (cos, sin) = self.rope_tables(&spans, n);
 
         let mut x = self.embed.forward(&ids)?.to_dtype(DType::F32)?;
         let mut attn_out = vec![0f32; n * nh * hd];
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let mut q = to_vec(&layer.q.forward(&h)?)?;
-            let mut k = to_vec(&layer.k.forward(&h)?)?;
-            let v = to_vec(&layer.v.forward(&h)?)?;
+            let mut q = to_vec(&layer.q.forward(&h, one)?)?;
+            let mut k = to_vec(&layer.k.forward(&h, one)?)?;
+            let v = to_vec(&layer.v.forward(&h, one)?)?;
             if let Some(w) = &layer.q_norm {
                 head_rms_norm(&mut q, w, eps);
             }
@@ -230,13 +237,13 @@ impl Model {
                 chunks.iter().map(|c| c.cache.layer(li)).collect();
             attention(&q, &layers, &spans, nh, nkv, hd, &mut attn_out);
             let a = Tensor::from_slice(&attn_out, (n, nh * hd), &Device::Cpu)?;
-            x = (x + layer.o.forward(&a)?)?;
+            x = (x + layer.o.forward(&a, one)?)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let g = layer.gate.forward(&h)?;
-            let u = layer.up.forward(&h)?;
+            let g = layer.gate.forward(&h, one)?;
+            let u = layer.up.forward(&h, one)?;
             let act = (candle_nn::ops::silu(&g)? * u)?;
-            x = (x + layer.down.forward(&act)?)?;
+            x = (x + layer.down.forward(&act, one)?)?;
         }
         for (c, s) in chunks.iter_mut().zip(&spans) {
             c.cache.commit(s.start + s.rows);
@@ -254,7 +261,7 @@ impl Model {
             }
         };
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        let logits = self.lm_head.forward(&x, one)?.to_dtype(DType::F32)?;
         Ok(logits.to_vec2::<f32>()?)
     }
 

@@ -604,12 +604,10 @@ mod x86 {
             let s1 = _mm512_shuffle_epi8(sc, idx[1]);
             let s2 = _mm512_shuffle_epi8(sc, idx[2]);
             let s3 = _mm512_shuffle_epi8(sc, idx[3]);
-            let mn = _mm256_mul_ps(
-                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                    x.mn.as_ptr() as *const __m128i
-                ))),
-                _mm256_set1_ps(x.dmin),
-            );
+            let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                x.mn.as_ptr() as *const __m128i
+            )));
+            let dmin = _mm256_set1_ps(x.dmin);
             for r in 0..R {
                 let y = a[r].get_unchecked(b);
                 let ya = y.qs.as_ptr();
@@ -622,7 +620,9 @@ mod x86 {
                 let s = _mm512_dpwssd_epi32(s, p2, s2);
                 let s = _mm512_dpwssd_epi32(s, p3, s3);
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(x.d * y.d), acc[r]);
-                acc_min[r] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(y.bsum.as_ptr()), acc_min[r]);
+                // (mn · bsum) · dmin, in dot_q4k's order, so one row's result is bit-equal.
+                let mb = _mm256_mul_ps(mn, _mm256_loadu_ps(y.bsum.as_ptr()));
+                acc_min[r] = _mm256_fmadd_ps(mb, dmin, acc_min[r]);
             }
         }
         let mut out = [0f32; R];
@@ -746,6 +746,23 @@ mod tests {
             );
         }
         if level() == Level::Avx512 {
+            // Several rows at once give each row exactly what it gets alone (a batch of
+            // requests decodes the same tokens as each request by itself).
+            let rows: Vec<f32> = (0..m)
+                .flat_map(|r| {
+                    let row = xt.narrow(0, r, 1).unwrap();
+                    let y = w.forward_at(Level::Avx512, &row).unwrap();
+                    y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                })
+                .collect();
+            let all = w.forward_at(Level::Avx512, &xt).unwrap();
+            let all = all.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(
+                all.iter()
+                    .zip(&rows)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{dt:?} n={n} k={k} m={m}: batched rows differ from rows alone"
+            );
             let simd = w.forward_at(Level::Avx512, &xt).unwrap();
             let simd = simd.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for (i, (v, s)) in simd.iter().zip(&scalar).enumerate() {

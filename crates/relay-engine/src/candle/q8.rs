@@ -407,6 +407,18 @@ mod tests {
                 let exact = rows(&x.matmul(&w.t().unwrap()).unwrap());
                 let one = rows(&q.forward_at(level(), &x, false).unwrap());
                 let multi = rows(&q.forward(&x).unwrap());
+                // Each row alone through the one-row kernel: bit-equal (a batch of requests
+                // decodes exactly what each would alone).
+                let alone: Vec<f32> = (0..m)
+                    .flat_map(|r| rows(&q.forward(&x.narrow(0, r, 1).unwrap()).unwrap()))
+                    .collect();
+                assert!(
+                    multi
+                        .iter()
+                        .zip(&alone)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "n={n} k={k} m={m}: batched rows differ from rows alone"
+                );
                 let scale = exact.iter().fold(1e-6f32, |s, v| s.max(v.abs()));
                 for i in 0..m * n {
                     assert!(
