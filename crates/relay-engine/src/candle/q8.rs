@@ -119,7 +119,7 @@ impl Q8Matrix {
         }
         let n = self.n;
         let mut out = vec![0f32; m * n];
-        if multi_row && lvl == Level::Vnni && m >= 2 && kb % 2 == 0 {
+        if multi_row && lvl == Level::Vnni && m >= 2 && kb.is_multiple_of(2) {
             self.rows_kernel(&act, m, &mut out);
         } else {
             self.row_kernel(lvl, &act, m, &mut out);
