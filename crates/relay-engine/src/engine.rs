@@ -46,6 +46,43 @@ impl ModelInfo {
         }
         Ok(())
     }
+
+    /// A prefill of `tokens` onto a sequence of `len` positions: at least one token, all in
+    /// the vocabulary, and room for them in the context.
+    pub fn check_prefill(&self, len: usize, tokens: &[u32]) -> crate::error::Result<()> {
+        if tokens.is_empty() {
+            return Err(crate::error::EngineError::InvalidInput(
+                "prefill needs at least one token".into(),
+            ));
+        }
+        self.check_tokens(tokens)?;
+        self.check_context(len + tokens.len())
+    }
+
+    /// A decode step: every token in the vocabulary, every sequence known (`len_of` gives its
+    /// length, `None` when the engine has no such sequence), none twice, and room for one more
+    /// position in each. Returns the sequences' lengths in batch order.
+    pub fn check_step(
+        &self,
+        batch: &[(SeqId, u32)],
+        len_of: impl Fn(SeqId) -> Option<usize>,
+    ) -> crate::error::Result<Vec<usize>> {
+        use crate::error::EngineError;
+        let tokens: Vec<u32> = batch.iter().map(|&(_, t)| t).collect();
+        self.check_tokens(&tokens)?;
+        let mut lens = Vec::with_capacity(batch.len());
+        for (i, &(id, _)) in batch.iter().enumerate() {
+            let len = len_of(id).ok_or(EngineError::UnknownSequence(id))?;
+            if batch[..i].iter().any(|&(other, _)| other == id) {
+                return Err(EngineError::InvalidInput(format!(
+                    "sequence {id:?} appears twice in one step"
+                )));
+            }
+            self.check_context(len + 1)?;
+            lens.push(len);
+        }
+        Ok(lens)
+    }
 }
 
 /// A model runtime with per-sequence KV caches.

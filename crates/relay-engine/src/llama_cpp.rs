@@ -205,14 +205,6 @@ impl LlamaCppEngine {
         // lock still guards a consistent table.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        self.info.check_tokens(tokens)
-    }
-
-    fn check_context(&self, len: usize) -> Result<()> {
-        self.info.check_context(len)
-    }
 }
 
 impl State {
@@ -280,18 +272,12 @@ impl Engine for LlamaCppEngine {
     }
 
     fn prefill(&self, seq: SeqId, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(EngineError::InvalidInput(
-                "prefill needs at least one token".into(),
-            ));
-        }
-        self.check_tokens(tokens)?;
         let mut st = self.lock();
         let (slot, len) = {
             let s = st.seqs.get(&seq).ok_or(EngineError::UnknownSequence(seq))?;
             (s.id, s.len)
         };
-        self.check_context(len + tokens.len())?;
+        self.info.check_prefill(len, tokens)?;
         let mut out = Vec::new();
         st.decode_run(slot, len, tokens, false, |_, l| out = l.to_vec())?;
         st.seqs.get_mut(&seq).expect("checked above").len = len + tokens.len();
@@ -303,19 +289,15 @@ impl Engine for LlamaCppEngine {
             return Ok(Vec::new());
         }
         let tokens: Vec<u32> = batch.iter().map(|&(_, t)| t).collect();
-        self.check_tokens(&tokens)?;
         let mut st = self.lock();
-        let mut slots = Vec::with_capacity(batch.len());
-        for (i, &(id, _)) in batch.iter().enumerate() {
-            let s = st.seqs.get(&id).ok_or(EngineError::UnknownSequence(id))?;
-            if batch[..i].iter().any(|&(other, _)| other == id) {
-                return Err(EngineError::InvalidInput(format!(
-                    "sequence {id:?} appears twice in one step"
-                )));
-            }
-            self.check_context(s.len + 1)?;
-            slots.push((s.id, s.len));
-        }
+        let lens = self
+            .info
+            .check_step(batch, |id| st.seqs.get(&id).map(|s| s.len))?;
+        let slots: Vec<(i32, usize)> = batch
+            .iter()
+            .zip(lens)
+            .map(|(&(id, _), len)| (st.seqs[&id].id, len))
+            .collect();
         // At most MAX_SLOTS - 1 distinct sequences, fewer than N_BATCH: one decode.
         let st = &mut *st;
         st.batch.clear();
@@ -413,8 +395,8 @@ impl Engine for LlamaCppEngine {
                 "score needs at least one token".into(),
             ));
         }
-        self.check_tokens(tokens)?;
-        self.check_context(tokens.len())?;
+        self.info.check_tokens(tokens)?;
+        self.info.check_context(tokens.len())?;
         if tokens.len() == 1 {
             return Ok(Vec::new());
         }

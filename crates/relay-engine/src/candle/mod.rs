@@ -12,6 +12,7 @@ pub mod names;
 mod native;
 mod pool;
 mod q8;
+mod rows;
 
 #[allow(unused_imports)]
 pub(crate) use load::read_gguf_header;
@@ -205,14 +206,6 @@ impl CandleEngine {
         // last), so a poisoned map is still consistent.
         self.seqs.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        self.info.check_tokens(tokens)
-    }
-
-    fn check_context(&self, len: usize) -> Result<()> {
-        self.info.check_context(len)
-    }
 }
 
 fn init_threads(threads: Option<usize>) {
@@ -249,17 +242,11 @@ impl Engine for CandleEngine {
     }
 
     fn prefill(&self, seq: SeqId, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(EngineError::InvalidInput(
-                "prefill needs at least one token".into(),
-            ));
-        }
-        self.check_tokens(tokens)?;
         let mut seqs = self.lock();
         let state = seqs
             .get_mut(&seq)
             .ok_or(EngineError::UnknownSequence(seq))?;
-        self.check_context(state.cache.len() + tokens.len())?;
+        self.info.check_prefill(state.cache.len(), tokens)?;
         let mut chunks = [Chunk {
             cache: &mut state.cache,
             tokens,
@@ -272,18 +259,9 @@ impl Engine for CandleEngine {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let tokens: Vec<u32> = batch.iter().map(|&(_, t)| t).collect();
-        self.check_tokens(&tokens)?;
         let mut seqs = self.lock();
-        for (i, &(id, _)) in batch.iter().enumerate() {
-            let state = seqs.get(&id).ok_or(EngineError::UnknownSequence(id))?;
-            if batch[..i].iter().any(|&(other, _)| other == id) {
-                return Err(EngineError::InvalidInput(format!(
-                    "sequence {id:?} appears twice in one step"
-                )));
-            }
-            self.check_context(state.cache.len() + 1)?;
-        }
+        self.info
+            .check_step(batch, |id| seqs.get(&id).map(|s| s.cache.len()))?;
         // Distinct keys: take disjoint &mut borrows by walking the map once.
         let mut by_id: HashMap<SeqId, &mut SeqState> = seqs
             .iter_mut()
@@ -295,7 +273,7 @@ impl Engine for CandleEngine {
             let state = by_id.remove(&id).expect("checked above");
             chunks.push(Chunk {
                 cache: &mut state.cache,
-                tokens: std::slice::from_ref(&tokens[i]),
+                tokens: std::slice::from_ref(&batch[i].1),
             });
         }
         self.model.forward(&mut chunks, Want::LastOfEach)
@@ -350,8 +328,8 @@ impl Engine for CandleEngine {
                 "score needs at least one token".into(),
             ));
         }
-        self.check_tokens(tokens)?;
-        self.check_context(tokens.len())?;
+        self.info.check_tokens(tokens)?;
+        self.info.check_context(tokens.len())?;
         if tokens.len() == 1 {
             return Ok(Vec::new());
         }

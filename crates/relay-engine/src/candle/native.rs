@@ -14,6 +14,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
+use super::rows::{matmul, RowsDot, Strided};
 use crate::error::{EngineError, Result};
 
 const QK_K: usize = 256;
@@ -235,20 +236,41 @@ impl NativeMatrix {
         let out = match &self.blocks {
             Blocks::Q4K(w) => {
                 let a: Vec<ActQ4K> = xs.chunks_exact(QK_K).map(quantize_q4k_act).collect();
-                matmul(w, &a, m, self.n, kb, &Q4KDot(lvl))
+                matmul(
+                    Strided {
+                        data: w,
+                        stride: kb,
+                    },
+                    Strided {
+                        data: &a,
+                        stride: kb,
+                    },
+                    m,
+                    self.n,
+                    256,
+                    &Q4KDot(lvl),
+                )
             }
             Blocks::Q6K(w) => {
                 let a: Vec<ActQ6K> = xs.chunks_exact(QK_K).map(quantize_q6k_act).collect();
-                matmul(w, &a, m, self.n, kb, &Q6KDot(lvl))
+                matmul(
+                    Strided {
+                        data: w,
+                        stride: kb,
+                    },
+                    Strided {
+                        data: &a,
+                        stride: kb,
+                    },
+                    m,
+                    self.n,
+                    256,
+                    &Q6KDot(lvl),
+                )
             }
         };
         Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
     }
-}
-
-/// Dot products of one weight row with `R` activation rows at once.
-trait RowsDot<W, A>: Sync {
-    fn dot<const R: usize>(&self, w: &[W], a: [&[A]; R]) -> [f32; R];
 }
 
 struct Q4KDot(Level);
@@ -276,61 +298,6 @@ impl RowsDot<Q6KBlock, ActQ6K> for Q6KDot {
         }
         a.map(|a| dot_q6k(self.0, w, a))
     }
-}
-
-/// Output columns are split into tiles over our compute pool; in each tile every weight row
-/// meets the input rows in groups of up to 8, so a block's unpacking (nibbles, scales) is
-/// done once per group, and `m` rows cost no more weight traffic than one.
-fn matmul<W: Sync, A: Sync>(
-    w: &[W],
-    a: &[A],
-    m: usize,
-    n: usize,
-    kb: usize,
-    d: &impl RowsDot<W, A>,
-) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    let out_ptr = out.as_mut_ptr() as usize;
-    const TILE: usize = 16;
-    let n_tiles = n.div_ceil(TILE);
-    let run = |range: std::ops::Range<usize>| {
-        let out_ptr = out_ptr as *mut f32;
-        let put = |r: usize, c: usize, v: &[f32]| {
-            for (i, v) in v.iter().enumerate() {
-                // SAFETY: each tile owns columns c0..c1 of every row.
-                unsafe { *out_ptr.add((r + i) * n + c) = *v };
-            }
-        };
-        let rows = |r: usize| &a[r * kb..(r + 1) * kb];
-        for tile in range {
-            let (c0, c1) = (tile * TILE, (tile * TILE + TILE).min(n));
-            for c in c0..c1 {
-                let wc = &w[c * kb..(c + 1) * kb];
-                let mut r = 0;
-                while m - r >= 8 {
-                    put(r, c, &d.dot::<8>(wc, std::array::from_fn(|i| rows(r + i))));
-                    r += 8;
-                }
-                if m - r >= 4 {
-                    put(r, c, &d.dot::<4>(wc, std::array::from_fn(|i| rows(r + i))));
-                    r += 4;
-                }
-                if m - r >= 2 {
-                    put(r, c, &d.dot::<2>(wc, std::array::from_fn(|i| rows(r + i))));
-                    r += 2;
-                }
-                if m - r == 1 {
-                    put(r, c, &d.dot::<1>(wc, [rows(r)]));
-                }
-            }
-        }
-    };
-    if n_tiles * m * kb < 256 {
-        run(0..n_tiles);
-    } else {
-        super::pool::run(m, n_tiles, run);
-    }
-    out
 }
 
 /// Symmetric 8-bit quantization of 256 values: the scale and the values in order.

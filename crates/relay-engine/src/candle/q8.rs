@@ -6,6 +6,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::rows::{matmul, RowsDot, Strided};
 use crate::error::Result;
 
 pub(crate) const QK: usize = 32;
@@ -87,7 +88,7 @@ impl Q8Matrix {
     }
 
     pub fn supports(k: usize) -> bool {
-        k % QK == 0
+        k.is_multiple_of(QK)
     }
 
     /// `x @ W^T` for `x` of shape `[m, k]`.
@@ -117,121 +118,76 @@ impl Q8Matrix {
         for (row, out) in xs.chunks_exact(k).zip(act.chunks_exact_mut(kb)) {
             quantize_row(row, out);
         }
-        let n = self.n;
-        let mut out = vec![0f32; m * n];
-        if multi_row && lvl == Level::Vnni && m >= 2 && kb.is_multiple_of(2) {
-            self.rows_kernel(&act, m, &mut out);
+        let (n, w) = (
+            self.n,
+            Strided {
+                data: &self.blocks,
+                stride: kb,
+            },
+        );
+        let out = if multi_row && lvl == Level::Vnni && m >= 2 && kb.is_multiple_of(2) {
+            let pairs = pair_up(&act);
+            let a = Strided {
+                data: &pairs,
+                stride: kb / 2,
+            };
+            matmul(w, a, m, n, 4096, &PairDot)
         } else {
-            self.row_kernel(lvl, &act, m, &mut out);
-        }
+            let a = Strided {
+                data: &act,
+                stride: kb,
+            };
+            matmul(w, a, m, n, 4096, &BlockDot(lvl))
+        };
         Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
     }
+}
 
-    /// One dot product per (row, column): every row reads the weight again (from cache).
-    fn row_kernel(&self, lvl: Level, act: &[Block], m: usize, out: &mut [f32]) {
-        let (n, kb) = (self.n, self.k / QK);
-        let out_ptr = out.as_mut_ptr() as usize;
-        const TILE: usize = 16;
-        let n_tiles = n.div_ceil(TILE);
-        let run = |range: std::ops::Range<usize>| {
-            let out_ptr = out_ptr as *mut f32;
-            for tile in range {
-                let c0 = tile * TILE;
-                let c1 = (c0 + TILE).min(n);
-                for r in 0..m {
-                    let a = &act[r * kb..(r + 1) * kb];
-                    for c in c0..c1 {
-                        let w = &self.blocks[c * kb..(c + 1) * kb];
-                        let v = dot(lvl, w, a);
-                        // SAFETY: each tile owns columns c0..c1 of every row.
-                        unsafe { *out_ptr.add(r * n + c) = v };
-                    }
-                }
-            }
-        };
-        if n_tiles * m * kb < 4096 {
-            run(0..n_tiles);
-        } else {
-            super::pool::run(m, n_tiles, run);
-        }
+/// One row at a time: each row reads the weight again (from cache).
+struct BlockDot(Level);
+
+impl RowsDot<Block, Block> for BlockDot {
+    #[inline]
+    fn dot<const R: usize>(&self, w: &[Block], a: [&[Block]; R]) -> [f32; R] {
+        a.map(|a| dot(self.0, w, a))
     }
+}
 
-    /// Several rows at once: each pair of weight blocks is loaded, made absolute and its
-    /// scales spread once, then multiplied into up to 8 rows' activations (512-bit VNNI, two
-    /// blocks per instruction). At decode with a batch of requests this is most of the work.
-    #[cfg(target_arch = "x86_64")]
-    fn rows_kernel(&self, act: &[Block], m: usize, out: &mut [f32]) {
-        let (n, kb) = (self.n, self.k / QK);
-        let kp = kb / 2;
-        let pairs: Vec<ActPair> = act
-            .chunks_exact(2)
-            .map(|b| {
-                let mut p = ActPair {
-                    qs: [0; 2 * QK],
-                    d: [0.0; 16],
-                };
-                p.qs[..QK].copy_from_slice(&b[0].qs);
-                p.qs[QK..].copy_from_slice(&b[1].qs);
-                p.d[..8].fill(b[0].d);
-                p.d[8..].fill(b[1].d);
-                p
-            })
-            .collect();
-        let out_ptr = out.as_mut_ptr() as usize;
-        const TILE: usize = 16;
-        let n_tiles = n.div_ceil(TILE);
-        let run = |range: std::ops::Range<usize>| {
-            let out_ptr = out_ptr as *mut f32;
-            let put = |r: usize, c: usize, v: &[f32]| {
-                for (i, v) in v.iter().enumerate() {
-                    // SAFETY: each tile owns columns c0..c1 of every row.
-                    unsafe { *out_ptr.add((r + i) * n + c) = *v };
-                }
+/// Several rows at once on AVX-512 VNNI ([`x86::dot_rows`]): each pair of weight blocks is
+/// loaded, made absolute and its scales spread once for up to 8 rows, two blocks per
+/// instruction. At decode with a batch of requests this is most of the work. Only built
+/// after `Level::Vnni` was detected.
+struct PairDot;
+
+impl RowsDot<Block, ActPair> for PairDot {
+    #[inline]
+    fn dot<const R: usize>(&self, w: &[Block], a: [&[ActPair]; R]) -> [f32; R] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `PairDot` is used only at `Level::Vnni`; every row holds `kp` pairs and
+            // `w` holds `2 kp` blocks.
+            unsafe { x86::dot_rows(w, a) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("PairDot runs only at Level::Vnni (x86_64)")
+    }
+}
+
+/// A row's blocks two by two, laid out for [`x86::dot_rows`].
+fn pair_up(act: &[Block]) -> Vec<ActPair> {
+    act.chunks_exact(2)
+        .map(|b| {
+            let mut p = ActPair {
+                qs: [0; 2 * QK],
+                d: [0.0; 16],
             };
-            for tile in range {
-                let (c0, c1) = (tile * TILE, (tile * TILE + TILE).min(n));
-                for c in c0..c1 {
-                    let w = &self.blocks[c * kb..(c + 1) * kb];
-                    let rows = |r: usize| &pairs[r * kp..(r + 1) * kp];
-                    let mut r = 0;
-                    // SAFETY (all four): `Level::Vnni` was detected at run time; every row
-                    // holds `kp` pairs and `w` holds `2 kp` blocks.
-                    while m - r >= 8 {
-                        let v =
-                            unsafe { x86::dot_rows::<8>(w, std::array::from_fn(|i| rows(r + i))) };
-                        put(r, c, &v);
-                        r += 8;
-                    }
-                    if m - r >= 4 {
-                        let v =
-                            unsafe { x86::dot_rows::<4>(w, std::array::from_fn(|i| rows(r + i))) };
-                        put(r, c, &v);
-                        r += 4;
-                    }
-                    if m - r >= 2 {
-                        let v =
-                            unsafe { x86::dot_rows::<2>(w, std::array::from_fn(|i| rows(r + i))) };
-                        put(r, c, &v);
-                        r += 2;
-                    }
-                    if m - r == 1 {
-                        let v = unsafe { x86::dot_rows::<1>(w, [rows(r)]) };
-                        put(r, c, &v);
-                    }
-                }
-            }
-        };
-        if n_tiles * m * kb < 4096 {
-            run(0..n_tiles);
-        } else {
-            super::pool::run(m, n_tiles, run);
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn rows_kernel(&self, act: &[Block], m: usize, out: &mut [f32]) {
-        self.row_kernel(Level::Scalar, act, m, out)
-    }
+            p.qs[..QK].copy_from_slice(&b[0].qs);
+            p.qs[QK..].copy_from_slice(&b[1].qs);
+            p.d[..8].fill(b[0].d);
+            p.d[8..].fill(b[1].d);
+            p
+        })
+        .collect()
 }
 
 /// Two consecutive activation blocks laid out for [`x86::dot_rows`]: their 64 values, and each

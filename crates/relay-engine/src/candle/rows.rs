@@ -1,0 +1,76 @@
+//! The tiling our quantized kernels share (`q8.rs`, `native.rs`): output columns split into
+//! tiles over our compute pool, and in each tile every weight row meets the input rows in
+//! groups of up to 8. A kernel that unpacks a weight block once per group ([`RowsDot`] with
+//! `R > 1`) pays that once for 8 rows, and `m` rows cost no more weight traffic than one.
+
+/// Dot products of one weight row with `R` activation rows at once. Each row's result must
+/// not depend on the others (a batched request decodes exactly what it would alone).
+pub(crate) trait RowsDot<W, A>: Sync {
+    fn dot<const R: usize>(&self, w: &[W], a: [&[A]; R]) -> [f32; R];
+}
+
+/// Rows of `stride` items each, back to back.
+pub(crate) struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub stride: usize,
+}
+
+impl<T> Strided<'_, T> {
+    fn row(&self, i: usize) -> &[T] {
+        &self.data[i * self.stride..(i + 1) * self.stride]
+    }
+}
+
+/// `out[r][c] = dot(w row c, a row r)` for `m` input rows and `n` weight rows, `[m, n]`
+/// row-major. Below `serial_below` units of work (`tiles · m · w.stride`) it runs on the
+/// calling thread.
+pub(crate) fn matmul<W: Sync, A: Sync>(
+    w: Strided<'_, W>,
+    a: Strided<'_, A>,
+    m: usize,
+    n: usize,
+    serial_below: usize,
+    d: &impl RowsDot<W, A>,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    let out_ptr = out.as_mut_ptr() as usize;
+    const TILE: usize = 16;
+    let n_tiles = n.div_ceil(TILE);
+    let run = |range: std::ops::Range<usize>| {
+        let out_ptr = out_ptr as *mut f32;
+        let put = |r: usize, c: usize, v: &[f32]| {
+            for (i, v) in v.iter().enumerate() {
+                // SAFETY: each tile owns columns c0..c1 of every row.
+                unsafe { *out_ptr.add((r + i) * n + c) = *v };
+            }
+        };
+        for tile in range {
+            let (c0, c1) = (tile * TILE, (tile * TILE + TILE).min(n));
+            for c in c0..c1 {
+                let wc = w.row(c);
+                let mut r = 0;
+                while m - r >= 8 {
+                    put(r, c, &d.dot::<8>(wc, std::array::from_fn(|i| a.row(r + i))));
+                    r += 8;
+                }
+                if m - r >= 4 {
+                    put(r, c, &d.dot::<4>(wc, std::array::from_fn(|i| a.row(r + i))));
+                    r += 4;
+                }
+                if m - r >= 2 {
+                    put(r, c, &d.dot::<2>(wc, std::array::from_fn(|i| a.row(r + i))));
+                    r += 2;
+                }
+                if m - r == 1 {
+                    put(r, c, &d.dot::<1>(wc, [a.row(r)]));
+                }
+            }
+        }
+    };
+    if n_tiles * m * w.stride < serial_below {
+        run(0..n_tiles);
+    } else {
+        super::pool::run(m, n_tiles, run);
+    }
+    out
+}
