@@ -62,13 +62,18 @@ impl HeadLogprobs {
     }
 }
 
-/// Softmax over the rows of `[rows, vocab]` logits, with each row's log-sum-exp.
-fn softmax_rows(logits: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+/// `exp(logits - rowmax)` of `[rows, vocab]` logits, its row sums and the row maxima.
+fn shifted_exp(logits: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let max = logits.max_keepdim(D::Minus1)?;
     let e = logits.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
-    let lse = (sum.log()? + max)?;
-    Ok((e.broadcast_div(&sum)?, lse))
+    Ok((e, sum, max))
+}
+
+/// Softmax over the rows of `[rows, vocab]` logits.
+fn softmax_rows(logits: &Tensor) -> candle_core::Result<Tensor> {
+    let (e, sum, _) = shifted_exp(logits)?;
+    e.broadcast_div(&sum)
 }
 
 impl CustomOp2 for HeadLogprobs {
@@ -89,15 +94,8 @@ impl CustomOp2 for HeadLogprobs {
         let mut out = Vec::with_capacity(n);
         for (r, len) in self.chunks(n) {
             let logits = x.narrow(0, r, len)?.matmul(&w.t()?)?;
-            let max = logits.max_keepdim(D::Minus1)?;
-            let lse = (logits
-                .broadcast_sub(&max)?
-                .exp()?
-                .sum_keepdim(D::Minus1)?
-                .log()?
-                + max)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            let (_, sum, max) = shifted_exp(&logits)?;
+            let lse = (sum.log()? + max)?.flatten_all()?.to_vec1::<f32>()?;
             let idx = Tensor::new(&self.targets[r..r + len], &Device::Cpu)?.unsqueeze(1)?;
             let picked = logits.gather(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
             out.extend(picked.iter().zip(&lse).map(|(p, l)| p - l));
@@ -121,7 +119,7 @@ impl CustomOp2 for HeadLogprobs {
         let mut dw: Option<Tensor> = None;
         for (r, len) in self.chunks(n) {
             let xc = x.narrow(0, r, len)?;
-            let (p, _) = softmax_rows(&xc.matmul(&w.t()?)?)?;
+            let p = softmax_rows(&xc.matmul(&w.t()?)?)?;
             let mut d = p.flatten_all()?.to_vec1::<f32>()?;
             for i in 0..len {
                 let gi = g[r + i];
@@ -176,7 +174,7 @@ impl CausalAttention {
         for (r, row) in s.chunks_mut(n).enumerate() {
             row[r % n + 1..].fill(f32::NEG_INFINITY);
         }
-        let (p, _) = softmax_rows(&Tensor::from_vec(s, (rows, n), &Device::Cpu)?)?;
+        let p = softmax_rows(&Tensor::from_vec(s, (rows, n), &Device::Cpu)?)?;
         Ok(p)
     }
 }
@@ -236,8 +234,8 @@ impl CustomOp3 for CausalAttention {
     }
 }
 
-/// A (copied) tensor over an op's f32 input.
-fn tensor_of(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
+/// A (copied) tensor over a custom op's f32 input.
+pub(crate) fn tensor_of(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("fused op: input not contiguous".into()))?;

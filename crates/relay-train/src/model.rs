@@ -588,14 +588,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input not contiguous".into()))?;
-        let x = Tensor::from_slice(
-            &storage.as_slice::<f32>()?[start..end],
-            layout.shape(),
-            &Device::Cpu,
-        )?;
+        let x = fused::tensor_of(storage, layout)?;
         let y = x.matmul(&self.w.t()?)?;
         let shape = y.shape().clone();
         Ok((
