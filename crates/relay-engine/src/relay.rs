@@ -229,9 +229,10 @@ fn drive(
                     session.stop(StopReason::ContextFull);
                     continue;
                 }
-                let id = sampler.sample(&logits);
-                // One pass over the vocabulary for the confidence signal and the log-prob.
+                // One pass over the vocabulary for the greedy token, the confidence signal and
+                // the log-prob.
                 let stats = LogitStats::new(&logits);
+                let id = sampler.sample_with(&logits, &stats);
                 let p1 = stats.top1_prob(&logits);
                 let logprob = stats.logprob(&logits, id);
                 let eos = pair.slm_tokenizer.is_eos(id) || slm.info().eos_token_ids.contains(&id);

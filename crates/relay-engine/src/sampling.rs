@@ -52,9 +52,19 @@ impl Sampler {
 
     /// Chooses the next token id. Empty logits give token 0 (engines never return them).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        self.choose(logits, None)
+    }
+
+    /// [`Self::sample`] when the step's [`LogitStats`] are already at hand: greedy decoding
+    /// takes their argmax instead of scanning the vocabulary again.
+    pub fn sample_with(&mut self, logits: &[f32], stats: &LogitStats) -> u32 {
+        self.choose(logits, Some(stats.argmax))
+    }
+
+    fn choose(&mut self, logits: &[f32], known_argmax: Option<u32>) -> u32 {
         let p = &self.params;
         if p.temperature <= 0.0 || p.top_k == 1 || logits.len() <= 1 {
-            return argmax(logits) as u32;
+            return known_argmax.unwrap_or_else(|| argmax(logits) as u32);
         }
         // Candidates sorted by logit, descending; ties broken by id so the order is stable.
         let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| !logits[i].is_nan()).collect();
