@@ -3,6 +3,7 @@
 //! Tolerance: max |Δlogit| ≤ 1e-4 (F32), 1e-3 (Q8_0/Q4_K) — rows are independent in every
 //! matmul, so only summation order may differ.
 
+use relay_engine::testing::max_diff;
 use relay_engine::tiny::{tiny_engine, tiny_engines, TinyConfig, TinyFormat, TinyWeights};
 use relay_engine::{Engine, EngineError, EngineKind, LoadOptions};
 
@@ -21,13 +22,6 @@ fn engines(
             )
         }
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

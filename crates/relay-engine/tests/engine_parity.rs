@@ -8,6 +8,7 @@
 //! activations per row, ggml's per 32-value block, so 0.5 there; greedy tokens still agree.
 #![cfg(feature = "llama-cpp")]
 
+use relay_engine::testing::max_diff;
 use std::sync::Arc;
 
 use relay_engine::model::load_engine;
@@ -15,14 +16,6 @@ use relay_engine::sampling::argmax;
 use relay_engine::testing::write_tiny_pair;
 use relay_engine::tiny::{tiny_engines, TinyConfig, TinyWeights};
 use relay_engine::{Engine, EngineKind, LoadOptions};
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 /// The candle engine and the llama.cpp engine on one tiny model.
 fn pair(cfg: &TinyConfig) -> (Arc<dyn Engine>, Arc<dyn Engine>, tempfile::TempDir) {

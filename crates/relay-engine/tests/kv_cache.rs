@@ -7,17 +7,10 @@
 //! cached and a recomputed run); 1e-3 for Q8_0 (activations are quantized per row, so rows see
 //! the same inputs either way, leaving only float reassociation).
 
+use relay_engine::testing::max_diff;
 use relay_engine::tiny::{tiny_engine, tiny_engines, TinyConfig, TinyFormat, TinyWeights};
 use relay_engine::{CandleEngine, Engine, EngineKind, LoadOptions};
 use std::sync::Arc;
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 fn configs() -> Vec<(TinyConfig, f32)> {
     vec![

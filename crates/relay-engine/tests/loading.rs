@@ -3,15 +3,9 @@
 //! 1e-4 (same math, same order). Quantized files are compared to F32 by relative L2 error.
 
 use relay_engine::candle::Arch;
+use relay_engine::testing::max_diff;
 use relay_engine::tiny::{tiny_engine, write_tiny_model, TinyConfig, TinyFormat, TinyWeights};
 use relay_engine::{CandleEngine, Engine, LoadOptions};
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
     let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();

@@ -6,16 +6,9 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::{ids, tiny_gguf, tiny_hf};
 use relay_engine::candle::Arch;
+use relay_engine::testing::max_diff;
 use relay_engine::{CandleEngine, Engine, LoadOptions};
 use relay_train::{Adapter, TrainModel};
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 #[test]
 fn logprobs_match_the_engine_on_qwen2_and_qwen3_gguf_and_safetensors() {
