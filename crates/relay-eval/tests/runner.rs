@@ -282,3 +282,20 @@ fn results_do_not_depend_on_concurrency() {
         sorted_results(&tmp.path().join("b"))
     );
 }
+
+#[test]
+fn summary_floats_survive_the_json_file_bit_for_bit() {
+    // A resumed run and `report` read summary.json back; every f64 must come back exactly.
+    // serde_json's default parser is off by one ulp on some shortest representations (CI once
+    // read 1.1560000000000005e-5 back as …03e-5), hence its `float_roundtrip` feature.
+    let mut x = 1.1560000000000005e-5_f64;
+    for i in 0..2000 {
+        let text = serde_json::to_string(&x).unwrap();
+        let back: f64 = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.to_bits(), x.to_bits(), "{text} came back as {back:e}");
+        x = x * 1.37 + (i as f64) * 1e-9;
+        if x > 1e6 {
+            x /= 7.3e9;
+        }
+    }
+}
