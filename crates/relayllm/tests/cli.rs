@@ -265,3 +265,41 @@ fn grade_prints_a_verdict_and_annotates_jsonl() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_relay_accounts_for_its_wall_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
+    let out = ok(bin()
+        .args(["bench", "relay", "--slm"])
+        .arg(&slm)
+        .arg("--llm")
+        .arg(&llm)
+        .args(["--problems", "2", "--max-tokens", "24", "--policy", "confidence"])
+        .args(["--threshold", "0.99", "--call-tokens", "3", "--cooldown", "2"])
+        .args(["--threads", "1", "--json"])
+        .output()
+        .unwrap());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {v}"));
+    let u = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {v}"));
+    assert_eq!(u("problems"), 2);
+    assert!(u("calls") > 0, "threshold 0.99 calls on the tiny pair: {v}");
+    let (slm_t, llm_t) = (u("slm_tokens"), u("llm_tokens"));
+    assert!((f("call_ratio") - llm_t as f64 / (slm_t + llm_t) as f64).abs() < 1e-12);
+    assert!((f("overhead_ratio") - f("relay_wall_s") / f("decoded_alone_s")).abs() < 1e-9);
+    // KV reuse: the LLM never prefills more than re-sending would.
+    assert!(u("llm_prefill_tokens") <= u("resend_prefill_tokens"), "{v}");
+    assert!(u("llm_prefill_tokens") > 0);
+    // The measured split: the two engines' clocks plus the loop's own time are the wall time,
+    // each part is a real duration, and the baseline is the two models' parts.
+    let m = &v["measured"];
+    let g = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {m}"));
+    for k in ["slm_in_relay_s", "slm_alone_s", "llm_in_relay_s", "llm_alone_s"] {
+        assert!(g(k) > 0.0, "{k}: {m}");
+    }
+    assert!(g("loop_s") >= 0.0, "{m}");
+    let parts = g("slm_in_relay_s") + g("llm_in_relay_s") + g("loop_s");
+    assert!((parts - f("relay_wall_s")).abs() < 1e-6, "{m} vs {v}");
+    assert!((g("slm_alone_s") + g("llm_alone_s") - f("decoded_alone_s")).abs() < 1e-9);
+}
