@@ -275,8 +275,22 @@ fn bench_relay_accounts_for_its_wall_time() {
         .arg(&slm)
         .arg("--llm")
         .arg(&llm)
-        .args(["--problems", "2", "--max-tokens", "24", "--policy", "confidence"])
-        .args(["--threshold", "0.99", "--call-tokens", "3", "--cooldown", "2"])
+        .args([
+            "--problems",
+            "2",
+            "--max-tokens",
+            "24",
+            "--policy",
+            "confidence",
+        ])
+        .args([
+            "--threshold",
+            "0.99",
+            "--call-tokens",
+            "3",
+            "--cooldown",
+            "2",
+        ])
         .args(["--threads", "1", "--json"])
         .output()
         .unwrap());
@@ -295,7 +309,12 @@ fn bench_relay_accounts_for_its_wall_time() {
     // each part is a real duration, and the baseline is the two models' parts.
     let m = &v["measured"];
     let g = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {m}"));
-    for k in ["slm_in_relay_s", "slm_alone_s", "llm_in_relay_s", "llm_alone_s"] {
+    for k in [
+        "slm_in_relay_s",
+        "slm_alone_s",
+        "llm_in_relay_s",
+        "llm_alone_s",
+    ] {
         assert!(g(k) > 0.0, "{k}: {m}");
     }
     assert!(g("loop_s") >= 0.0, "{m}");
