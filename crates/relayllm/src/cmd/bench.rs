@@ -383,9 +383,10 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
         "slm_prefill_of_llm_tokens_s": slm_prefill_s,
         "other_overhead_s": wall - baseline - llm_prefill_s - slm_prefill_s,
         "overhead_ratio_without_llm_prefill": (wall - llm_prefill_s) / baseline.max(1e-9),
-        // Measured, not estimated (one vocabulary only; zeros otherwise): time inside each
-        // model's engine calls during the relay, the same model's share of the baseline, and
-        // the relay loop's own time (sampling, policy, detokenizing) outside both engines.
+        // Measured, not estimated: time inside each model's engine calls during the relay,
+        // the same model's share of the baseline (0 when the pair has two vocabularies, where
+        // the baseline is the short-context estimate), and the relay loop's own time
+        // (sampling, policy, detokenizing) outside both engines.
         "measured": {
             "slm_in_relay_s": slm_in_relay,
             "slm_alone_s": slm_alone,
