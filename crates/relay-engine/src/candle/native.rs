@@ -236,41 +236,37 @@ impl NativeMatrix {
         let out = match &self.blocks {
             Blocks::Q4K(w) => {
                 let a: Vec<ActQ4K> = xs.chunks_exact(QK_K).map(quantize_q4k_act).collect();
-                matmul(
-                    Strided {
-                        data: w,
-                        stride: kb,
-                    },
-                    Strided {
-                        data: &a,
-                        stride: kb,
-                    },
-                    m,
-                    self.n,
-                    256,
-                    &Q4KDot(lvl),
-                )
+                block_rows_matmul(w, &a, kb, m, self.n, &Q4KDot(lvl))
             }
             Blocks::Q6K(w) => {
                 let a: Vec<ActQ6K> = xs.chunks_exact(QK_K).map(quantize_q6k_act).collect();
-                matmul(
-                    Strided {
-                        data: w,
-                        stride: kb,
-                    },
-                    Strided {
-                        data: &a,
-                        stride: kb,
-                    },
-                    m,
-                    self.n,
-                    256,
-                    &Q6KDot(lvl),
-                )
+                block_rows_matmul(w, &a, kb, m, self.n, &Q6KDot(lvl))
             }
         };
         Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
     }
+}
+
+/// `n` weight rows against `m` activation rows, both `kb` super-blocks long.
+fn block_rows_matmul<W: Sync, A: Sync>(
+    w: &[W],
+    a: &[A],
+    kb: usize,
+    m: usize,
+    n: usize,
+    d: &impl RowsDot<W, A>,
+) -> Vec<f32> {
+    let (w, a) = (
+        Strided {
+            data: w,
+            stride: kb,
+        },
+        Strided {
+            data: a,
+            stride: kb,
+        },
+    );
+    matmul(w, a, m, n, 256, d)
 }
 
 struct Q4KDot(Level);
