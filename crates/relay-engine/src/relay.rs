@@ -229,8 +229,8 @@ fn drive(
                     session.stop(StopReason::ContextFull);
                     continue;
                 }
-                // One pass over the vocabulary for the greedy token, the confidence signal and
-                // the log-prob.
+                // One set of statistics over the vocabulary for the greedy token, the confidence
+                // signal and the log-prob.
                 let stats = LogitStats::new(&logits);
                 let id = sampler.sample_with(&logits, &stats);
                 let p1 = stats.top1_prob(&logits);

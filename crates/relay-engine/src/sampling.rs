@@ -118,6 +118,12 @@ impl Sampler {
 
 /// Index of the largest logit (the first one on ties); 0 for an empty slice.
 pub fn argmax(logits: &[f32]) -> usize {
+    argmax_and_max(logits).0
+}
+
+/// The first index of the largest value, and that value (NaN ignored; `(0, -inf)` when no
+/// value is above -inf).
+fn argmax_and_max(logits: &[f32]) -> (usize, f32) {
     let mut best = 0;
     let mut best_v = f32::NEG_INFINITY;
     for (i, &v) in logits.iter().enumerate() {
@@ -126,7 +132,7 @@ pub fn argmax(logits: &[f32]) -> usize {
             best_v = v;
         }
     }
-    best
+    (best, best_v)
 }
 
 /// Log-probabilities over the vocabulary.
@@ -147,8 +153,13 @@ pub fn log_sum_exp(logits: &[f32]) -> f32 {
 /// at most 1024 terms added up in f64.
 fn max_and_ln_sum(logits: &[f32]) -> (f32, f32) {
     let max = max_of(logits);
+    (max, ln_sum_below(logits, max))
+}
+
+/// `ln Σ exp(x - max)` given the maximum (0 when the maximum is not finite).
+fn ln_sum_below(logits: &[f32], max: f32) -> f32 {
     if !max.is_finite() {
-        return (max, 0.0);
+        return 0.0;
     }
     let mut total = 0f64;
     for chunk in logits.chunks(1024) {
@@ -162,7 +173,7 @@ fn max_and_ln_sum(logits: &[f32]) -> (f32, f32) {
         let rest: f32 = it.remainder().iter().map(|&x| exp_nonpos(x - max)).sum();
         total += (lanes.iter().sum::<f32>() + rest) as f64;
     }
-    (max, total.ln() as f32)
+    total.ln() as f32
 }
 
 /// The largest value (NaN ignored, as `f32::max` does); -inf for an empty slice.
@@ -200,7 +211,7 @@ fn exp_nonpos(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
-/// What the relay needs of one step's logits, from one pass over them: the greedy token, its
+/// What the relay needs of one step's logits, computed once per step: the greedy token, its
 /// probability, and any token's log-probability.
 #[derive(Debug, Clone, Copy)]
 pub struct LogitStats {
@@ -210,12 +221,13 @@ pub struct LogitStats {
 }
 
 impl LogitStats {
+    /// Two passes over the logits: the argmax (which is also the maximum), then the sum.
     pub fn new(logits: &[f32]) -> Self {
-        let (max, ln_sum) = max_and_ln_sum(logits);
+        let (argmax, max) = argmax_and_max(logits);
         LogitStats {
-            argmax: argmax(logits) as u32,
+            argmax: argmax as u32,
             max,
-            ln_sum,
+            ln_sum: ln_sum_below(logits, max),
         }
     }
 
