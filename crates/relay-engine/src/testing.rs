@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The llama-server binary: `$RELAYLLM_LLAMA_SERVER`, else the one
-/// `scripts/build-llama-cpp.sh` builds under `third_party/`. Panics (a test should fail, never
 /// Largest absolute difference between two equally long vectors (logits, log-probs).
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "comparing vectors of different lengths");
@@ -19,6 +17,8 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The llama-server binary: `$RELAYLLM_LLAMA_SERVER`, else the one
+/// `scripts/build-llama-cpp.sh` builds under `third_party/`. Panics (a test should fail, never
 /// skip) when neither exists.
 pub fn llama_server_binary() -> PathBuf {
     if let Ok(p) = std::env::var("RELAYLLM_LLAMA_SERVER") {
