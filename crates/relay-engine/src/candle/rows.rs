@@ -3,6 +3,35 @@
 //! groups of up to 8. A kernel that unpacks a weight block once per group ([`RowsDot`] with
 //! `R > 1`) pays that once for 8 rows, and `m` rows cost no more weight traffic than one.
 
+/// Runs `body` for the rows `0..m` in groups of 8, then one group each of 4, 2 and 1 as
+/// needed, with `r` the group's first row and `R` its size (a constant, for const generics).
+macro_rules! by_row_groups {
+    ($m:expr, |$r:ident, $R:ident| $body:expr) => {{
+        let m: usize = $m;
+        let mut $r = 0usize;
+        while m - $r >= 8 {
+            const $R: usize = 8;
+            $body;
+            $r += 8;
+        }
+        if m - $r >= 4 {
+            const $R: usize = 4;
+            $body;
+            $r += 4;
+        }
+        if m - $r >= 2 {
+            const $R: usize = 2;
+            $body;
+            $r += 2;
+        }
+        if m - $r == 1 {
+            const $R: usize = 1;
+            $body;
+        }
+    }};
+}
+pub(crate) use by_row_groups;
+
 /// Dot products of one weight row with `R` activation rows at once. Each row's result must
 /// not depend on the others (a batched request decodes exactly what it would alone).
 pub(crate) trait RowsDot<W, A>: Sync {
@@ -48,22 +77,11 @@ pub(crate) fn matmul<W: Sync, A: Sync>(
             let (c0, c1) = (tile * TILE, (tile * TILE + TILE).min(n));
             for c in c0..c1 {
                 let wc = w.row(c);
-                let mut r = 0;
-                while m - r >= 8 {
-                    put(r, c, &d.dot::<8>(wc, std::array::from_fn(|i| a.row(r + i))));
-                    r += 8;
-                }
-                if m - r >= 4 {
-                    put(r, c, &d.dot::<4>(wc, std::array::from_fn(|i| a.row(r + i))));
-                    r += 4;
-                }
-                if m - r >= 2 {
-                    put(r, c, &d.dot::<2>(wc, std::array::from_fn(|i| a.row(r + i))));
-                    r += 2;
-                }
-                if m - r == 1 {
-                    put(r, c, &d.dot::<1>(wc, [a.row(r)]));
-                }
+                by_row_groups!(m, |r, R| put(
+                    r,
+                    c,
+                    &d.dot::<R>(wc, std::array::from_fn(|i| a.row(r + i)))
+                ));
             }
         }
     };
