@@ -40,6 +40,20 @@ impl ResultLine {
     pub fn response_tokens(&self) -> usize {
         self.slm_tokens + self.llm_tokens
     }
+
+    /// LLM calls that failed (the trace's calls with an `llm_error`); the SLM wrote on alone
+    /// where they would have written.
+    pub fn failed_llm_calls(&self) -> usize {
+        self.trace
+            .get("calls")
+            .and_then(|c| c.as_array())
+            .map_or(0, |calls| {
+                calls
+                    .iter()
+                    .filter(|c| c.get("llm_error").is_some())
+                    .count()
+            })
+    }
 }
 
 /// What a results file holds.

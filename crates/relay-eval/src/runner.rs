@@ -188,6 +188,9 @@ pub struct RunOptions {
     pub concurrency: usize,
     /// Draw a progress bar with ETA on stderr.
     pub progress: bool,
+    /// Solve again the items already done whose LLM failed during a call (a server that went
+    /// away, a timeout): their lines are removed from results.jsonl first.
+    pub redo_llm_errors: bool,
 }
 
 /// What `OUT/run.json` holds.
@@ -216,7 +219,22 @@ pub fn run(
     check_or_store_settings(out, &settings, &options.selection)?;
 
     let results_path = out.join(RESULTS_FILE);
-    let existing = read_results(&results_path)?;
+    let mut existing = read_results(&results_path)?;
+    let mut redone = 0;
+    if options.redo_llm_errors {
+        let before = existing.lines.len();
+        existing.lines.retain(|l| l.failed_llm_calls() == 0);
+        redone = before - existing.lines.len();
+        if redone > 0 {
+            let mut kept = Vec::new();
+            for line in &existing.lines {
+                append_line(&mut kept, line).map_err(EvalError::io(&results_path))?;
+            }
+            write_atomic(&results_path, &kept)?;
+            existing.valid_len = kept.len() as u64;
+            existing.torn_tail = false;
+        }
+    }
     let mut lines = existing.lines;
     let done: HashSet<(usize, usize)> = lines.iter().map(ResultLine::key).collect();
     let pending: Vec<(&Problem, usize)> = problems
@@ -246,6 +264,12 @@ pub fn run(
     if resumed > 0 {
         bar.println(format!(
             "{}: {resumed} of {total} items already done",
+            out.display()
+        ));
+    }
+    if redone > 0 {
+        bar.println(format!(
+            "{}: {redone} answers with a failed LLM call removed, to be solved again",
             out.display()
         ));
     }

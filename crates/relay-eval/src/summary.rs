@@ -92,6 +92,10 @@ pub struct Summary {
     /// Call tags written by the SLM (absent in summaries written before it was counted).
     #[serde(default)]
     pub tags: TagStats,
+    /// Answers with at least one failed LLM call (the SLM wrote on alone there); `eval
+    /// --redo-llm-errors` solves them again. Absent in summaries written before it was counted.
+    #[serde(default)]
+    pub llm_errors: u64,
     pub settings: RunSettings,
     pub selection: Selection,
     pub timing: Timing,
@@ -123,7 +127,9 @@ pub fn summarize(
     let mut calls = 0u64;
     let mut tags = TagStats::default();
     let mut solve_ms = 0.0;
+    let mut llm_errors = 0u64;
     for line in by_key.values() {
+        llm_errors += (line.failed_llm_calls() > 0) as u64;
         per_sample_total[line.sample] += 1;
         per_sample_correct[line.sample] += line.correct as u64;
         *any_correct.entry(line.index).or_default() |= line.correct;
@@ -173,6 +179,7 @@ pub fn summarize(
             tokens.response as f64 / results as f64
         },
         tags,
+        llm_errors,
         settings: settings.clone(),
         selection: selection.clone(),
         timing: Timing {

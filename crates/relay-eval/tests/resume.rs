@@ -391,3 +391,78 @@ fn killed_process_resumes_to_the_same_summary() {
         sorted_results(&tmp.path().join("full"))
     );
 }
+
+/// The scripted solver, except that problems with `index % 3 == 0` come back as the relay
+/// returns them when the LLM fails mid-call: a wrong answer the SLM finished alone, and the
+/// failed call in the trace.
+struct LlmDownSolver;
+
+impl relay_eval::Solver for LlmDownSolver {
+    fn solve(
+        &self,
+        problem: &relay_eval::Problem,
+        sample: usize,
+    ) -> Result<relay_eval::Solution, relay_eval::SolveError> {
+        let mut s = scripted_solution(problem, sample);
+        if problem.index % 3 == 0 {
+            s.text = "The SLM alone: \\boxed{-1}".into();
+            s.trace = serde_json::json!({"calls": [
+                {"at": 0, "requested_n": 16, "served": 0, "llm_error": "LLM timed out"},
+                {"at": 9, "requested_n": 16, "served": 16}
+            ]});
+        }
+        Ok(s)
+    }
+}
+
+/// Answers with a failed LLM call are counted in the summary; a plain rerun keeps them, and a
+/// rerun with `redo_llm_errors` solves exactly those again, after which the run equals one in
+/// which the LLM never failed.
+#[test]
+fn answers_whose_llm_failed_are_counted_and_redone_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = Dataset::load(write_dataset(tmp.path(), N)).unwrap();
+    let expected = reference(tmp.path(), &ds, 1);
+    let out = tmp.path().join("flaky");
+    let failed = (0..N).filter(|i| i % 3 == 0).count();
+
+    let first = run(
+        &ds,
+        &LlmDownSolver,
+        &settings(&ds),
+        &options(&out, None, 1, 2),
+    )
+    .unwrap();
+    assert_eq!(first.llm_errors, failed as u64);
+    let wrong_before = N - (first.accuracy * N as f64).round() as usize;
+
+    let plain = run(
+        &ds,
+        &ScriptedSolver::new(),
+        &settings(&ds),
+        &options(&out, None, 1, 2),
+    )
+    .unwrap();
+    assert_eq!(
+        (plain.timing.items_run, plain.llm_errors),
+        (0, failed as u64)
+    );
+    assert_eq!(
+        N - (plain.accuracy * N as f64).round() as usize,
+        wrong_before
+    );
+
+    let opts = RunOptions {
+        redo_llm_errors: true,
+        ..options(&out, None, 1, 2)
+    };
+    let redone = run(&ds, &ScriptedSolver::new(), &settings(&ds), &opts).unwrap();
+    assert_eq!(redone.timing.items_run, failed);
+    assert_eq!(redone.timing.items_resumed, N - failed);
+    assert_eq!(redone.llm_errors, 0);
+    assert_eq!(without_timing(&redone), expected);
+    assert_eq!(
+        sorted_results(&out),
+        sorted_results(&tmp.path().join("full"))
+    );
+}

@@ -129,6 +129,7 @@ pub fn options(out: &Path, limit: Option<usize>, samples: usize, concurrency: us
         },
         concurrency,
         progress: false,
+        redo_llm_errors: false,
     }
 }
 

@@ -49,6 +49,11 @@ pub struct EvalArgs {
     /// No progress bar (a log line per 10% instead).
     #[arg(long)]
     pub no_progress: bool,
+    /// Solve again the answers of an earlier invocation whose LLM failed during a call (a
+    /// remote server that went away, a timeout), where the SLM had written on alone. Without
+    /// it they count as they are, and the summary's `llm_errors` says how many there are.
+    #[arg(long)]
+    pub redo_llm_errors: bool,
     #[command(flatten)]
     pub policy: PolicyArgs,
     #[command(flatten)]
@@ -216,6 +221,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         },
         concurrency: args.concurrency,
         progress: !args.no_progress,
+        redo_llm_errors: args.redo_llm_errors,
     };
     let summary = relay_eval::run(&dataset, &solver, &settings, &options)
         .with_context(|| format!("run folder {}", out.display()))?;
@@ -235,6 +241,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         summary.calls,
         summary.timing.wall_s,
     );
+    if summary.llm_errors > 0 {
+        eprintln!(
+            "warning: {} answers had a failed LLM call, where the SLM wrote on alone (see `llm_error` in their traces); rerun with --redo-llm-errors to solve them again",
+            summary.llm_errors
+        );
+    }
     let t = summary.tags;
     if t.parsed + t.malformed > 0 {
         println!(
