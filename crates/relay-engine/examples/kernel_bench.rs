@@ -1,4 +1,5 @@
-//! Times each matmul kernel on a few of a GGUF's weights: `kernel_bench MODEL [ROWS] [REPS]`.
+//! Times each matmul kernel on a few of a GGUF's weights:
+//! `kernel_bench MODEL [ROWS] [REPS] [NAME,NAME,...]`.
 //! Threads follow `RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS` (default 2).
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -10,13 +11,8 @@ fn main() {
             std::env::set_var(var, "2");
         }
     }
-    let names = [
-        "blk.0.attn_q.weight",
-        "blk.0.attn_v.weight",
-        "blk.0.ffn_gate.weight",
-        "blk.0.ffn_down.weight",
-        "output.weight",
-    ];
+    let default = "blk.0.attn_q.weight,blk.0.attn_v.weight,blk.0.ffn_gate.weight,blk.0.ffn_down.weight,output.weight";
+    let names: Vec<&str> = a.get(4).map_or(default, |s| s.as_str()).split(',').collect();
     let r = relay_engine::candle::bench::bench_kernels(&path, &names, m, reps).unwrap();
     for t in r {
         println!(

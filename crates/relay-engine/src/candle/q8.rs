@@ -10,16 +10,14 @@
 //! horizontal sums), and up to eight activation rows share each weight load. Elsewhere the
 //! blocks stay row-major and the dot products run on AVX2 (picked at run time) or in scalar code.
 
-use std::ops::Range;
-
 use candle_core::{Device, Tensor};
 
-use super::rows::{by_row_groups, matmul, RowsDot, Strided};
+use super::rows::{matmul, tiles_matmul, RowsDot, Strided, TileDot, TILE_ROWS};
 use crate::error::Result;
 
 pub(crate) const QK: usize = 32;
 /// Output rows per [`Tile`].
-const TR: usize = 16;
+const TR: usize = TILE_ROWS;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -247,57 +245,31 @@ impl Q8Matrix {
                 for (row, out) in xs.chunks_exact(k).zip(act.chunks_exact_mut(kb)) {
                     quantize_act(row, out);
                 }
-                tiles_matmul(tiles, &act, m, self.n, kb)
+                tiles_matmul(tiles, &act, kb, m, self.n, 4096, &VnniTiles)
             }
         };
         Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
     }
 }
 
-/// `x @ W^T` on tiles: each group of sixteen output rows meets the input rows up to eight at a
-/// time, so `m` rows cost no more weight traffic than one. `[m, n]` row-major.
-fn tiles_matmul(tiles: &[Tile], act: &[ActBlock], m: usize, n: usize, kb: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    let out_ptr = out.as_mut_ptr() as usize;
-    let groups = n.div_ceil(TR);
-    let row = |r: usize| &act[r * kb..(r + 1) * kb];
-    let run = |range: Range<usize>| {
-        let out_ptr = out_ptr as *mut f32;
-        for g in range {
-            let w = &tiles[g * kb..(g + 1) * kb];
-            let cols = TR.min(n - g * TR);
-            let put = |r: usize, v: &[[f32; TR]]| {
-                for (i, v) in v.iter().enumerate() {
-                    // SAFETY: group `g` owns columns 16g..16g+cols of every row.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            v.as_ptr(),
-                            out_ptr.add((r + i) * n + g * TR),
-                            cols,
-                        )
-                    };
-                }
-            };
-            #[cfg(target_arch = "x86_64")]
-            by_row_groups!(m, |r, R| {
-                // SAFETY: tiles exist only at `Level::Vnni`; every row holds `kb` blocks.
-                put(r, &unsafe {
-                    x86::tile_dot::<R>(w, std::array::from_fn(|i| row(r + i)))
-                })
-            });
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = (w, &put, &row);
-                unreachable!("tiles are built only at Level::Vnni (x86_64)");
-            }
+/// [`x86::tile_dot`] as a [`TileDot`]. Only built for tiles, which exist only at
+/// `Level::Vnni`.
+struct VnniTiles;
+
+impl TileDot<Tile, ActBlock> for VnniTiles {
+    #[inline]
+    fn dot<const R: usize>(&self, w: &[Tile], a: [&[ActBlock]; R]) -> [[f32; TR]; R] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: tiles are built only at `Level::Vnni`; every row holds `w.len()` blocks.
+            unsafe { x86::tile_dot(w, a) }
         }
-    };
-    if groups * m * kb < 4096 {
-        run(0..groups);
-    } else {
-        super::pool::run(m, groups, run);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!(
+            "tiles are built only at Level::Vnni (x86_64) {}",
+            w.len() + a.len()
+        )
     }
-    out
 }
 
 /// One row at a time: each row reads the weight again (from cache).

@@ -30,7 +30,6 @@ macro_rules! by_row_groups {
         }
     }};
 }
-pub(crate) use by_row_groups;
 
 /// Dot products of one weight row with `R` activation rows at once. Each row's result must
 /// not depend on the others (a batched request decodes exactly what it would alone).
@@ -89,6 +88,65 @@ pub(crate) fn matmul<W: Sync, A: Sync>(
         run(0..n_tiles);
     } else {
         super::pool::run(m, n_tiles, run);
+    }
+    out
+}
+
+/// Output rows per weight tile of the tile kernels (`q8.rs`, `native.rs`): a tile holds one
+/// block of 16 weight rows, interleaved so that each vector op covers all 16.
+pub(crate) const TILE_ROWS: usize = 16;
+
+/// Dot products of one group of 16 weight rows (`w`: its tiles, one per block) with `R`
+/// activation rows: `out[r][i]` is weight row `i` against activation row `r`. Each row's result
+/// must not depend on `R`.
+pub(crate) trait TileDot<W, A>: Sync {
+    fn dot<const R: usize>(&self, w: &[W], a: [&[A]; R]) -> [[f32; TILE_ROWS]; R];
+}
+
+/// `x @ W^T` on tiles (group `g`'s block `b` at `w[g · kb + b]`) against `m` activation rows of
+/// `kb` blocks: each group of 16 output rows meets the input rows up to 8 at a time, so `m`
+/// rows cost no more weight traffic than one. `[m, n]` row-major. Below `serial_below` units of
+/// work (`groups · m · kb`) it runs on the calling thread.
+pub(crate) fn tiles_matmul<W: Sync, A: Sync>(
+    w: &[W],
+    a: &[A],
+    kb: usize,
+    m: usize,
+    n: usize,
+    serial_below: usize,
+    d: &impl TileDot<W, A>,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    let out_ptr = out.as_mut_ptr() as usize;
+    let groups = n.div_ceil(TILE_ROWS);
+    let row = |r: usize| &a[r * kb..(r + 1) * kb];
+    let run = |range: std::ops::Range<usize>| {
+        let out_ptr = out_ptr as *mut f32;
+        for g in range {
+            let wg = &w[g * kb..(g + 1) * kb];
+            let cols = TILE_ROWS.min(n - g * TILE_ROWS);
+            let put = |r: usize, v: &[[f32; TILE_ROWS]]| {
+                for (i, v) in v.iter().enumerate() {
+                    // SAFETY: group `g` owns columns 16g..16g+cols of every row.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            v.as_ptr(),
+                            out_ptr.add((r + i) * n + g * TILE_ROWS),
+                            cols,
+                        )
+                    };
+                }
+            };
+            by_row_groups!(m, |r, R| put(
+                r,
+                &d.dot::<R>(wg, std::array::from_fn(|i| row(r + i)))
+            ));
+        }
+    };
+    if groups * m * kb < serial_below {
+        run(0..groups);
+    } else {
+        super::pool::run(m, groups, run);
     }
     out
 }
