@@ -12,7 +12,11 @@ fn main() {
         }
     }
     let default = "blk.0.attn_q.weight,blk.0.attn_v.weight,blk.0.ffn_gate.weight,blk.0.ffn_down.weight,output.weight";
-    let names: Vec<&str> = a.get(4).map_or(default, |s| s.as_str()).split(',').collect();
+    let names: Vec<&str> = a
+        .get(4)
+        .map_or(default, |s| s.as_str())
+        .split(',')
+        .collect();
     let r = relay_engine::candle::bench::bench_kernels(&path, &names, m, reps).unwrap();
     for t in r {
         println!(
