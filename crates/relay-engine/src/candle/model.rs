@@ -65,8 +65,9 @@ pub(crate) enum Weight {
 }
 
 /// Rows from which one sequence's prefill switches to candle's repacked kernel where there is
-/// one.
-pub(crate) const BATCHED_ROWS: usize = 8;
+/// one, and every forward to candle's thread pool (`pool::run`). Batched decode steps of up to
+/// 8 requests stay below it, on our kernels and our pool.
+pub(crate) const BATCHED_ROWS: usize = 9;
 
 impl Weight {
     /// `x Wᵀ`. `one_sequence`: every row belongs to one sequence (a prefill or a score), so

@@ -64,7 +64,7 @@ pub(crate) fn pool() -> &'static Pool {
 /// pool, see `Weight::forward`), so that one pool's idle spinning never competes with the
 /// other's work.
 pub(crate) fn run<F: Fn(Range<usize>) + Sync>(rows: usize, items: usize, f: F) {
-    if rows > super::model::BATCHED_ROWS {
+    if rows >= super::model::BATCHED_ROWS {
         candle_core::utils::barrier_pool().execute_chunked(items, f);
     } else {
         pool().run(items, f);
