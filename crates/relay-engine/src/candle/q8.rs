@@ -115,6 +115,21 @@ fn quantize_act_scalar(x: &[f32], out: &mut [ActBlock]) {
     }
 }
 
+/// Quantizes `m` activation rows of `k` values (`xs`, row-major) for the tiles.
+fn quantize_acts(xs: &[f32], k: usize) -> Vec<ActBlock> {
+    let kb = k / QK;
+    let empty = ActBlock {
+        qs: [0; QK],
+        d: 0.0,
+        bias: 0,
+    };
+    let mut act = vec![empty; xs.len() / k * kb];
+    for (row, out) in xs.chunks_exact(k).zip(act.chunks_exact_mut(kb)) {
+        quantize_act(row, out);
+    }
+    act
+}
+
 /// Interleaves row-major blocks (`kb` per row, `n` rows) into tiles.
 fn repack(blocks: &[Block], n: usize, kb: usize) -> Vec<Tile> {
     let empty = Tile {
@@ -234,17 +249,7 @@ impl Q8Matrix {
                 matmul(w, a, m, self.n, 4096, &BlockDot(self.lvl))
             }
             Layout::Tiles(tiles) => {
-                let mut act = vec![
-                    ActBlock {
-                        qs: [0; QK],
-                        d: 0.0,
-                        bias: 0
-                    };
-                    m * kb
-                ];
-                for (row, out) in xs.chunks_exact(k).zip(act.chunks_exact_mut(kb)) {
-                    quantize_act(row, out);
-                }
+                let act = quantize_acts(&xs, k);
                 tiles_matmul(tiles, &act, kb, m, self.n, 4096, &VnniTiles)
             }
         };
@@ -439,17 +444,7 @@ mod tests {
     /// sum of each block, then one fused multiply-add per block.
     fn tiles_reference(tiles: &[Tile], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         let kb = k / QK;
-        let mut act = vec![
-            ActBlock {
-                qs: [0; QK],
-                d: 0.0,
-                bias: 0
-            };
-            m * kb
-        ];
-        for (row, out) in x.chunks_exact(k).zip(act.chunks_exact_mut(kb)) {
-            quantize_act(row, out);
-        }
+        let act = quantize_acts(x, k);
         let mut out = vec![0f32; m * n];
         for r in 0..m {
             for c in 0..n {

@@ -92,8 +92,8 @@ pub(crate) fn matmul<W: Sync, A: Sync>(
     out
 }
 
-/// Output rows per weight tile of the tile kernels (`q8.rs`, `native.rs`): a tile holds one
-/// block of 16 weight rows, interleaved so that each vector op covers all 16.
+/// Output rows per weight tile of the tile kernels (today the Q8 one in `q8.rs`): a tile holds
+/// one block of 16 weight rows, interleaved so that each vector op covers all 16.
 pub(crate) const TILE_ROWS: usize = 16;
 
 /// Dot products of one group of 16 weight rows (`w`: its tiles, one per block) with `R`
