@@ -28,6 +28,15 @@ src="$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)"
 mkdir -p "$(dirname "$DEST")"
 rm -rf "$DEST.tmp"
 cp -r "$src" "$DEST.tmp"
+# Native build without AMX: on an Intel Xeon with AMX under KVM (one machine of this project's
+# kind), this llama.cpp's AMX matmul segfaults on the first prompt of a Q4_K_M model. The -mno
+# flags come after -march=native, so they win; on CPUs without AMX they change nothing.
+cpu_cmake="$DEST.tmp/ggml/src/ggml-cpu/CMakeLists.txt"
+if grep -q 'list(APPEND ARCH_FLAGS -march=native)' "$cpu_cmake"; then
+    sed -i 's/list(APPEND ARCH_FLAGS -march=native)/list(APPEND ARCH_FLAGS -march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16)/' "$cpu_cmake"
+else
+    echo "warning: could not turn AMX off in $cpu_cmake; llama.cpp may crash on AMX machines" >&2
+fi
 cmake -S "$DEST.tmp" -B "$DEST.tmp/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
     -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
     -DBUILD_SHARED_LIBS=OFF >/dev/null
