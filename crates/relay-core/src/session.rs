@@ -439,6 +439,12 @@ impl RelaySession {
     }
 
     /// Response tokens still allowed.
+    /// Whether the call budget (`max_calls`) has room for another call. Calls for the rest of
+    /// the response (`llm-only`, `random-query`) are exempt from it and may come regardless.
+    pub fn call_budget_left(&self) -> bool {
+        self.calls.len() < self.limits.max_calls
+    }
+
     pub fn remaining_tokens(&self) -> usize {
         self.limits
             .max_response_tokens
@@ -472,6 +478,13 @@ impl RelaySession {
     /// holds back are missing until the next call or the end.
     pub fn llm_view(&self) -> &[ViewPiece] {
         &self.llm_view
+    }
+
+    /// The LLM-view pieces no call has handed out yet: the next call's delta starts with
+    /// them. Every piece here is final (undecided tag text is not in the view yet), so a
+    /// driver may feed the LLM from them ahead of the call.
+    pub fn llm_unread(&self) -> &[ViewPiece] {
+        &self.llm_view[self.llm_cursor..]
     }
 
     pub fn llm_view_text(&self) -> String {

@@ -96,11 +96,17 @@ pub fn same_vocabulary(a: &Tokenizer, b: &Tokenizer) -> bool {
 pub struct ModelPair {
     pub slm: LoadedModel,
     pub llm: LoadedModel,
+    /// [`RelayPair::llm_read_ahead`] for the relays of this pair (0 = off).
+    pub llm_read_ahead: usize,
 }
 
 impl ModelPair {
     pub fn new(slm: LoadedModel, llm: LoadedModel) -> Self {
-        Self { slm, llm }
+        Self {
+            slm,
+            llm,
+            llm_read_ahead: 0,
+        }
     }
 
     /// What the relay loop needs; the tokenizers are shared when their vocabularies agree.
@@ -111,6 +117,7 @@ impl ModelPair {
             llm: self.llm.engine.clone(),
             slm_tokenizer: self.slm.tokenizer.clone(),
             llm_tokenizer: (!shared).then(|| self.llm.tokenizer.clone()),
+            llm_read_ahead: self.llm_read_ahead,
         }
     }
 

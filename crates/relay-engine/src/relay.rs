@@ -10,10 +10,17 @@
 //! hanging LLM costs the request at most the call timeout: failures before the first token
 //! are retried with backoff; after that (or once retries run out) the SLM goes on alone and
 //! the trace records the error. A request never dies because the LLM did.
+//!
+//! With [`RelayPair::llm_read_ahead`] set, the LLM also reads what the SLM writes while it
+//! writes: a background prefill of each run of final tokens, so that a call finds its context
+//! already in the LLM's cache. That hides the LLM's reading where the LLM has hardware of its
+//! own (a GPU, another server); on CPU cores the two models share, it only competes with the
+//! SLM, so it is off by default.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use relay_core::{
@@ -36,6 +43,9 @@ pub struct RelayPair {
     /// The LLM's own tokenizer when it differs from the SLM's (then the two bridge by text);
     /// `None` when they share one, and token ids pass straight through.
     pub llm_tokenizer: Option<Arc<Tokenizer>>,
+    /// Read ahead: once this many final tokens wait unread, the LLM prefills them in the
+    /// background while the SLM goes on (0 = off; needs a shared tokenizer). See the module docs.
+    pub llm_read_ahead: usize,
 }
 
 impl RelayPair {
@@ -114,6 +124,8 @@ pub struct RelayOutput {
     /// For each served call, the tokens the LLM's context held once the call's prefill was
     /// done: what re-sending the whole context at every call would have prefilled.
     pub llm_context_at_calls: Vec<usize>,
+    /// Tokens the LLM read ahead, in the background (part of the trace's LLM prefill).
+    pub llm_read_ahead_tokens: usize,
     pub trace: RelayTrace,
 }
 
@@ -143,6 +155,26 @@ struct LlmSide {
     unavailable: Option<String>,
     /// Context length after each successful call's prefill.
     context_at_calls: Vec<usize>,
+    ahead: ReadAhead,
+}
+
+/// What the LLM read ahead of the next call.
+#[derive(Default)]
+struct ReadAhead {
+    /// Leading pieces of the session's unread LLM view that the LLM cache already holds.
+    pieces: usize,
+    /// The read in flight, if any.
+    inflight: Option<Read>,
+    /// Tokens read ahead so far.
+    tokens: usize,
+    /// A read failed: no more for this request (the next call prefills what is missing).
+    off: bool,
+}
+
+struct Read {
+    thread: JoinHandle<Result<()>>,
+    pieces: usize,
+    tokens: usize,
 }
 
 /// Decodes one response with the SLM and the LLM together.
@@ -162,6 +194,7 @@ pub fn relay(
         synced_len: 0,
         unavailable: None,
         context_at_calls: Vec::new(),
+        ahead: ReadAhead::default(),
     };
     let result = drive(
         pair,
@@ -172,6 +205,7 @@ pub fn relay(
         &mut on_event,
     );
     let _ = slm.free(slm_seq);
+    finish_read_ahead(&mut session, &mut llm);
     if llm.unavailable.is_none() {
         if let Some(seq) = llm.seq {
             let _ = pair.llm.free(seq);
@@ -186,6 +220,7 @@ pub fn relay(
         sources: session.sources().to_vec(),
         slm_logprobs,
         llm_context_at_calls: llm.context_at_calls,
+        llm_read_ahead_tokens: llm.ahead.tokens,
         trace: session.trace(),
     })
 }
@@ -257,8 +292,11 @@ fn drive(
                         source: Source::Slm,
                     });
                 }
-                if matches!(session.next_action(), Action::Stop(_)) {
-                    break; // nothing will read the SLM's next logits
+                match session.next_action() {
+                    Action::Stop(_) => break, // nothing will read the SLM's next logits
+                    // The LLM reads in the background while the SLM steps.
+                    Action::Slm => read_ahead(pair, request, session, llm),
+                    Action::Llm { .. } => {}
                 }
                 let t = Instant::now();
                 logits = slm
@@ -269,6 +307,9 @@ fn drive(
                 slm_len += 1;
             }
             Action::Llm { .. } => {
+                let t = Instant::now();
+                finish_read_ahead(session, llm);
+                session.record_time(Source::Llm, t.elapsed());
                 let served = run_call(
                     pair,
                     request,
@@ -338,7 +379,11 @@ fn run_call(
     slm_logprobs: &mut Vec<Option<f32>>,
     on_event: &mut dyn FnMut(RelayEvent),
 ) -> Result<Vec<u32>> {
-    let start = session.begin_call()?;
+    let mut start = session.begin_call()?;
+    // What the LLM read ahead is in its cache already; should the call fail, the session
+    // hands those pieces out again, and they are still in the cache.
+    let read = std::mem::take(&mut llm.ahead.pieces).min(start.delta.pieces.len());
+    start.delta.pieces.drain(..read);
     let at = session.tokens().len();
     on_event(RelayEvent::CallStart {
         at,
@@ -363,6 +408,7 @@ fn run_call(
         Ok(()) => session.end_call()?,
         Err(error) => {
             tracing::warn!(%error, "LLM call failed; the SLM goes on alone");
+            llm.ahead.pieces = read;
             let served = session.fail_call(error.clone())?;
             on_event(RelayEvent::CallEnd {
                 served: served.tokens.len(),
@@ -408,8 +454,10 @@ fn serve_call(
     if let Some(why) = &llm.unavailable {
         return Err(why.clone());
     }
+    // The first call reads the prompt too, unless a read ahead of it already did.
+    let first_call = delta.first_call && llm.synced_len == 0;
     let mut prefill = Vec::new();
-    if delta.first_call {
+    if first_call {
         prefill.extend_from_slice(&request.llm_prompt);
     }
     prefill.extend(delta_ids(pair, delta).map_err(|e| e.to_string())?);
@@ -423,7 +471,7 @@ fn serve_call(
             backoff *= 2;
         }
         // Bring the LLM cache back to what is known good before (re)trying.
-        let seq = match prepare_llm_seq(pair, llm, delta.first_call) {
+        let seq = match prepare_llm_seq(pair, llm, first_call) {
             Ok(seq) => seq,
             Err(e) => {
                 last_error = e.to_string();
@@ -446,6 +494,109 @@ fn serve_call(
     Err(format!(
         "LLM failed after {attempts} attempt(s): {last_error}"
     ))
+}
+
+/// Starts a background read of the final tokens the LLM has not read, when at least
+/// [`RelayPair::llm_read_ahead`] of them wait and no read is in flight. The last unread piece
+/// is left for the call, whose own prefill gives the logits of the LLM's first token; a read
+/// stops at a piece that is not a whole token, so what the call tokenizes stays whole.
+fn read_ahead(
+    pair: &RelayPair,
+    request: &RelayRequest,
+    session: &mut RelaySession,
+    llm: &mut LlmSide,
+) {
+    let chunk = pair.llm_read_ahead;
+    if chunk == 0 || !pair.shared_tokenizer() || llm.unavailable.is_some() {
+        return;
+    }
+    // No call can read it: the budget is spent (a rest-of-response call is exempt, but those
+    // policies call before the SLM writes much) or the policy never calls.
+    if !session.call_budget_left() || session.policy_name() == "slm-only" {
+        return;
+    }
+    if llm
+        .ahead
+        .inflight
+        .as_ref()
+        .is_some_and(|r| !r.thread.is_finished())
+    {
+        return;
+    }
+    finish_read_ahead(session, llm);
+    if llm.ahead.off {
+        return;
+    }
+    let unread = session.llm_unread();
+    let ready = unread
+        .get(llm.ahead.pieces..unread.len().saturating_sub(1))
+        .unwrap_or_default();
+    let mut ids: Vec<u32> = ready
+        .iter()
+        .map_while(|p| match p {
+            ViewPiece::Token { id, .. } => Some(*id),
+            ViewPiece::Text { .. } => None,
+        })
+        .collect();
+    if ids.len() < chunk {
+        return;
+    }
+    let pieces = ids.len();
+    // Nothing in the cache yet: the prompt goes first.
+    let with_prompt = llm.synced_len == 0;
+    let seq = match prepare_llm_seq(pair, llm, with_prompt) {
+        Ok(seq) => seq,
+        Err(error) => {
+            tracing::debug!(%error, "LLM read-ahead off for this request");
+            llm.ahead.off = true;
+            return;
+        }
+    };
+    if with_prompt {
+        ids.splice(0..0, request.llm_prompt.iter().copied());
+    }
+    let tokens = ids.len();
+    let engine = pair.llm.clone();
+    match std::thread::Builder::new()
+        .name("relay-llm-read-ahead".into())
+        .spawn(move || engine.prefill(seq, &ids).map(drop))
+    {
+        Ok(thread) => {
+            llm.ahead.inflight = Some(Read {
+                thread,
+                pieces,
+                tokens,
+            })
+        }
+        Err(error) => {
+            tracing::debug!(%error, "cannot start the LLM read-ahead");
+            llm.ahead.off = true;
+        }
+    }
+}
+
+/// Waits for the read in flight, if any, and books it: on success its tokens are known good
+/// in the LLM cache; on failure the next call truncates back to what is.
+fn finish_read_ahead(session: &mut RelaySession, llm: &mut LlmSide) {
+    let Some(read) = llm.ahead.inflight.take() else {
+        return;
+    };
+    match read.thread.join() {
+        Ok(Ok(())) => {
+            llm.synced_len += read.tokens;
+            llm.ahead.pieces += read.pieces;
+            llm.ahead.tokens += read.tokens;
+            session.record_prefill(Source::Llm, read.tokens);
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "LLM read-ahead failed; the next call reads the context");
+            llm.ahead.off = true;
+        }
+        Err(_) => {
+            tracing::warn!("the LLM read-ahead thread panicked");
+            llm.ahead.off = true;
+        }
+    }
 }
 
 fn prepare_llm_seq(pair: &RelayPair, llm: &mut LlmSide, first_call: bool) -> Result<SeqId> {

@@ -212,6 +212,7 @@ fn the_relay_runs_alike_on_both_engines() {
             llm: load(&llm_path),
             slm_tokenizer: tokenizer.clone(),
             llm_tokenizer: None,
+            llm_read_ahead: 0,
         };
         let out = relay(&pair, &request, |_| {}).unwrap();
         out.trace.check().unwrap();

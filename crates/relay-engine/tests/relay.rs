@@ -99,6 +99,7 @@ fn pair(t: &Tiny, slm: Arc<dyn Engine>, llm: Arc<dyn Engine>) -> RelayPair {
         llm,
         slm_tokenizer: t.tokenizer.clone(),
         llm_tokenizer: None,
+        llm_read_ahead: 0,
     }
 }
 
@@ -631,4 +632,111 @@ fn greedy_calls_on_a_one_shot_llm_take_one_continuation_each_and_match_stepping(
         .llm_error
         .as_deref()
         .is_some_and(|e| e.contains("one-shot"))));
+}
+
+/// Read-ahead moves where the LLM reads the context (in the background, while the SLM writes)
+/// and nothing else: the same response, the same context at every call, each token read once.
+/// A read that fails part-way (the cache left half-filled) turns read-ahead off for the
+/// request, and the calls read what is missing themselves.
+#[test]
+fn read_ahead_changes_where_the_llm_reads_and_nothing_else() {
+    let t = tiny_pair();
+    let mut req = request(&t, PolicyKind::Confidence, 60);
+    req.config.policy.threshold = 0.99999; // calls whenever the cool-down allows
+    req.config.policy.call_tokens = 2;
+    req.config.policy.cooldown = 12;
+    req.config.limits.max_calls = 4;
+    let plain = relay(&pair(&t, t.slm.clone(), t.llm.clone()), &req, |_| {}).unwrap();
+    assert!(plain.trace.calls.len() >= 3, "{:?}", plain.trace.calls);
+    assert_eq!(plain.llm_read_ahead_tokens, 0, "off by default");
+
+    let same_as_plain = |out: &relay_engine::relay::RelayOutput, what: &str| {
+        out.trace.check().unwrap();
+        assert_eq!(out.tokens, plain.tokens, "{what}: tokens");
+        assert_eq!(out.sources, plain.sources, "{what}: sources");
+        assert_eq!(
+            out.slm_logprobs, plain.slm_logprobs,
+            "{what}: SLM log-probs"
+        );
+        assert_eq!(
+            out.llm_context_at_calls, plain.llm_context_at_calls,
+            "{what}: the LLM's context at each call"
+        );
+        assert!(out.trace.calls.iter().all(|c| c.llm_error.is_none()));
+    };
+
+    let mut ahead = pair(&t, t.slm.clone(), t.llm.clone());
+    ahead.llm_read_ahead = 3;
+    let out = relay(&ahead, &req, |_| {}).unwrap();
+    same_as_plain(&out, "read-ahead");
+    assert!(
+        out.llm_read_ahead_tokens > req.llm_prompt.len(),
+        "the prompt and some of the response were read ahead: {}",
+        out.llm_read_ahead_tokens
+    );
+    assert_eq!(
+        out.trace.prefill_tokens.llm, plain.trace.prefill_tokens.llm,
+        "each token is read once, ahead or at a call"
+    );
+    assert_eq!(t.llm.num_sequences(), 0, "the LLM sequence is freed");
+
+    // Reads fail half-way (the cache left half-filled); calls do not.
+    let failing = Arc::new(FailingReads {
+        inner: t.llm.clone(),
+        reads: AtomicUsize::new(0),
+    });
+    let mut ahead = pair(&t, t.slm.clone(), failing.clone());
+    ahead.llm_read_ahead = 3;
+    let out = relay(&ahead, &req, |_| {}).unwrap();
+    same_as_plain(&out, "failed read-ahead");
+    assert_eq!(
+        failing.reads.load(Ordering::SeqCst),
+        1,
+        "one read, then off"
+    );
+    assert_eq!(out.llm_read_ahead_tokens, 0);
+    assert_eq!(t.llm.num_sequences(), 0);
+}
+
+/// An LLM whose background reads (prefills on the read-ahead thread) fail after reading half.
+struct FailingReads {
+    inner: Arc<CandleEngine>,
+    reads: AtomicUsize,
+}
+
+impl Engine for FailingReads {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+    fn create_sequence(&self) -> relay_engine::Result<SeqId> {
+        self.inner.create_sequence()
+    }
+    fn prefill(&self, seq: SeqId, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
+        if std::thread::current().name() == Some("relay-llm-read-ahead") {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.prefill(seq, &tokens[..tokens.len() / 2])?;
+            return Err(relay_engine::EngineError::InvalidInput(
+                "read failed (test)".into(),
+            ));
+        }
+        self.inner.prefill(seq, tokens)
+    }
+    fn step(&self, batch: &[(SeqId, u32)]) -> relay_engine::Result<Vec<Vec<f32>>> {
+        self.inner.step(batch)
+    }
+    fn seq_len(&self, seq: SeqId) -> relay_engine::Result<usize> {
+        self.inner.seq_len(seq)
+    }
+    fn truncate(&self, seq: SeqId, len: usize) -> relay_engine::Result<()> {
+        self.inner.truncate(seq, len)
+    }
+    fn fork(&self, seq: SeqId) -> relay_engine::Result<SeqId> {
+        self.inner.fork(seq)
+    }
+    fn free(&self, seq: SeqId) -> relay_engine::Result<()> {
+        self.inner.free(seq)
+    }
+    fn score(&self, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
+        self.inner.score(tokens)
+    }
 }

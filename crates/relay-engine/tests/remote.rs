@@ -283,6 +283,7 @@ fn relay_serves_calls_through_llama_server() {
         llm: llm.clone(),
         slm_tokenizer: t.tokenizer.clone(),
         llm_tokenizer: None,
+        llm_read_ahead: 0,
     };
     let req = relay_request(prompt(&t));
     let out = relay(&pair, &req, |_| {}).expect("relay");
@@ -347,6 +348,7 @@ fn killing_llama_server_mid_run_leaves_the_slm_to_finish() {
         llm,
         slm_tokenizer: t.tokenizer.clone(),
         llm_tokenizer: None,
+        llm_read_ahead: 0,
     };
     let mut req = relay_request(prompt(&t));
     req.config.limits.max_calls = 8;

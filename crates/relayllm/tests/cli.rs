@@ -127,6 +127,58 @@ fn relay_json_has_text_tokens_and_a_consistent_trace() {
     );
 }
 
+/// `--llm-read-ahead`: the LLM reads in the background, and the answer is the same.
+#[test]
+fn relay_read_ahead_gives_the_same_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
+    let run = |read_ahead: &str| -> Value {
+        let out = ok(bin()
+            .args(["relay", "--slm"])
+            .arg(&slm)
+            .arg("--llm")
+            .arg(&llm)
+            .args([
+                "--prompt",
+                "What is 3*4?",
+                "--chat",
+                "--policy",
+                "confidence",
+            ])
+            .args([
+                "--threshold",
+                "0.99",
+                "--call-tokens",
+                "2",
+                "--cooldown",
+                "10",
+            ])
+            .args([
+                "--max-tokens",
+                "40",
+                "--json",
+                "--llm-read-ahead",
+                read_ahead,
+            ])
+            .output()
+            .unwrap());
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let (plain, ahead) = (run("0"), run("3"));
+    assert_eq!(plain["llm_read_ahead_tokens"], 0);
+    assert!(
+        ahead["llm_read_ahead_tokens"].as_u64().unwrap() > 0,
+        "{ahead}"
+    );
+    assert!(!plain["trace"]["calls"].as_array().unwrap().is_empty());
+    assert_eq!(plain["tokens"], ahead["tokens"]);
+    assert_eq!(plain["text"], ahead["text"]);
+    assert_eq!(
+        plain["trace"]["prefill_tokens"]["llm"],
+        ahead["trace"]["prefill_tokens"]["llm"]
+    );
+}
+
 #[test]
 fn bad_input_gives_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();

@@ -286,6 +286,7 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
         (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let (mut slm_tokens, mut llm_tokens, mut ours_prefill, mut resend_prefill, mut calls) =
         (0, 0, 0, 0, 0);
+    let mut read_ahead = 0;
     for (i, problem) in problems.iter().enumerate() {
         let messages = [ChatMessage::user(format!(
             "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -358,6 +359,7 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
         llm_tokens += tr.tokens.llm;
         calls += tr.calls.len();
         ours_prefill += tr.prefill_tokens.llm;
+        read_ahead += out.llm_read_ahead_tokens;
         resend_prefill += out.llm_context_at_calls.iter().sum::<usize>();
     }
     let total = (slm_tokens + llm_tokens).max(1);
@@ -375,6 +377,8 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
         "call_ratio": llm_tokens as f64 / total as f64,
         "calls": calls,
         "llm_prefill_tokens": ours_prefill,
+        // Of those, read in the background while the SLM wrote (--llm-read-ahead).
+        "llm_read_ahead_tokens": read_ahead,
         "resend_prefill_tokens": resend_prefill,
         "prefill_saving_ratio": resend_prefill as f64 / ours_prefill.max(1) as f64,
         // Where the overhead goes (estimates from each model's measured prefill speed): the
@@ -416,11 +420,12 @@ fn relay_bench(args: RelayBenchArgs) -> Result<()> {
             );
         }
         println!(
-            "LLM prefill: {} tokens vs {} re-sending the context at each of {} calls ({:.1}x less)",
+            "LLM prefill: {} tokens vs {} re-sending the context at each of {} calls ({:.1}x less); {} read ahead",
             ours_prefill,
             resend_prefill,
             calls,
-            resend_prefill as f64 / ours_prefill.max(1) as f64
+            resend_prefill as f64 / ours_prefill.max(1) as f64,
+            read_ahead
         );
     }
     Ok(())

@@ -38,6 +38,12 @@ pub struct ModelArgs {
     /// Seconds one request to a remote model may take.
     #[arg(long, default_value_t = 60)]
     pub remote_timeout: u64,
+    /// Relay read-ahead: while the SLM writes, the LLM reads what it wrote in the background,
+    /// N tokens at a time, so that a call finds its context already read. For an LLM on
+    /// hardware of its own (a GPU, another server); on CPU cores the two models share it only
+    /// competes with the SLM. 0 = off.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub llm_read_ahead: usize,
 }
 
 impl ModelArgs {
@@ -74,6 +80,12 @@ impl ModelArgs {
     /// `--tokenizer` when given, else from the other model of the pair (which must then be
     /// local): the usual setup is a local SLM and the same-family LLM behind a server.
     pub fn load_pair(&self, slm: &str, llm: &str) -> Result<ModelPair> {
+        let mut pair = self.load_pair_models(slm, llm)?;
+        pair.llm_read_ahead = self.llm_read_ahead;
+        Ok(pair)
+    }
+
+    fn load_pair_models(&self, slm: &str, llm: &str) -> Result<ModelPair> {
         if self.tokenizer.is_some() || (!is_remote(slm) && !is_remote(llm)) {
             return Ok(ModelPair::new(self.load(slm)?, self.load(llm)?));
         }

@@ -162,7 +162,8 @@ pub fn run(args: RelayArgs) -> Result<()> {
         writeln!(
             stdout,
             "{}",
-            json!({ "text": out.text, "tokens": out.tokens, "trace": out.trace })
+            json!({ "text": out.text, "tokens": out.tokens, "trace": out.trace,
+                    "llm_read_ahead_tokens": out.llm_read_ahead_tokens })
         )?;
     } else {
         printer.finish(&mut stdout)?;
