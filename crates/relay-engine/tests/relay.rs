@@ -669,9 +669,11 @@ fn read_ahead_changes_where_the_llm_reads_and_nothing_else() {
     ahead.llm_read_ahead = 3;
     let out = relay(&ahead, &req, |_| {}).unwrap();
     same_as_plain(&out, "read-ahead");
+    // A read starts once 3 tokens wait (the cool-down leaves 12 between calls), and every read
+    // that starts is waited for and booked, so this does not depend on timing.
     assert!(
-        out.llm_read_ahead_tokens > req.llm_prompt.len(),
-        "the prompt and some of the response were read ahead: {}",
+        out.llm_read_ahead_tokens >= 3,
+        "some of the response was read ahead: {}",
         out.llm_read_ahead_tokens
     );
     assert_eq!(
