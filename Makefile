@@ -15,8 +15,9 @@ setup:
 	    apt-get update -qq && apt-get install -y -qq python3-pip; fi
 	@if ! command -v cmake >/dev/null || ! command -v c++ >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq cmake g++; fi
-	@# libclang for bindgen in the llama-cpp feature's build (llama-cpp-sys-2).
-	@if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then \
+	@# libclang for bindgen in the llama-cpp feature's build (llama-cpp-sys-2). Not libclang-cpp,
+	@# which some images carry alone and which bindgen cannot use.
+	@if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; then \
 	    apt-get update -qq && apt-get install -y -qq libclang-dev; fi
 	@if ! command -v chromium >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq chromium; fi
