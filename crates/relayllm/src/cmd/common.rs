@@ -82,6 +82,13 @@ impl ModelArgs {
     pub fn load_pair(&self, slm: &str, llm: &str) -> Result<ModelPair> {
         let mut pair = self.load_pair_models(slm, llm)?;
         pair.llm_read_ahead = self.llm_read_ahead;
+        if pair.llm_read_ahead > 0
+            && !relay_engine::model::same_vocabulary(&pair.slm.tokenizer, &pair.llm.tokenizer)
+        {
+            eprintln!(
+                "warning: --llm-read-ahead is off: it needs the two models to share a tokenizer"
+            );
+        }
         Ok(pair)
     }
 
