@@ -320,6 +320,24 @@ struct FlakyLlm {
     fail_first: AtomicUsize,
     always_fail: bool,
     hang: Option<Duration>,
+    /// Fail every background read (a prefill on the relay's read-ahead thread)...
+    fail_reads: bool,
+    /// ...and count them.
+    reads: AtomicUsize,
+}
+
+impl FlakyLlm {
+    /// A wrapper that fails nothing until told to.
+    fn new(inner: Arc<CandleEngine>) -> Self {
+        Self {
+            inner,
+            fail_first: AtomicUsize::new(0),
+            always_fail: false,
+            hang: None,
+            fail_reads: false,
+            reads: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Engine for FlakyLlm {
@@ -333,7 +351,12 @@ impl Engine for FlakyLlm {
         if let Some(d) = self.hang {
             std::thread::sleep(d);
         }
+        let read = std::thread::current().name() == Some("relay-llm-read-ahead");
+        if read {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
         if self.always_fail
+            || (read && self.fail_reads)
             || self
                 .fail_first
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -381,10 +404,8 @@ fn a_failing_llm_is_retried_and_then_the_slm_goes_on_alone() {
     let req = confident_calls(&t);
     // Fails once: the retry serves the call, the trace shows no error.
     let flaky = Arc::new(FlakyLlm {
-        inner: t.llm.clone(),
         fail_first: AtomicUsize::new(1),
-        always_fail: false,
-        hang: None,
+        ..FlakyLlm::new(t.llm.clone())
     });
     let out = relay(&pair(&t, t.slm.clone(), flaky), &req, |_| {}).unwrap();
     assert!(
@@ -398,10 +419,8 @@ fn a_failing_llm_is_retried_and_then_the_slm_goes_on_alone() {
 
     // Always fails: every call records the error, the response is the SLM's alone.
     let dead = Arc::new(FlakyLlm {
-        inner: t.llm.clone(),
-        fail_first: AtomicUsize::new(0),
         always_fail: true,
-        hang: None,
+        ..FlakyLlm::new(t.llm.clone())
     });
     let out = relay(&pair(&t, t.slm.clone(), dead), &req, |_| {}).unwrap();
     out.trace.check().unwrap();
@@ -429,10 +448,8 @@ fn a_hanging_llm_costs_at_most_the_timeout() {
     let mut req = confident_calls(&t);
     req.retry.token_timeout = Duration::from_millis(300);
     let hung = Arc::new(FlakyLlm {
-        inner: t.llm.clone(),
-        fail_first: AtomicUsize::new(0),
-        always_fail: false,
         hang: Some(Duration::from_secs(3)),
+        ..FlakyLlm::new(t.llm.clone())
     });
     let started = Instant::now();
     let out = relay(&pair(&t, t.slm.clone(), hung), &req, |_| {}).unwrap();
@@ -683,9 +700,9 @@ fn read_ahead_changes_where_the_llm_reads_and_nothing_else() {
     assert_eq!(t.llm.num_sequences(), 0, "the LLM sequence is freed");
 
     // Reads fail half-way (the cache left half-filled); calls do not.
-    let failing = Arc::new(FailingReads {
-        inner: t.llm.clone(),
-        reads: AtomicUsize::new(0),
+    let failing = Arc::new(FlakyLlm {
+        fail_reads: true,
+        ..FlakyLlm::new(t.llm.clone())
     });
     let mut ahead = pair(&t, t.slm.clone(), failing.clone());
     ahead.llm_read_ahead = 3;
@@ -698,47 +715,4 @@ fn read_ahead_changes_where_the_llm_reads_and_nothing_else() {
     );
     assert_eq!(out.llm_read_ahead_tokens, 0);
     assert_eq!(t.llm.num_sequences(), 0);
-}
-
-/// An LLM whose background reads (prefills on the read-ahead thread) fail after reading half.
-struct FailingReads {
-    inner: Arc<CandleEngine>,
-    reads: AtomicUsize,
-}
-
-impl Engine for FailingReads {
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-    fn create_sequence(&self) -> relay_engine::Result<SeqId> {
-        self.inner.create_sequence()
-    }
-    fn prefill(&self, seq: SeqId, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
-        if std::thread::current().name() == Some("relay-llm-read-ahead") {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            self.inner.prefill(seq, &tokens[..tokens.len() / 2])?;
-            return Err(relay_engine::EngineError::InvalidInput(
-                "read failed (test)".into(),
-            ));
-        }
-        self.inner.prefill(seq, tokens)
-    }
-    fn step(&self, batch: &[(SeqId, u32)]) -> relay_engine::Result<Vec<Vec<f32>>> {
-        self.inner.step(batch)
-    }
-    fn seq_len(&self, seq: SeqId) -> relay_engine::Result<usize> {
-        self.inner.seq_len(seq)
-    }
-    fn truncate(&self, seq: SeqId, len: usize) -> relay_engine::Result<()> {
-        self.inner.truncate(seq, len)
-    }
-    fn fork(&self, seq: SeqId) -> relay_engine::Result<SeqId> {
-        self.inner.fork(seq)
-    }
-    fn free(&self, seq: SeqId) -> relay_engine::Result<()> {
-        self.inner.free(seq)
-    }
-    fn score(&self, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
-        self.inner.score(tokens)
-    }
 }

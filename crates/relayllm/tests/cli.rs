@@ -53,25 +53,35 @@ fn generate_json_is_deterministic_and_matches_the_stream() {
     );
 }
 
-#[test]
-fn relay_json_has_text_tokens_and_a_consistent_trace() {
-    let dir = tempfile::tempdir().unwrap();
-    let (slm, llm) = write_tiny_pair(dir.path(), 512);
-    let out = ok(bin()
+/// `relayllm relay` on a tiny pair, the confidence policy calling at every chance, plus `args`;
+/// its stdout.
+fn relay_on(slm: &std::path::Path, llm: &std::path::Path, args: &[&str]) -> String {
+    ok(bin()
         .args(["relay", "--slm"])
-        .arg(&slm)
+        .arg(slm)
         .arg("--llm")
-        .arg(&llm)
+        .arg(llm)
         .args([
             "--prompt",
             "What is 3*4?",
             "--chat",
             "--policy",
             "confidence",
-            "--threshold",
-            "0.99",
         ])
-        .args([
+        .args(["--threshold", "0.99"])
+        .args(args)
+        .output()
+        .unwrap())
+}
+
+#[test]
+fn relay_json_has_text_tokens_and_a_consistent_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
+    let out = relay_on(
+        &slm,
+        &llm,
+        &[
             "--call-tokens",
             "4",
             "--cooldown",
@@ -79,9 +89,8 @@ fn relay_json_has_text_tokens_and_a_consistent_trace() {
             "--max-tokens",
             "30",
             "--json",
-        ])
-        .output()
-        .unwrap());
+        ],
+    );
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     let trace = &v["trace"];
     let calls = trace["calls"].as_array().unwrap();
@@ -94,21 +103,10 @@ fn relay_json_has_text_tokens_and_a_consistent_trace() {
     let ratio = trace["call_ratio"].as_f64().unwrap();
     assert!((ratio - llm_tokens as f64 / tokens as f64).abs() < 1e-9);
     // Human output: LLM spans bracketed, and the one-line summary.
-    let text = ok(bin()
-        .args(["relay", "--slm"])
-        .arg(&slm)
-        .arg("--llm")
-        .arg(&llm)
-        .args([
-            "--prompt",
-            "What is 3*4?",
-            "--chat",
-            "--policy",
-            "confidence",
-            "--threshold",
-            "0.99",
-        ])
-        .args([
+    let text = relay_on(
+        &slm,
+        &llm,
+        &[
             "--call-tokens",
             "4",
             "--cooldown",
@@ -117,9 +115,8 @@ fn relay_json_has_text_tokens_and_a_consistent_trace() {
             "30",
             "--mark",
             "brackets",
-        ])
-        .output()
-        .unwrap());
+        ],
+    );
     assert!(text.contains("[[") && text.contains("]]"), "{text}");
     assert!(
         text.lines().last().unwrap().contains("call ratio"),
@@ -133,35 +130,22 @@ fn relay_read_ahead_gives_the_same_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (slm, llm) = write_tiny_pair(dir.path(), 512);
     let run = |read_ahead: &str| -> Value {
-        let out = ok(bin()
-            .args(["relay", "--slm"])
-            .arg(&slm)
-            .arg("--llm")
-            .arg(&llm)
-            .args([
-                "--prompt",
-                "What is 3*4?",
-                "--chat",
-                "--policy",
-                "confidence",
-            ])
-            .args([
-                "--threshold",
-                "0.99",
+        let out = relay_on(
+            &slm,
+            &llm,
+            &[
                 "--call-tokens",
                 "2",
                 "--cooldown",
                 "10",
-            ])
-            .args([
                 "--max-tokens",
                 "40",
                 "--json",
-                "--llm-read-ahead",
-                read_ahead,
-            ])
-            .output()
-            .unwrap());
+            ]
+            .into_iter()
+            .chain(["--llm-read-ahead", read_ahead])
+            .collect::<Vec<_>>(),
+        );
         serde_json::from_str(out.trim()).unwrap()
     };
     let (plain, ahead) = (run("0"), run("3"));
