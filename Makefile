@@ -69,12 +69,21 @@ bench: models llama-cpp
 
 # The llama.cpp engine against llama-bench. ggml is compiled for this CPU (target-cpu=native, as
 # the llama-bench build uses GGML_NATIVE) in its own target folder; the default build's ggml
-# gets only the baseline x86-64 instructions.
+# gets only the baseline x86-64 instructions. AMX is off, as in the llama-bench build
+# (scripts/build-llama-cpp.sh), so both run the same kernels: llama.cpp's AMX path decodes one
+# sequence of Q4_K/Q6_K weights slower than its AVX-512 one (docs/results/speed.md).
 BIN_NATIVE := target/native/release/relayllm
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 bench-llama-cpp: models llama-cpp
-	RUSTFLAGS="-C target-cpu=native" $(CARGO) build --release -p relayllm --features llama-cpp --target-dir target/native
+	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" RUSTFLAGS="-C target-cpu=native" \
+	    $(CARGO) build --release -p relayllm --features llama-cpp --target-dir target/native
+	@# The engine's defaults (F32 KV cache, no flash attention), then llama-bench's own.
 	$(BIN_NATIVE) bench decode --engine llama-cpp --model llm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
 	$(BIN_NATIVE) bench decode --engine llama-cpp --model slm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
+	RELAYLLM_LLAMA_KV_TYPE=f16 RELAYLLM_LLAMA_FLASH_ATTN=auto \
+	    $(BIN_NATIVE) bench decode --engine llama-cpp --model llm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
+	RELAYLLM_LLAMA_KV_TYPE=f16 RELAYLLM_LLAMA_FLASH_ATTN=auto \
+	    $(BIN_NATIVE) bench decode --engine llama-cpp --model slm --threads 2 --llama-bench third_party/llama.cpp/build/bin/llama-bench
 
 # Relay overhead and KV-reuse savings on the real pair.
 bench-relay: models

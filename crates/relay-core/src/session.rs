@@ -438,13 +438,19 @@ impl RelaySession {
         matches!(self.phase, Phase::Done(_))
     }
 
-    /// Response tokens still allowed.
     /// Whether the call budget (`max_calls`) has room for another call. Calls for the rest of
     /// the response (`llm-only`, `random-query`) are exempt from it and may come regardless.
     pub fn call_budget_left(&self) -> bool {
         self.calls.len() < self.limits.max_calls
     }
 
+    /// Whether a budgeted call may still come: the policy calls at all and
+    /// [`call_budget_left`](Self::call_budget_left).
+    pub fn may_call(&self) -> bool {
+        self.policy.may_call() && self.call_budget_left()
+    }
+
+    /// Response tokens still allowed.
     pub fn remaining_tokens(&self) -> usize {
         self.limits
             .max_response_tokens

@@ -236,6 +236,22 @@ fn max_calls_reached_ignores_further_tags() {
 }
 
 #[test]
+fn no_call_may_come_from_a_policy_that_never_calls_or_once_the_budget_is_spent() {
+    let script = slm(&["<call>1</call>", " x", EOS]);
+    let one_call = drive(&config("tag"), &script, &llm(&["A"]));
+    assert_eq!(one_call.trace.calls.len(), 1);
+    assert!(one_call.session.may_call(), "budget left after one call");
+    let mut c = config("tag");
+    c.limits.max_calls = 1;
+    let spent = drive(&c, &script, &llm(&["A"]));
+    assert_eq!(spent.trace.calls.len(), 1);
+    assert!(!spent.session.may_call(), "the one budgeted call is spent");
+    let never = drive(&config("slm-only"), &script, &llm(&["A"]));
+    assert!(never.trace.calls.is_empty());
+    assert!(!never.session.may_call(), "slm-only never calls");
+}
+
+#[test]
 fn budget_reached_mid_call_cuts_the_call_and_ends_the_response() {
     let mut c = config("tag");
     c.limits.max_response_tokens = 6;

@@ -69,6 +69,20 @@ fn flash_attn() -> i32 {
     }
 }
 
+/// The cache settings engines loaded now get, for reports: `KV f32, flash attention off`.
+pub fn cache_settings() -> String {
+    let kv = match kv_type() {
+        KvCacheType::F16 => "f16",
+        _ => "f32",
+    };
+    let fa = match flash_attn() {
+        1 => "on",
+        -1 => "auto",
+        _ => "off",
+    };
+    format!("KV {kv}, flash attention {fa}")
+}
+
 fn llama_err(what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::LlamaCpp(format!("{what}: {e}"))
 }

@@ -512,7 +512,7 @@ fn read_ahead(
     }
     // No call can read it: the budget is spent (a rest-of-response call is exempt, but those
     // policies call before the SLM writes much) or the policy never calls.
-    if !session.call_budget_left() || session.policy_name() == "slm-only" {
+    if !session.may_call() {
         return;
     }
     if llm

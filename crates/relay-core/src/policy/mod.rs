@@ -68,6 +68,12 @@ pub trait CallPolicy: Send + fmt::Debug {
         false
     }
 
+    /// Whether this policy ever asks for a call. A driver need not prepare the LLM (read
+    /// ahead, open its sequence) for one that does not.
+    fn may_call(&self) -> bool {
+        true
+    }
+
     /// Before the first token: a call here hands the response to the LLM from the start.
     fn on_start(&mut self) -> Option<CallLength> {
         None

@@ -9,4 +9,8 @@ impl CallPolicy for SlmOnlyPolicy {
     fn name(&self) -> &'static str {
         "slm-only"
     }
+
+    fn may_call(&self) -> bool {
+        false
+    }
 }

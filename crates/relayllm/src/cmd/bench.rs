@@ -187,9 +187,11 @@ fn decode(args: DecodeArgs) -> Result<()> {
         Some(bin) => Some(llama_bench(bin, &path, threads, &args)?),
         None => None,
     };
+    let settings = engine_settings(engine_kind);
     let mut report = json!({
         "model": path.display().to_string(),
         "engine": args.engine,
+        "engine_settings": settings,
         "threads": threads,
         "prompt_tokens": ours.prompt_tokens,
         "gen_tokens": ours.gen_tokens,
@@ -207,7 +209,15 @@ fn decode(args: DecodeArgs) -> Result<()> {
         println!("{report}");
         return Ok(());
     }
-    println!("{} [{}; {} threads]", path.display(), args.engine, threads);
+    match &settings {
+        Some(settings) => println!(
+            "{} [{}; {} threads; {settings}]",
+            path.display(),
+            args.engine,
+            threads
+        ),
+        None => println!("{} [{}; {} threads]", path.display(), args.engine, threads),
+    }
     println!(
         "  prefill {:8.1} tok/s   decode {:6.1} tok/s   (median of {})",
         ours.prefill_tps, ours.decode_tps, ours.runs
@@ -224,6 +234,17 @@ fn decode(args: DecodeArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Settings that change what the engine measures, where it has any (the llama.cpp engine's
+/// KV cache type and flash attention, set through the environment).
+fn engine_settings(kind: EngineKind) -> Option<String> {
+    #[cfg(feature = "llama-cpp")]
+    if kind == EngineKind::LlamaCpp {
+        return Some(relay_engine::llama_cpp::cache_settings());
+    }
+    let _ = kind;
+    None
 }
 
 const BENCH_PROMPTS: [&str; 3] = [
