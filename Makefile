@@ -7,7 +7,7 @@ BIN := target/release/relayllm
 GSM8K ?= $(firstword $(wildcard ../shared/data/benchmarks/gsm8k.jsonl) data/gsm8k.jsonl)
 DEMO_N ?= 3
 
-.PHONY: setup build models demo test test-llama-cpp test-real parity bench bench-llama-cpp bench-relay llama-cpp
+.PHONY: setup build models demo test test-llama-cpp test-real parity bench bench-llama-cpp bench-relay bench-relay-split llama-cpp
 
 # System packages the build and the tests need (Debian). Skipped when already present.
 setup:
@@ -88,3 +88,8 @@ bench-llama-cpp: models llama-cpp
 # Relay overhead and KV-reuse savings on the real pair.
 bench-relay: models
 	$(BIN) bench relay --policy confidence --threshold 0.4 --call-tokens 12 --cooldown 8 --max-calls 8
+
+# The same with the LLM on hardware of its own: a llama-server pinned to the last core, the relay
+# on the first, without and with read-ahead, 3 interleaved rounds (~45 min on GSM8K's first 10).
+bench-relay-split: models llama-cpp
+	scripts/bench-relay-split.sh 0 1 16
