@@ -209,15 +209,13 @@ fn decode(args: DecodeArgs) -> Result<()> {
         println!("{report}");
         return Ok(());
     }
-    match &settings {
-        Some(settings) => println!(
-            "{} [{}; {} threads; {settings}]",
-            path.display(),
-            args.engine,
-            threads
-        ),
-        None => println!("{} [{}; {} threads]", path.display(), args.engine, threads),
-    }
+    let settings = settings.map(|s| format!("; {s}")).unwrap_or_default();
+    println!(
+        "{} [{}; {} threads{settings}]",
+        path.display(),
+        args.engine,
+        threads
+    );
     println!(
         "  prefill {:8.1} tok/s   decode {:6.1} tok/s   (median of {})",
         ours.prefill_tps, ours.decode_tps, ours.runs
