@@ -53,15 +53,6 @@ struct HeadLogprobs {
     rows: usize,
 }
 
-impl HeadLogprobs {
-    /// The chunks' row ranges.
-    fn chunks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..n)
-            .step_by(self.rows)
-            .map(move |r| (r, self.rows.min(n - r)))
-    }
-}
-
 /// `exp(logits - rowmax)` of `[rows, vocab]` logits, its row sums and the row maxima.
 fn shifted_exp(logits: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let max = logits.max_keepdim(D::Minus1)?;
@@ -90,17 +81,8 @@ impl CustomOp2 for HeadLogprobs {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = tensor_of(s1, l1)?;
         let w = tensor_of(s2, l2)?;
-        let n = x.dim(0)?;
-        let mut out = Vec::with_capacity(n);
-        for (r, len) in self.chunks(n) {
-            let logits = x.narrow(0, r, len)?.matmul(&w.t()?)?;
-            let (_, sum, max) = shifted_exp(&logits)?;
-            let lse = (sum.log()? + max)?.flatten_all()?.to_vec1::<f32>()?;
-            let idx = Tensor::new(&self.targets[r..r + len], &Device::Cpu)?.unsqueeze(1)?;
-            let picked = logits.gather(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
-            out.extend(picked.iter().zip(&lse).map(|(p, l)| p - l));
-        }
-        Ok((CpuStorage::F32(out), Shape::from(n)))
+        let (out, _) = head_forward(&x, &w, &self.targets, self.rows, false)?;
+        Ok((CpuStorage::F32(out), Shape::from(x.dim(0)?)))
     }
 
     /// d out_t / d logits_t = onehot(target_t) − softmax(logits_t).
@@ -112,33 +94,95 @@ impl CustomOp2 for HeadLogprobs {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let want_w = w.track_op();
-        let (x, w) = (x.detach(), w.detach());
         let g = grad.detach().to_vec1::<f32>()?;
-        let (n, vocab) = (x.dim(0)?, w.dim(0)?);
-        let mut dx = Vec::with_capacity(n / self.rows + 1);
-        let mut dw: Option<Tensor> = None;
-        for (r, len) in self.chunks(n) {
-            let xc = x.narrow(0, r, len)?;
-            let p = softmax_rows(&xc.matmul(&w.t()?)?)?;
-            let mut d = p.flatten_all()?.to_vec1::<f32>()?;
-            for i in 0..len {
-                let gi = g[r + i];
-                let row = &mut d[i * vocab..(i + 1) * vocab];
-                row.iter_mut().for_each(|v| *v *= -gi);
-                row[self.targets[r + i] as usize] += gi;
-            }
-            let d = Tensor::from_vec(d, (len, vocab), &Device::Cpu)?;
-            dx.push(d.matmul(&w)?);
-            if want_w {
-                let part = d.t()?.matmul(&xc)?;
-                dw = Some(match dw {
-                    None => part,
-                    Some(acc) => (acc + part)?,
-                });
-            }
-        }
-        Ok((Some(Tensor::cat(&dx, 0)?), dw))
+        let (dx, dw) = head_backward(
+            &x.detach(),
+            &w.detach(),
+            &self.targets,
+            &g,
+            self.rows,
+            want_w,
+            None,
+        )?;
+        Ok((Some(dx), dw))
     }
+}
+
+/// The rows' chunks: `(start, len)` with at most `rows` rows each.
+fn chunks(n: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let rows = rows.max(1);
+    (0..n).step_by(rows).map(move |r| (r, rows.min(n - r)))
+}
+
+/// `log_softmax(x Wᵀ)[t, targets[t]]` for each row of `x: [n, d]` (`w: [vocab, d]`), computed
+/// `rows` rows of logits at a time. The forward of [`head_logprobs`], also called directly by
+/// [`crate::backprop`], which can `keep` each chunk's softmax for [`head_backward`] (it then
+/// skips the recomputation, the largest matmul of the backward pass).
+pub(crate) fn head_forward(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    rows: usize,
+    keep: bool,
+) -> candle_core::Result<(Vec<f32>, Option<Vec<Tensor>>)> {
+    let n = x.dim(0)?;
+    let mut out = Vec::with_capacity(n);
+    let mut probs = Vec::new();
+    for (r, len) in chunks(n, rows) {
+        let logits = x.narrow(0, r, len)?.matmul(&w.t()?)?;
+        let (e, sum, max) = shifted_exp(&logits)?;
+        if keep {
+            probs.push(e.broadcast_div(&sum)?);
+        }
+        let lse = (sum.log()? + max)?.flatten_all()?.to_vec1::<f32>()?;
+        let idx = Tensor::new(&targets[r..r + len], &Device::Cpu)?.unsqueeze(1)?;
+        let picked = logits.gather(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        out.extend(picked.iter().zip(&lse).map(|(p, l)| p - l));
+    }
+    Ok((out, keep.then_some(probs)))
+}
+
+/// The backward of [`head_forward`] for an upstream gradient `g` (one value per row): the
+/// gradient of `x` and, with `want_w`, of `w`. Recomputes the softmax chunk by chunk unless
+/// the forward kept it (`probs`, the same values).
+pub(crate) fn head_backward(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    g: &[f32],
+    rows: usize,
+    want_w: bool,
+    probs: Option<Vec<Tensor>>,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let (n, vocab) = (x.dim(0)?, w.dim(0)?);
+    let mut kept = probs.map(|p| p.into_iter());
+    let mut dx = Vec::with_capacity(n / rows.max(1) + 1);
+    let mut dw: Option<Tensor> = None;
+    for (r, len) in chunks(n, rows) {
+        let xc = x.narrow(0, r, len)?;
+        let p = match kept.as_mut().and_then(|k| k.next()) {
+            Some(p) => p,
+            None => softmax_rows(&xc.matmul(&w.t()?)?)?,
+        };
+        let mut d = p.flatten_all()?.to_vec1::<f32>()?;
+        drop(p);
+        for i in 0..len {
+            let gi = g[r + i];
+            let row = &mut d[i * vocab..(i + 1) * vocab];
+            row.iter_mut().for_each(|v| *v *= -gi);
+            row[targets[r + i] as usize] += gi;
+        }
+        let d = Tensor::from_vec(d, (len, vocab), &Device::Cpu)?;
+        dx.push(d.matmul(w)?);
+        if want_w {
+            let part = d.t()?.matmul(&xc)?;
+            dw = Some(match dw {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+        }
+    }
+    Ok((Tensor::cat(&dx, 0)?, dw))
 }
 
 /// Grouped-query causal attention. `q: [kv_heads, group · n, hd]` (the query heads of kv head
@@ -162,23 +206,6 @@ struct CausalAttention {
     scale: f64,
 }
 
-impl CausalAttention {
-    /// The attention probabilities of one kv head: `[group · n, n]`.
-    fn probs(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
-        let n = k.dim(0)?;
-        let rows = q.dim(0)?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let mut s = scores.flatten_all()?.to_vec1::<f32>()?;
-        // Row r is position r % n: it sees keys 0..=r % n. The masked scores are -inf, so
-        // their probabilities are exactly 0 and no gradient reaches them.
-        for (r, row) in s.chunks_mut(n).enumerate() {
-            row[r % n + 1..].fill(f32::NEG_INFINITY);
-        }
-        let p = softmax_rows(&Tensor::from_vec(s, (rows, n), &Device::Cpu)?)?;
-        Ok(p)
-    }
-}
-
 impl CustomOp3 for CausalAttention {
     fn name(&self) -> &'static str {
         "causal-attention"
@@ -194,17 +221,10 @@ impl CustomOp3 for CausalAttention {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (q, k, v) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?, tensor_of(s3, l3)?);
-        let heads = k.dim(0)?;
-        let mut out = Vec::with_capacity(q.elem_count());
-        for h in 0..heads {
-            let p = self.probs(&q.get(h)?, &k.get(h)?)?;
-            out.extend(p.matmul(&v.get(h)?)?.flatten_all()?.to_vec1::<f32>()?);
-        }
+        let out = attention_forward(&q, &k, &v, self.scale)?;
         Ok((CpuStorage::F32(out), q.shape().clone()))
     }
 
-    /// With P the probabilities and dO the output's gradient: dV = Pᵀ dO, dP = dO Vᵀ,
-    /// dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = dS K · scale, dK = dSᵀ Q · scale.
     fn bwd(
         &self,
         q: &Tensor,
@@ -213,25 +233,75 @@ impl CustomOp3 for CausalAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, go) = (q.detach(), k.detach(), v.detach(), grad.detach());
-        let heads = k.dim(0)?;
-        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
-        for h in 0..heads {
-            let (qh, kh, vh, goh) = (q.get(h)?, k.get(h)?, v.get(h)?, go.get(h)?);
-            let p = self.probs(&qh, &kh)?;
-            dv.push(p.t()?.matmul(&goh)?);
-            let dp = goh.matmul(&vh.t()?)?;
-            let row = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-            let ds = ((dp.broadcast_sub(&row))? * &p)?;
-            dq.push((ds.matmul(&kh)? * self.scale)?);
-            dk.push((ds.t()?.matmul(&qh)? * self.scale)?);
-        }
-        Ok((
-            Some(Tensor::stack(&dq, 0)?),
-            Some(Tensor::stack(&dk, 0)?),
-            Some(Tensor::stack(&dv, 0)?),
-        ))
+        let (dq, dk, dv) = attention_backward(
+            &q.detach(),
+            &k.detach(),
+            &v.detach(),
+            &grad.detach(),
+            self.scale,
+        )?;
+        Ok((Some(dq), Some(dk), Some(dv)))
     }
+}
+
+/// The attention probabilities of one kv head: `[group · n, n]` for `q: [group · n, hd]`,
+/// `k: [n, hd]`.
+fn attention_probs(q: &Tensor, k: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let n = k.dim(0)?;
+    let rows = q.dim(0)?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let mut s = scores.flatten_all()?.to_vec1::<f32>()?;
+    // Row r is position r % n: it sees keys 0..=r % n. The masked scores are -inf, so
+    // their probabilities are exactly 0 and no gradient reaches them.
+    for (r, row) in s.chunks_mut(n).enumerate() {
+        row[r % n + 1..].fill(f32::NEG_INFINITY);
+    }
+    softmax_rows(&Tensor::from_vec(s, (rows, n), &Device::Cpu)?)
+}
+
+/// The forward of [`causal_attention`] on contiguous inputs, flattened in `q`'s layout.
+pub(crate) fn attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Vec<f32>> {
+    let heads = k.dim(0)?;
+    let mut out = Vec::with_capacity(q.elem_count());
+    for h in 0..heads {
+        let p = attention_probs(&q.get(h)?, &k.get(h)?, scale)?;
+        out.extend(p.matmul(&v.get(h)?)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// The backward of [`causal_attention`] for the output's gradient `go`: `(dq, dk, dv)`.
+/// With P the probabilities: dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
+/// dQ = dS K · scale, dK = dSᵀ Q · scale.
+pub(crate) fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    go: &Tensor,
+    scale: f64,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let heads = k.dim(0)?;
+    let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+    for h in 0..heads {
+        let (qh, kh, vh, goh) = (q.get(h)?, k.get(h)?, v.get(h)?, go.get(h)?);
+        let p = attention_probs(&qh, &kh, scale)?;
+        dv.push(p.t()?.matmul(&goh)?);
+        let dp = goh.matmul(&vh.t()?)?;
+        let row = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+        let ds = ((dp.broadcast_sub(&row))? * &p)?;
+        dq.push((ds.matmul(&kh)? * scale)?);
+        dk.push((ds.t()?.matmul(&qh)? * scale)?);
+    }
+    Ok((
+        Tensor::stack(&dq, 0)?,
+        Tensor::stack(&dk, 0)?,
+        Tensor::stack(&dv, 0)?,
+    ))
 }
 
 /// A (copied) tensor over a custom op's f32 input.

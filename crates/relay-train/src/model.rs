@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor, Var, D};
@@ -25,6 +26,7 @@ use relay_engine::model::LoadedModel;
 use relay_engine::tokenizer::Tokenizer;
 use relay_engine::{CandleEngine, LoadOptions};
 
+use crate::backprop::{Block, Dims, Linear, LoraNet, LoraPair};
 use crate::error::{Result, TrainError};
 use crate::fused;
 
@@ -152,6 +154,10 @@ pub struct TrainModel {
     inv_freq: Vec<f32>,
     /// Attention and the output head through [`crate::fused`]'s recomputing ops.
     fused: bool,
+    /// `Adapter::Lora`: the model as [`crate::backprop`]'s hand-written pass sees it.
+    net: Option<Arc<LoraNet>>,
+    /// Log-probs through `net` (the default with LoRA) rather than candle's autograd.
+    hand_written: bool,
 }
 
 impl TrainModel {
@@ -206,9 +212,13 @@ impl TrainModel {
             }
         }
         let hd = config.head_dim;
-        let inv_freq = (0..hd / 2)
+        let inv_freq: Vec<f32> = (0..hd / 2)
             .map(|i| (1.0 / config.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
             .collect();
+        let net = match &adapter {
+            Adapter::Lora { .. } => Some(Arc::new(lora_net(&config, &base, &lora, &inv_freq)?)),
+            Adapter::Full => None,
+        };
         Ok(Self {
             config,
             source: path.to_path_buf(),
@@ -222,6 +232,8 @@ impl TrainModel {
             lora,
             inv_freq,
             fused: true,
+            hand_written: net.is_some(),
+            net,
         })
     }
 
@@ -328,6 +340,26 @@ impl TrainModel {
         self.fused = fused;
     }
 
+    /// With LoRA, computes log-probs and their gradients with [`crate::backprop`]'s
+    /// hand-written pass (`true`, the default) or with candle's autograd over the written-out
+    /// forward (`false`, the reference the tests hold it to). Full fine-tuning always uses
+    /// autograd.
+    pub fn set_hand_written(&mut self, on: bool) {
+        self.hand_written = on && self.net.is_some();
+    }
+
+    /// Every LoRA matrix, flattened and concatenated in the hand-written pass's order; its
+    /// gradient flows back to each `Var`.
+    fn flat_lora(&self, net: &LoraNet) -> Result<Tensor> {
+        let mut parts = Vec::with_capacity(2 * net.order.len());
+        for module in &net.order {
+            let l = &self.lora[module];
+            parts.push(l.a.as_tensor().flatten_all()?);
+            parts.push(l.b.as_tensor().flatten_all()?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
     fn logprobs(&self, ids: &[u32], from: usize, which: Weights) -> Result<Tensor> {
         self.check_ids(ids)?;
         if from == 0 || from >= ids.len() {
@@ -335,6 +367,16 @@ impl TrainModel {
                 "log-probs from position {from} of {} tokens: need 1 ≤ from < len",
                 ids.len()
             )));
+        }
+        if let (true, Some(net)) = (self.hand_written, &self.net) {
+            return Ok(match which {
+                Weights::Current => net.logprobs(&self.flat_lora(net)?, ids, from)?,
+                Weights::Reference => {
+                    let lp = net.base_logprobs(ids, from)?;
+                    let len = lp.len();
+                    Tensor::from_vec(lp, len, &Device::Cpu)?
+                }
+            });
         }
         let hidden =
             self.hidden(&ids[..ids.len() - 1], which)?
@@ -559,6 +601,83 @@ impl TrainModel {
             Tensor::from_vec(sin, (n, 1, half), &Device::Cpu)?,
         ))
     }
+}
+
+/// The hand-written pass's view of a LoRA model: the frozen base's tensors (shared, not
+/// copied) and the LoRA tensors (sharing storage with their `Var`s).
+fn lora_net(
+    cfg: &ModelConfig,
+    base: &HashMap<String, Tensor>,
+    lora: &BTreeMap<String, Lora>,
+    inv_freq: &[f32],
+) -> Result<LoraNet> {
+    let get = |name: &str| {
+        base.get(name)
+            .cloned()
+            .ok_or_else(|| TrainError::InvalidInput(format!("model has no tensor `{name}`")))
+    };
+    let vec = |name: &str| -> Result<Vec<f32>> { Ok(get(name)?.to_vec1::<f32>()?) };
+    let mut order = Vec::new();
+    let mut linear = |module: String| -> Result<Linear> {
+        let pair = lora.get(&module).map(|l| LoraPair {
+            // Detached (no graph inside the op), still sharing the Vars' storage.
+            a: l.a.as_tensor().detach(),
+            b: l.b.as_tensor().detach(),
+            scale: l.scale,
+            slot: order.len(),
+        });
+        if pair.is_some() {
+            order.push(module.clone());
+        }
+        Ok(Linear {
+            w: get(&format!("{module}.weight"))?,
+            bias: base.get(&format!("{module}.bias")).cloned(),
+            lora: pair,
+        })
+    };
+    let mut blocks = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("model.layers.{i}");
+        let qk_norm = match cfg.arch {
+            Arch::Qwen3 => Some((
+                vec(&format!("{p}.self_attn.q_norm.weight"))?,
+                vec(&format!("{p}.self_attn.k_norm.weight"))?,
+            )),
+            _ => None,
+        };
+        // Slot order: LoraTarget's order within a layer, layers in order.
+        blocks.push(Block {
+            input_norm: vec(&format!("{p}.input_layernorm.weight"))?,
+            post_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
+            qk_norm,
+            q: linear(format!("{p}.self_attn.q_proj"))?,
+            k: linear(format!("{p}.self_attn.k_proj"))?,
+            v: linear(format!("{p}.self_attn.v_proj"))?,
+            o: linear(format!("{p}.self_attn.o_proj"))?,
+            gate: linear(format!("{p}.mlp.gate_proj"))?,
+            up: linear(format!("{p}.mlp.up_proj"))?,
+            down: linear(format!("{p}.mlp.down_proj"))?,
+        });
+    }
+    let head = if base.contains_key("lm_head.weight") {
+        get("lm_head.weight")?
+    } else {
+        get("model.embed_tokens.weight")?
+    };
+    Ok(LoraNet {
+        embed: get("model.embed_tokens.weight")?,
+        blocks,
+        final_norm: vec("model.norm.weight")?,
+        head,
+        dims: Dims {
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            eps: cfg.rms_norm_eps,
+            inv_freq: inv_freq.to_vec(),
+        },
+        order,
+    })
 }
 
 /// `x Wᵀ` for `x: [n, in]`, `W: [out, in]`. A trainable `W` goes through candle's matmul; a

@@ -24,6 +24,42 @@ pub enum BenchCommand {
     /// at once through the batcher (as `serve` and `eval --concurrency` run them) against the
     /// same requests one at a time on the same engine.
     Batch(BatchBenchArgs),
+    /// One LoRA training step (forward, backward, AdamW) over --tokens tokens of a text: each
+    /// part timed, tokens/s, peak memory. `make bench-train` runs it beside PyTorch
+    /// (transformers + peft) on the same GGUF, text, LoRA and threads.
+    Train(TrainBenchArgs),
+}
+
+#[derive(Args)]
+pub struct TrainBenchArgs {
+    /// `slm`, `llm`, a .gguf file, or a safetensors folder.
+    #[arg(long, default_value = "slm")]
+    pub model: String,
+    /// Tokens per step (the text is repeated until it has enough).
+    #[arg(long, default_value_t = 600)]
+    pub tokens: usize,
+    /// LoRA rank on all seven projections (alpha = 2 × rank, as `train sft` defaults).
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed steps (medians are reported); one untimed warm-up step comes first.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// The text to train on [default: a built-in worked solution].
+    #[arg(long)]
+    pub text_file: Option<PathBuf>,
+    /// Compute the gradients with candle's autograd over the written-out forward (the
+    /// trainer's path before the hand-written LoRA pass; same values and gradients).
+    #[arg(long)]
+    pub autograd: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Folder of the fetched pair [default: $RELAYLLM_MODELS_DIR or the repo's models/].
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -107,6 +143,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Decode(args) => decode(args),
         BenchCommand::Relay(args) => relay_bench(args),
         BenchCommand::Batch(args) => batch_bench(args),
+        BenchCommand::Train(args) => train_bench(args),
     }
 }
 
@@ -562,5 +599,103 @@ fn batch_bench(args: BatchBenchArgs) -> Result<()> {
             stats.steps as f64 / stats.batches.max(1) as f64
         );
     }
+    Ok(())
+}
+
+/// A worked solution, the default text of `bench train`.
+const TRAIN_BENCH_TEXT: &str = "Let's solve the problem step by step. We have 3 apples and buy \
+    5 more, so in total we have 3 + 5 = 8 apples. Then we give away half of them, which is \
+    8 / 2 = 4 apples, and we are left with 8 - 4 = 4 apples. ";
+
+fn train_bench(args: TrainBenchArgs) -> Result<()> {
+    use relay_train::bench::{median, peak_rss_mib, StepBench};
+    use relay_train::{Adapter, TrainModel};
+    if args.runs == 0 || args.tokens < 2 || args.lora_rank == 0 {
+        bail!("--runs and --lora-rank must be at least 1, --tokens at least 2");
+    }
+    super::train::set_threads(args.threads);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let models_dir = args.models_dir.clone().unwrap_or_else(default_models_dir);
+    let path = resolve_model_arg(&args.model, &models_dir);
+    let text = match &args.text_file {
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        None => TRAIN_BENCH_TEXT.to_string(),
+    };
+    if text.trim().is_empty() {
+        bail!("the text to train on is empty");
+    }
+    let rank = args.lora_rank;
+    let mut model = TrainModel::load(&path, Adapter::lora(rank, 2.0 * rank as f64), 0)
+        .with_context(|| format!("loading {}", path.display()))?;
+    model.set_hand_written(!args.autograd);
+    let implementation = if args.autograd {
+        "relayllm-autograd"
+    } else {
+        "relayllm"
+    };
+    let once = model.tokenizer().encode(&text, false)?;
+    if once.is_empty() {
+        bail!("the text has no tokens");
+    }
+    let ids: Vec<u32> = once.iter().copied().cycle().take(args.tokens).collect();
+    let mut bench = StepBench::new(&model, ids)?;
+    if !args.json {
+        eprintln!(
+            "measuring one LoRA step of {} ({} tokens, rank {rank}, {threads} threads, {} runs + 1 warm-up)...",
+            path.display(),
+            bench.tokens(),
+            args.runs
+        );
+    }
+    bench.step()?; // warm-up: first-touch allocations, thread pools
+    let mut runs = Vec::with_capacity(args.runs);
+    let mut loss = 0.0;
+    for _ in 0..args.runs {
+        let (t, l) = bench.step()?;
+        runs.push(t);
+        loss = l;
+    }
+    let pick = |f: fn(&relay_train::bench::StepTiming) -> f64| {
+        median(&runs.iter().map(f).collect::<Vec<_>>())
+    };
+    let step_s = pick(|t| t.step_s());
+    let report = json!({
+        "impl": implementation,
+        "model": path.display().to_string(),
+        "tokens": bench.tokens(),
+        "threads": threads,
+        "lora_rank": rank,
+        "trainable_params": model.num_trainable(),
+        "runs": args.runs,
+        "forward_s": pick(|t| t.forward_s),
+        "backward_s": pick(|t| t.backward_s),
+        "optimizer_s": pick(|t| t.optimizer_s),
+        "step_s": step_s,
+        "tokens_per_s": bench.tokens() as f64 / step_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "loss": loss,
+    });
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!(
+        "{} [{implementation}: LoRA r{rank}, {} tokens, {threads} threads]",
+        path.display(),
+        bench.tokens()
+    );
+    println!(
+        "  step {step_s:.2} s = forward {:.2} + backward {:.2} + optimizer {:.3}   {:.1} tok/s   peak RSS {:.0} MiB   (median of {})",
+        pick(|t| t.forward_s),
+        pick(|t| t.backward_s),
+        pick(|t| t.optimizer_s),
+        bench.tokens() as f64 / step_s,
+        peak_rss_mib(),
+        args.runs
+    );
     Ok(())
 }
