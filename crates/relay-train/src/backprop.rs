@@ -21,13 +21,16 @@ use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 
 use crate::fused;
 
-/// A frozen linear layer `x Wᵀ + b` with its LoRA pair, if adapted.
+/// Frozen linear layers that read the same input (q/k/v, gate/up, or one alone), their
+/// matrices stacked by rows so that the forward is one matmul and the input gradient another:
+/// `[x W₁ᵀ + b₁ | x W₂ᵀ + b₂ | …]`, each with its LoRA term if adapted.
 pub(crate) struct Linear {
-    /// `[out, in]`.
+    /// `[Σ out, in]`.
     pub w: Tensor,
-    /// `[out]`.
+    /// `[Σ out]`.
     pub bias: Option<Tensor>,
-    pub lora: Option<LoraPair>,
+    /// Each layer's output width and LoRA pair.
+    pub parts: Vec<(usize, Option<LoraPair>)>,
 }
 
 /// `scale · (x Aᵀ) Bᵀ`, with `A: [rank, in]`, `B: [out, rank]`. The tensors share storage
@@ -46,12 +49,11 @@ pub(crate) struct Block {
     pub post_norm: Vec<f32>,
     /// Qwen3's per-head q/k RMSNorm weights (`[head_dim]`).
     pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    /// q, k, v.
+    pub qkv: Linear,
     pub o: Linear,
-    pub gate: Linear,
-    pub up: Linear,
+    /// gate, up.
+    pub gate_up: Linear,
     pub down: Linear,
 }
 
@@ -83,9 +85,7 @@ struct BlockSaved {
     x: Tensor,
     inv1: Vec<f32>,
     h: Tensor,
-    q_lo: Option<Tensor>,
-    k_lo: Option<Tensor>,
-    v_lo: Option<Tensor>,
+    qkv_lo: LoraInputs,
     /// Qwen3: q and k before their norms, and the norms' inverse RMS per (row, head).
     q_pre: Option<(Vec<f32>, Vec<f32>)>,
     k_pre: Option<(Vec<f32>, Vec<f32>)>,
@@ -95,16 +95,15 @@ struct BlockSaved {
     v: Tensor,
     /// Attention output `[n, heads · head_dim]` (o_proj's input).
     a: Tensor,
-    o_lo: Option<Tensor>,
+    o_lo: LoraInputs,
     x2: Tensor,
     inv2: Vec<f32>,
     h2: Tensor,
     g: Vec<f32>,
     u: Vec<f32>,
-    gate_lo: Option<Tensor>,
-    up_lo: Option<Tensor>,
+    gate_up_lo: LoraInputs,
     m: Tensor,
-    down_lo: Option<Tensor>,
+    down_lo: LoraInputs,
 }
 
 /// What the backward pass reads of a whole forward.
@@ -133,41 +132,65 @@ fn tensor(v: Vec<f32>, shape: &[usize]) -> R<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
+/// Each part's `x Aᵀ` (`None` where not adapted or the adapters are off).
+type LoraInputs = Vec<Option<Tensor>>;
+
 impl Linear {
-    /// `(x Wᵀ + b + scale · (x Aᵀ) Bᵀ, x Aᵀ)`; the LoRA term only with `lora`.
-    fn forward(&self, x: &Tensor, lora: bool) -> R<(Tensor, Option<Tensor>)> {
+    /// Each part's output `x Wᵢᵀ + bᵢ + scale · (x Aᵢᵀ) Bᵢᵀ` (contiguous) and its `x Aᵢᵀ`; the
+    /// LoRA terms only with `lora`.
+    fn forward(&self, x: &Tensor, lora: bool) -> R<(Vec<Tensor>, LoraInputs)> {
         let mut y = x.matmul(&self.w.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
-        match (&self.lora, lora) {
-            (Some(l), true) => {
-                let xa = x.matmul(&l.a.t()?)?;
-                y = (y + (xa.matmul(&l.b.t()?)? * l.scale)?)?;
-                Ok((y, Some(xa)))
+        let (mut ys, mut xas) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for (out, pair) in &self.parts {
+            let mut yi = if self.parts.len() == 1 {
+                y.clone()
+            } else {
+                y.narrow(1, at, *out)?.contiguous()?
+            };
+            at += out;
+            match (pair, lora) {
+                (Some(l), true) => {
+                    let xa = x.matmul(&l.a.t()?)?;
+                    yi = (yi + (xa.matmul(&l.b.t()?)? * l.scale)?)?;
+                    xas.push(Some(xa));
+                }
+                _ => xas.push(None),
             }
-            _ => Ok((y, None)),
+            ys.push(yi);
         }
+        Ok((ys, xas))
     }
 
-    /// The gradient of `x` for the output's gradient `dy`; the LoRA pair's gradients go to
-    /// `grads[slot]`.
+    /// The gradient of `x` for the parts' output gradients `dys`; each LoRA pair's gradients
+    /// go to `grads[slot]`.
     fn backward(
         &self,
         x: &Tensor,
-        xa: Option<&Tensor>,
-        dy: &Tensor,
+        xas: &[Option<Tensor>],
+        dys: &[Tensor],
         grads: &mut [Option<(Tensor, Tensor)>],
     ) -> R<Tensor> {
-        let dx = dy.matmul(&self.w)?;
-        let (Some(l), Some(xa)) = (&self.lora, xa) else {
-            return Ok(dx);
+        let dy = if dys.len() == 1 {
+            dys[0].clone()
+        } else {
+            Tensor::cat(dys, 1)?
         };
-        let dyb = dy.matmul(&l.b)?;
-        let db = (dy.t()?.matmul(xa)? * l.scale)?;
-        let da = (dyb.t()?.matmul(x)? * l.scale)?;
-        grads[l.slot] = Some((da, db));
-        dx + (dyb.matmul(&l.a)? * l.scale)?
+        let mut dx = dy.matmul(&self.w)?;
+        for (((_, pair), xa), dy) in self.parts.iter().zip(xas).zip(dys) {
+            let (Some(l), Some(xa)) = (pair, xa) else {
+                continue;
+            };
+            let dyb = dy.matmul(&l.b)?;
+            let db = (dy.t()?.matmul(xa)? * l.scale)?;
+            let da = (dyb.t()?.matmul(x)? * l.scale)?;
+            grads[l.slot] = Some((da, db));
+            dx = (dx + (dyb.matmul(&l.a)? * l.scale)?)?;
+        }
+        Ok(dx)
     }
 }
 
@@ -268,9 +291,9 @@ impl LoraNet {
             let xv = vec_of(&x)?;
             let (h, inv1) = rms_norm(&xv, &b.input_norm, d.eps);
             let h = tensor(h, &[n, hidden])?;
-            let (q, q_lo) = b.q.forward(&h, lora)?;
-            let (k, k_lo) = b.k.forward(&h, lora)?;
-            let (v, v_lo) = b.v.forward(&h, lora)?;
+            let (qkv, qkv_lo) = b.qkv.forward(&h, lora)?;
+            let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
+                .map_err(|_| candle_core::Error::Msg("q/k/v: three parts expected".into()))?;
             let (mut q, mut k) = (vec_of(&q)?, vec_of(&k)?);
             let (mut q_pre, mut k_pre) = (None, None);
             if let Some((qn, kn)) = &b.qk_norm {
@@ -288,14 +311,13 @@ impl LoraNet {
             let att = fused::attention_forward(&qa, &ka, &va, scale)?;
             let a = swap01(&tensor(att, &[nh, n, hd])?, nh, n, hd)?.reshape((n, nh * hd))?;
             let (o, o_lo) = b.o.forward(&a, lora)?;
-            let x2 = (&x + o)?;
+            let x2 = (&x + &o[0])?;
 
             let x2v = vec_of(&x2)?;
             let (h2, inv2) = rms_norm(&x2v, &b.post_norm, d.eps);
             let h2 = tensor(h2, &[n, hidden])?;
-            let (g, gate_lo) = b.gate.forward(&h2, lora)?;
-            let (u, up_lo) = b.up.forward(&h2, lora)?;
-            let (g, u) = (vec_of(&g)?, vec_of(&u)?);
+            let (gu, gate_up_lo) = b.gate_up.forward(&h2, lora)?;
+            let (g, u) = (vec_of(&gu[0])?, vec_of(&gu[1])?);
             let m: Vec<f32> = g
                 .iter()
                 .zip(&u)
@@ -303,15 +325,13 @@ impl LoraNet {
                 .collect();
             let m = tensor(m, &[n, g.len() / n])?;
             let (down, down_lo) = b.down.forward(&m, lora)?;
-            let next = (&x2 + down)?;
+            let next = (&x2 + &down[0])?;
             if save {
                 saved.push(BlockSaved {
                     x,
                     inv1,
                     h,
-                    q_lo,
-                    k_lo,
-                    v_lo,
+                    qkv_lo,
                     q_pre,
                     k_pre,
                     q: qa,
@@ -324,8 +344,7 @@ impl LoraNet {
                     h2,
                     g,
                     u,
-                    gate_lo,
-                    up_lo,
+                    gate_up_lo,
                     m,
                     down_lo,
                 });
@@ -377,10 +396,10 @@ impl LoraNet {
         let mut grads: Vec<Option<(Tensor, Tensor)>> = vec![None; self.order.len()];
         for (b, sv) in self.blocks.iter().zip(s.blocks).rev() {
             // MLP.
-            let dm = vec_of(
-                &b.down
-                    .backward(&sv.m, sv.down_lo.as_ref(), &dy, &mut grads)?,
-            )?;
+            let dm = b
+                .down
+                .backward(&sv.m, &sv.down_lo, std::slice::from_ref(&dy), &mut grads)?;
+            let dm = vec_of(&dm)?;
             let inter = sv.g.len() / n;
             let (mut dg, mut du) = (vec![0f32; dm.len()], vec![0f32; dm.len()]);
             for i in 0..dm.len() {
@@ -389,17 +408,12 @@ impl LoraNet {
                 du[i] = dm[i] * gv * sg;
                 dg[i] = dm[i] * uv * sg * (1.0 + gv * (1.0 - sg));
             }
-            let dh2 = (b.gate.backward(
+            let dh2 = b.gate_up.backward(
                 &sv.h2,
-                sv.gate_lo.as_ref(),
-                &tensor(dg, &[n, inter])?,
+                &sv.gate_up_lo,
+                &[tensor(dg, &[n, inter])?, tensor(du, &[n, inter])?],
                 &mut grads,
-            )? + b.up.backward(
-                &sv.h2,
-                sv.up_lo.as_ref(),
-                &tensor(du, &[n, inter])?,
-                &mut grads,
-            )?)?;
+            )?;
             let dx2 = (&dy
                 + tensor(
                     rms_norm_backward(&vec_of(&sv.x2)?, &sv.inv2, &b.post_norm, &vec_of(&dh2)?),
@@ -407,7 +421,8 @@ impl LoraNet {
                 )?)?;
 
             // Attention.
-            let da = b.o.backward(&sv.a, sv.o_lo.as_ref(), &dx2, &mut grads)?;
+            let da =
+                b.o.backward(&sv.a, &sv.o_lo, std::slice::from_ref(&dx2), &mut grads)?;
             let go = swap01(&da, n, nh, hd)?.reshape((nkv, group * n, hd))?;
             let (dq, dk, dv) = fused::attention_backward(&sv.q, &sv.k, &sv.v, &go, scale)?;
             let mut dq = vec_of(&swap01(&dq, nh, n, hd)?)?;
@@ -421,18 +436,16 @@ impl LoraNet {
                 let (pre, inv) = sv.k_pre.as_ref().expect("saved with the norms");
                 dk = rms_norm_backward(pre, inv, kn, &dk);
             }
-            let dh = (b.q.backward(
+            let dh = b.qkv.backward(
                 &sv.h,
-                sv.q_lo.as_ref(),
-                &tensor(dq, &[n, nh * hd])?,
+                &sv.qkv_lo,
+                &[
+                    tensor(dq, &[n, nh * hd])?,
+                    tensor(dk, &[n, nkv * hd])?,
+                    dv.contiguous()?,
+                ],
                 &mut grads,
-            )? + b.k.backward(
-                &sv.h,
-                sv.k_lo.as_ref(),
-                &tensor(dk, &[n, nkv * hd])?,
-                &mut grads,
-            )?)?;
-            let dh = (dh + b.v.backward(&sv.h, sv.v_lo.as_ref(), &dv, &mut grads)?)?;
+            )?;
             dy = (dx2
                 + tensor(
                     rms_norm_backward(&vec_of(&sv.x)?, &sv.inv1, &b.input_norm, &vec_of(&dh)?),

@@ -168,7 +168,7 @@ impl TrainModel {
         let tokenizer = Tokenizer::load_for_model(path)?;
         let template = ChatTemplate::load_for_model(path).ok();
         let config = dense.config;
-        let base = dense.tensors;
+        let mut base = dense.tensors;
         let mut full = BTreeMap::new();
         let mut lora = BTreeMap::new();
         match &adapter {
@@ -216,7 +216,7 @@ impl TrainModel {
             .map(|i| (1.0 / config.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
             .collect();
         let net = match &adapter {
-            Adapter::Lora { .. } => Some(Arc::new(lora_net(&config, &base, &lora, &inv_freq)?)),
+            Adapter::Lora { .. } => Some(Arc::new(lora_net(&config, &mut base, &lora, &inv_freq)?)),
             Adapter::Full => None,
         };
         Ok(Self {
@@ -607,67 +607,99 @@ impl TrainModel {
 /// copied) and the LoRA tensors (sharing storage with their `Var`s).
 fn lora_net(
     cfg: &ModelConfig,
-    base: &HashMap<String, Tensor>,
+    base: &mut HashMap<String, Tensor>,
     lora: &BTreeMap<String, Lora>,
     inv_freq: &[f32],
 ) -> Result<LoraNet> {
-    let get = |name: &str| {
-        base.get(name)
-            .cloned()
-            .ok_or_else(|| TrainError::InvalidInput(format!("model has no tensor `{name}`")))
+    let vec = |base: &HashMap<String, Tensor>, name: &str| -> Result<Vec<f32>> {
+        Ok(get_in(base, name)?.to_vec1::<f32>()?)
     };
-    let vec = |name: &str| -> Result<Vec<f32>> { Ok(get(name)?.to_vec1::<f32>()?) };
     let mut order = Vec::new();
-    let mut linear = |module: String| -> Result<Linear> {
-        let pair = lora.get(&module).map(|l| LoraPair {
-            // Detached (no graph inside the op), still sharing the Vars' storage.
-            a: l.a.as_tensor().detach(),
-            b: l.b.as_tensor().detach(),
-            scale: l.scale,
-            slot: order.len(),
-        });
-        if pair.is_some() {
-            order.push(module.clone());
+    // The modules' matrices stacked into one (and the base map's entries made views of it, so
+    // nothing is held twice), with their biases (zeros for a module without one) if any has.
+    let mut linear = |base: &mut HashMap<String, Tensor>, modules: &[String]| -> Result<Linear> {
+        let ws = modules
+            .iter()
+            .map(|m| get_in(base, &format!("{m}.weight")))
+            .collect::<Result<Vec<_>>>()?;
+        let w = if ws.len() == 1 {
+            ws[0].clone()
+        } else {
+            Tensor::cat(&ws, 0)?
+        };
+        let has_bias = modules
+            .iter()
+            .any(|m| base.contains_key(&format!("{m}.bias")));
+        let mut biases = Vec::new();
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for (m, wi) in modules.iter().zip(&ws) {
+            let out = wi.dim(0)?;
+            if ws.len() > 1 {
+                base.insert(format!("{m}.weight"), w.narrow(0, at, out)?);
+            }
+            at += out;
+            if has_bias {
+                biases.push(match base.get(&format!("{m}.bias")) {
+                    Some(b) => b.clone(),
+                    None => Tensor::zeros(out, candle_core::DType::F32, &Device::Cpu)?,
+                });
+            }
+            let pair = lora.get(m).map(|l| LoraPair {
+                // Detached (no graph inside the op), still sharing the Vars' storage.
+                a: l.a.as_tensor().detach(),
+                b: l.b.as_tensor().detach(),
+                scale: l.scale,
+                slot: order.len(),
+            });
+            if pair.is_some() {
+                order.push(m.clone());
+            }
+            parts.push((out, pair));
         }
-        Ok(Linear {
-            w: get(&format!("{module}.weight"))?,
-            bias: base.get(&format!("{module}.bias")).cloned(),
-            lora: pair,
-        })
+        let bias = if has_bias {
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Ok(Linear { w, bias, parts })
     };
     let mut blocks = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
         let qk_norm = match cfg.arch {
             Arch::Qwen3 => Some((
-                vec(&format!("{p}.self_attn.q_norm.weight"))?,
-                vec(&format!("{p}.self_attn.k_norm.weight"))?,
+                vec(base, &format!("{p}.self_attn.q_norm.weight"))?,
+                vec(base, &format!("{p}.self_attn.k_norm.weight"))?,
             )),
             _ => None,
         };
         // Slot order: LoraTarget's order within a layer, layers in order.
         blocks.push(Block {
-            input_norm: vec(&format!("{p}.input_layernorm.weight"))?,
-            post_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
+            input_norm: vec(base, &format!("{p}.input_layernorm.weight"))?,
+            post_norm: vec(base, &format!("{p}.post_attention_layernorm.weight"))?,
             qk_norm,
-            q: linear(format!("{p}.self_attn.q_proj"))?,
-            k: linear(format!("{p}.self_attn.k_proj"))?,
-            v: linear(format!("{p}.self_attn.v_proj"))?,
-            o: linear(format!("{p}.self_attn.o_proj"))?,
-            gate: linear(format!("{p}.mlp.gate_proj"))?,
-            up: linear(format!("{p}.mlp.up_proj"))?,
-            down: linear(format!("{p}.mlp.down_proj"))?,
+            qkv: linear(
+                base,
+                &["q_proj", "k_proj", "v_proj"].map(|m| format!("{p}.self_attn.{m}")),
+            )?,
+            o: linear(base, &[format!("{p}.self_attn.o_proj")])?,
+            gate_up: linear(
+                base,
+                &["gate_proj", "up_proj"].map(|m| format!("{p}.mlp.{m}")),
+            )?,
+            down: linear(base, &[format!("{p}.mlp.down_proj")])?,
         });
     }
     let head = if base.contains_key("lm_head.weight") {
-        get("lm_head.weight")?
+        get_in(base, "lm_head.weight")?
     } else {
-        get("model.embed_tokens.weight")?
+        get_in(base, "model.embed_tokens.weight")?
     };
     Ok(LoraNet {
-        embed: get("model.embed_tokens.weight")?,
+        embed: get_in(base, "model.embed_tokens.weight")?,
         blocks,
-        final_norm: vec("model.norm.weight")?,
+        final_norm: vec(base, "model.norm.weight")?,
         head,
         dims: Dims {
             heads: cfg.num_heads,
@@ -678,6 +710,12 @@ fn lora_net(
         },
         order,
     })
+}
+
+fn get_in(base: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    base.get(name)
+        .cloned()
+        .ok_or_else(|| TrainError::InvalidInput(format!("model has no tensor `{name}`")))
 }
 
 /// `x Wᵀ` for `x: [n, in]`, `W: [out, in]`. A trainable `W` goes through candle's matmul; a
