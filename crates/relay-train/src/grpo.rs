@@ -212,8 +212,30 @@ pub struct StepLog {
     pub clip_fraction: f64,
     pub response_tokens_mean: f64,
     pub trained_tokens: usize,
+    /// Wall time of the rollouts: the rollout engine's build from the current weights
+    /// (`rollout_engine_s`) and the relays.
     pub rollout_s: f64,
+    /// Wall time of the update: `logprob_s + update_s` and a little bookkeeping.
     pub train_s: f64,
+    /// Response tokens the rollouts produced (SLM and LLM).
+    #[serde(default)]
+    pub rollout_tokens: usize,
+    /// `rollout_tokens` per second of the relays (the engine's build not counted).
+    #[serde(default)]
+    pub rollout_tok_s: f64,
+    /// SLM decode steps per batched forward in the rollouts (1.0: one at a time).
+    #[serde(default)]
+    pub rollout_batch_mean: f64,
+    /// Building the rollout engine: merging the current weights and quantizing them.
+    #[serde(default)]
+    pub rollout_engine_s: f64,
+    /// Log-probs the loss needs besides the policy's own: the reference model's. The old
+    /// policy's come free from the first epoch's forward (counted in `update_s`).
+    #[serde(default)]
+    pub logprob_s: f64,
+    /// Forward, backward and optimizer step of the policy loss, every PPO epoch.
+    #[serde(default)]
+    pub update_s: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -729,6 +751,7 @@ pub fn train(
         // Rollouts with the current weights.
         let slm = rollout_model(&model, cfg.rollout_weights, &opts)?;
         let pair = ModelPair::new(slm, llm.clone());
+        let rollout_engine_s = t0.elapsed().as_secs_f64();
         let step_prompts: Vec<&Prompt> = (pos..pos + cfg.prompts_per_step as u64)
             .map(|p| {
                 let order = epoch_order(prompts.len(), cfg.seed, p / n);
@@ -744,6 +767,7 @@ pub fn train(
         }
         drop(pair);
         let rollout_s = t0.elapsed().as_secs_f64();
+        let rollout_tokens: usize = samples.iter().map(|s| s.response_ids.len()).sum();
 
         // The update.
         let t1 = Instant::now();
@@ -756,13 +780,34 @@ pub fn train(
             step: step as usize + 1,
             scenarios,
             rollout_s,
+            rollout_engine_s,
+            rollout_tokens,
+            rollout_tok_s: rollout_tokens as f64 / (rollout_s - rollout_engine_s).max(1e-9),
+            rollout_batch_mean: rollouts.slm_batch_mean,
             trained_tokens: trained as usize,
             lr: schedule.lr(step),
             ..StepLog::default()
         };
         rollout_stats(&samples, &mut entry);
+        // The reference model's log-probs, a forward of their own once per step. The old
+        // policy's need none: they are the first epoch's forward of the policy (the weights
+        // that sampled the rollouts), kept, so they are timed in `update_s`.
+        let t_ref = Instant::now();
+        let refs: Vec<Option<Vec<f32>>> = samples
+            .iter()
+            .zip(&masks)
+            .map(|(s, m)| {
+                if m.iter().all(|m| *m == 0.0) {
+                    return Ok(None);
+                }
+                model
+                    .reference_logprobs_from(&s.ids(), s.prompt_ids.len())
+                    .map(Some)
+            })
+            .collect::<Result<_>>()?;
+        entry.logprob_s = t_ref.elapsed().as_secs_f64();
+        let t_update = Instant::now();
         let mut old: Vec<Option<Vec<f32>>> = vec![None; samples.len()];
-        let mut refs: Vec<Option<Vec<f32>>> = vec![None; samples.len()];
         if trained > 0.0 {
             for epoch in 0..cfg.ppo_epochs {
                 accum.clear();
@@ -777,9 +822,6 @@ pub fn train(
                     let old_i = old[i]
                         .get_or_insert_with(|| new.to_vec1::<f32>().unwrap_or_default())
                         .clone();
-                    if refs[i].is_none() {
-                        refs[i] = Some(model.reference_logprobs_from(&ids, start)?);
-                    }
                     let terms = loss_terms(
                         &new,
                         &old_i,
@@ -804,6 +846,7 @@ pub fn train(
                 entry.clip_fraction = clipped / trained as f64;
             }
         }
+        entry.update_s = t_update.elapsed().as_secs_f64();
         entry.train_s = t1.elapsed().as_secs_f64();
         step += 1;
         pos += cfg.prompts_per_step as u64;

@@ -233,9 +233,16 @@ fn a_step_trains_the_same_with_batched_rollouts() {
         let timeless = |l: &grpo::StepLog| grpo::StepLog {
             rollout_s: 0.0,
             train_s: 0.0,
+            rollout_tok_s: 0.0,
+            rollout_batch_mean: 0.0,
+            rollout_engine_s: 0.0,
+            logprob_s: 0.0,
+            update_s: 0.0,
             ..l.clone()
         };
         assert_eq!(timeless(a), timeless(b), "step {}", a.step);
+        assert_eq!(a.rollout_batch_mean, 1.0);
+        assert!(b.rollout_batch_mean > 1.5, "{}", b.rollout_batch_mean);
     }
     for (name, t1) in &ckpt1.params {
         let t8 = &ckpt8.params[name];
@@ -248,6 +255,29 @@ fn a_step_trains_the_same_with_batched_rollouts() {
             .to_scalar()
             .unwrap();
         assert_eq!(diff, 0.0, "{name} differs");
+    }
+    // The step's timing adds up and counts what the rollouts wrote.
+    let per_step: Vec<usize> = rollouts1
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .fold(vec![0; 2], |mut acc, v| {
+            acc[v["step"].as_u64().unwrap() as usize - 1] +=
+                v["response_tokens"].as_u64().unwrap() as usize;
+            acc
+        });
+    for l in logs1.iter().chain(&logs8) {
+        assert_eq!(l.rollout_tokens, per_step[l.step - 1]);
+        assert!(l.rollout_tokens > 0 && l.rollout_tok_s > 0.0, "{l:?}");
+        assert!(
+            l.rollout_engine_s > 0.0 && l.rollout_engine_s < l.rollout_s,
+            "{l:?}"
+        );
+        assert!(l.logprob_s > 0.0 && l.update_s > 0.0, "{l:?}");
+        let parts = l.logprob_s + l.update_s;
+        assert!(
+            parts <= l.train_s && l.train_s - parts < 0.25 * l.train_s + 0.05,
+            "{l:?}"
+        );
     }
 }
 

@@ -119,7 +119,15 @@ fn resumed_grpo_equals_uninterrupted() {
         s.lines()
             .map(|l| {
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                for k in ["rollout_s", "train_s"] {
+                for k in [
+                    "rollout_s",
+                    "train_s",
+                    "rollout_tok_s",
+                    "rollout_batch_mean",
+                    "rollout_engine_s",
+                    "logprob_s",
+                    "update_s",
+                ] {
                     v.as_object_mut().unwrap().remove(k);
                 }
                 v
