@@ -1,7 +1,8 @@
 //! GRPO on the relay's own rollouts (DESIGN.md, "Training" 3–4).
 //!
 //! A step: for each prompt of the batch, `group` relay runs with the current SLM (the same
-//! [`relay_engine::relay::relay`] as inference, no rollback); each is graded and the group's
+//! [`relay_engine::relay::relay`] as inference, no rollback), all the step's runs at once
+//! through one pair whose decode steps are batched; each is graded and the group's
 //! rewards come from [`relay_core::reward::group_rewards`] (scenarios decided per group);
 //! advantages are `(r - mean) / (std + 1e-6)` within the group. The loss is PPO's clipped
 //! surrogate (ε_low 0.2, ε_high 0.3) plus `kl_coef` × the k3 estimate of KL to the frozen start
@@ -17,9 +18,10 @@ use candle_core::{Tensor, D};
 use relay_core::reward::{group_rewards, RewardKind, RhoKind, Rollout, RolloutCall, Scenario};
 use relay_core::Source;
 use relay_core::{PolicyKind, RelayConfig};
+use relay_engine::batching::DEFAULT_JOIN_WINDOW;
 use relay_engine::chat::ChatMessage;
 use relay_engine::model::{same_vocabulary, LoadedModel, ModelPair};
-use relay_engine::relay::{relay, LlmRetry, RelayRequest};
+use relay_engine::relay::{relay, LlmRetry, RelayPair, RelayRequest};
 use relay_engine::sampling::SamplingParams;
 use relay_engine::LoadOptions;
 use relay_grader::GradeMode;
@@ -27,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The knobs of the objective.
@@ -208,8 +212,30 @@ pub struct StepLog {
     pub clip_fraction: f64,
     pub response_tokens_mean: f64,
     pub trained_tokens: usize,
+    /// Wall time of the rollouts: the rollout engine's build from the current weights
+    /// (`rollout_engine_s`) and the relays.
     pub rollout_s: f64,
+    /// Wall time of the update: `logprob_s + update_s` and a little bookkeeping.
     pub train_s: f64,
+    /// Response tokens the rollouts produced (SLM and LLM).
+    #[serde(default)]
+    pub rollout_tokens: usize,
+    /// `rollout_tokens` per second of the relays (the engine's build not counted).
+    #[serde(default)]
+    pub rollout_tok_s: f64,
+    /// SLM decode steps per batched forward in the rollouts (1.0: one at a time).
+    #[serde(default)]
+    pub rollout_batch_mean: f64,
+    /// Building the rollout engine: merging the current weights and quantizing them.
+    #[serde(default)]
+    pub rollout_engine_s: f64,
+    /// Log-probs the loss needs besides the policy's own: the reference model's. The old
+    /// policy's come free from the first epoch's forward (counted in `update_s`).
+    #[serde(default)]
+    pub logprob_s: f64,
+    /// Forward, backward and optimizer step of the policy loss, every PPO epoch.
+    #[serde(default)]
+    pub update_s: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +323,18 @@ pub struct GrpoConfig {
     /// How the rollout engine stores the current weights: `q8_0` (several times faster
     /// decoding on a CPU; the update still scores tokens in f32) or `f32` (exact).
     pub rollout_weights: RolloutWeights,
+    /// Rollouts of a step run at once, their decode steps batched (1: one after another).
+    /// A speed knob: the samples are the same either way, so a resumed run may change it.
+    #[serde(default = "default_rollout_concurrency")]
+    pub rollout_concurrency: usize,
+}
+
+/// Rollouts at once unless told otherwise (never more than a step has): two groups of 8 in
+/// one batch, while the KV caches of the sequences held at once stay small.
+pub const DEFAULT_ROLLOUT_CONCURRENCY: usize = 16;
+
+fn default_rollout_concurrency() -> usize {
+    DEFAULT_ROLLOUT_CONCURRENCY
 }
 
 /// Storage of the rollout engine's matrices.
@@ -348,13 +386,20 @@ impl GrpoConfig {
             threads: None,
             save_every: 10,
             rollout_weights: RolloutWeights::Q8_0,
+            rollout_concurrency: DEFAULT_ROLLOUT_CONCURRENCY,
         }
     }
 
     fn pinned(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("config serializes");
         if let Some(o) = v.as_object_mut() {
-            for k in ["save_every", "steps", "threads", "rollout_weights"] {
+            for k in [
+                "save_every",
+                "steps",
+                "threads",
+                "rollout_weights",
+                "rollout_concurrency",
+            ] {
                 o.remove(k);
             }
         }
@@ -445,60 +490,183 @@ fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-/// The relay rollouts of one group: `group` runs of `prompt` with the pair.
-#[allow(clippy::too_many_arguments)]
+/// The relay rollouts of one group: `group` runs of `prompt` with the pair (see
+/// [`rollout_step`]).
 pub fn rollout_group(
     pair: &ModelPair,
     cfg: &GrpoConfig,
     prompt: &Prompt,
     step: u64,
 ) -> Result<Vec<Sample>> {
-    let text = if cfg.instruction {
-        relay_grader_instruction(&prompt.problem)
+    Ok(rollout_step(pair, cfg, &[prompt], step)?
+        .groups
+        .pop()
+        .unwrap_or_default())
+}
+
+/// A step's rollouts, and how well their decoding batched.
+#[derive(Debug, Clone)]
+pub struct StepRollouts {
+    /// One group per prompt in the prompts' order, each in rollout order.
+    pub groups: Vec<Vec<Sample>>,
+    /// SLM decode steps per forward (1.0 one at a time): how full the batches were.
+    pub slm_batch_mean: f64,
+}
+
+/// Every rollout of one step: `cfg.group` relay runs of each prompt, one group per prompt in
+/// the prompts' order, each in rollout order, whatever finished first. Up to
+/// [`GrpoConfig::rollout_concurrency`] run at once; the pair's in-process engines then get a
+/// batcher, so their decode steps run as shared batches. Each rollout has its own seed from
+/// (seed, step, prompt, rollout), so a fixed seed samples the same batched or one at a time:
+/// exactly with Q8_0 weights (a batched step's logits are a lone step's), and with F32 up to
+/// the batched matmul's rounding (~1e-5 in a logit), which moves a sample only on a near-tie.
+/// The first error is returned; it stops the rollouts still running.
+pub fn rollout_step(
+    pair: &ModelPair,
+    cfg: &GrpoConfig,
+    prompts: &[&Prompt],
+    step: u64,
+) -> Result<StepRollouts> {
+    let prompt_ids = prompts
+        .iter()
+        .map(|p| {
+            let text = if cfg.instruction {
+                relay_grader_instruction(&p.problem)
+            } else {
+                p.problem.clone()
+            };
+            pair.prompt_ids(&[ChatMessage::user(text)], cfg.chat)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let jobs: Vec<(usize, usize)> = (0..prompts.len())
+        .flat_map(|p| (0..cfg.group).map(move |g| (p, g)))
+        .collect();
+    let workers = cfg.rollout_concurrency.max(1).min(jobs.len().max(1));
+    let mut pair = pair.clone();
+    let batchers = if workers > 1 {
+        pair.batch_local_engines(DEFAULT_JOIN_WINDOW)
     } else {
-        prompt.problem.clone()
+        Vec::new()
     };
-    let (slm_prompt, llm_prompt) = pair.prompt_ids(&[ChatMessage::user(text)], cfg.chat)?;
     let relay_pair = pair.relay_pair();
-    let mut out = Vec::with_capacity(cfg.group);
-    for g in 0..cfg.group {
-        let seed = mix_seed(&[cfg.seed, step, prompt.index as u64, g as u64]);
-        let request = RelayRequest {
-            slm_prompt: slm_prompt.clone(),
-            llm_prompt: llm_prompt.clone(),
-            config: cfg.relay_config(seed),
-            sampling: SamplingParams {
-                temperature: cfg.temperature,
-                top_p: cfg.top_p,
-                top_k: 0,
-                seed,
-            },
-            retry: LlmRetry::default(),
-            cancel: None,
-        };
-        let r = relay(&relay_pair, &request, |_| {})?;
-        let correct = relay_grader::grade(cfg.grader, &prompt.answer, &r.text);
-        out.push(Sample {
-            index: prompt.index,
-            prompt_ids: slm_prompt.clone(),
-            response_ids: r.tokens,
-            sources: r.sources,
-            text: r.text,
-            correct,
-            calls: r
-                .trace
-                .calls
-                .iter()
-                .map(|c| RolloutCall {
-                    requested_n: c.requested_n,
-                    served: c.served as u64,
-                })
-                .collect(),
-            reward: 0.0,
-            advantage: 0.0,
-        });
+    let run = |&(p, g): &(usize, usize), cancel: &Arc<AtomicBool>| {
+        let seed = mix_seed(&[cfg.seed, step, prompts[p].index as u64, g as u64]);
+        rollout_one(&relay_pair, cfg, prompts[p], &prompt_ids[p], seed, cancel)
+    };
+    let mut samples = run_in_order(&jobs, workers, run)?.into_iter();
+    let slm_batch_mean = batchers
+        .iter()
+        .find(|(name, _)| *name == "slm")
+        .map(|(_, b)| b.stats())
+        .filter(|s| s.batches > 0)
+        .map_or(1.0, |s| s.steps as f64 / s.batches as f64);
+    Ok(StepRollouts {
+        groups: prompts
+            .iter()
+            .map(|_| samples.by_ref().take(cfg.group).collect())
+            .collect(),
+        slm_batch_mean,
+    })
+}
+
+/// One relay run of `prompt` (its (SLM, LLM) token ids given), graded; `cancel` stops it.
+fn rollout_one(
+    pair: &RelayPair,
+    cfg: &GrpoConfig,
+    prompt: &Prompt,
+    (slm_prompt, llm_prompt): &(Vec<u32>, Vec<u32>),
+    seed: u64,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Sample> {
+    let request = RelayRequest {
+        slm_prompt: slm_prompt.clone(),
+        llm_prompt: llm_prompt.clone(),
+        config: cfg.relay_config(seed),
+        sampling: SamplingParams {
+            temperature: cfg.temperature,
+            top_p: cfg.top_p,
+            top_k: 0,
+            seed,
+        },
+        retry: LlmRetry::default(),
+        cancel: Some(cancel.clone()),
+    };
+    let r = relay(pair, &request, |_| {})?;
+    let correct = relay_grader::grade(cfg.grader, &prompt.answer, &r.text);
+    Ok(Sample {
+        index: prompt.index,
+        prompt_ids: slm_prompt.clone(),
+        response_ids: r.tokens,
+        sources: r.sources,
+        text: r.text,
+        correct,
+        calls: r
+            .trace
+            .calls
+            .iter()
+            .map(|c| RolloutCall {
+                requested_n: c.requested_n,
+                served: c.served as u64,
+            })
+            .collect(),
+        reward: 0.0,
+        advantage: 0.0,
+    })
+}
+
+/// `f` over `jobs` on up to `workers` threads (on this one when `workers` is 1), results in
+/// the jobs' order. The first error sets the stop flag `f` is given (running jobs may watch
+/// it), no job starts after it, and it is what comes back.
+fn run_in_order<J: Sync, T: Send>(
+    jobs: &[J],
+    workers: usize,
+    f: impl Fn(&J, &Arc<AtomicBool>) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    if workers <= 1 {
+        return jobs.iter().map(|j| f(j, &stop)).collect();
     }
-    Ok(out)
+    let next = AtomicUsize::new(0);
+    let first_error = Mutex::new(None);
+    let mut slots: Vec<Option<T>> = std::iter::repeat_with(|| None).take(jobs.len()).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (next, stop, first_error, f) = (&next, &stop, &first_error, &f);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(job) = jobs.get(i) else { break };
+                        match f(job, stop) {
+                            Ok(t) => done.push((i, t)),
+                            Err(e) => {
+                                stop.store(true, Ordering::SeqCst);
+                                let mut first =
+                                    first_error.lock().unwrap_or_else(|p| p.into_inner());
+                                first.get_or_insert(e);
+                            }
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        for h in handles {
+            // A worker's panic is this thread's panic, as it would be without threads.
+            let done = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            for (i, t) in done {
+                slots[i] = Some(t);
+            }
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(slots
+        .into_iter()
+        .map(|s| s.expect("with no error, every job ran"))
+        .collect())
 }
 
 fn relay_grader_instruction(problem: &str) -> String {
@@ -533,9 +701,13 @@ pub fn train(
     mut on_step: impl FnMut(&StepLog) -> ControlFlow<()>,
 ) -> Result<GrpoSummary> {
     let started = Instant::now();
-    if cfg.group < 2 || cfg.prompts_per_step == 0 || cfg.ppo_epochs == 0 {
+    if cfg.group < 2
+        || cfg.prompts_per_step == 0
+        || cfg.ppo_epochs == 0
+        || cfg.rollout_concurrency == 0
+    {
         return Err(TrainError::InvalidInput(
-            "--group must be at least 2, --prompts-per-step and --ppo-epochs at least 1".into(),
+            "--group must be at least 2, --prompts-per-step, --ppo-epochs and --rollout-concurrency at least 1".into(),
         ));
     }
     let existing = run::prepare(out, resume)?;
@@ -579,17 +751,23 @@ pub fn train(
         // Rollouts with the current weights.
         let slm = rollout_model(&model, cfg.rollout_weights, &opts)?;
         let pair = ModelPair::new(slm, llm.clone());
+        let rollout_engine_s = t0.elapsed().as_secs_f64();
+        let step_prompts: Vec<&Prompt> = (pos..pos + cfg.prompts_per_step as u64)
+            .map(|p| {
+                let order = epoch_order(prompts.len(), cfg.seed, p / n);
+                &prompts[order[(p % n) as usize]]
+            })
+            .collect();
         let mut samples = Vec::new();
         let mut scenarios = ScenarioCounts::default();
-        for p in pos..pos + cfg.prompts_per_step as u64 {
-            let order = epoch_order(prompts.len(), cfg.seed, p / n);
-            let prompt = &prompts[order[(p % n) as usize]];
-            let mut group = rollout_group(&pair, cfg, prompt, step)?;
+        let rollouts = rollout_step(&pair, cfg, &step_prompts, step)?;
+        for mut group in rollouts.groups {
             scenarios.add(score_group(&mut group, cfg.reward, cfg.rho));
             samples.extend(group);
         }
         drop(pair);
         let rollout_s = t0.elapsed().as_secs_f64();
+        let rollout_tokens: usize = samples.iter().map(|s| s.response_ids.len()).sum();
 
         // The update.
         let t1 = Instant::now();
@@ -602,13 +780,34 @@ pub fn train(
             step: step as usize + 1,
             scenarios,
             rollout_s,
+            rollout_engine_s,
+            rollout_tokens,
+            rollout_tok_s: rollout_tokens as f64 / (rollout_s - rollout_engine_s).max(1e-9),
+            rollout_batch_mean: rollouts.slm_batch_mean,
             trained_tokens: trained as usize,
             lr: schedule.lr(step),
             ..StepLog::default()
         };
         rollout_stats(&samples, &mut entry);
+        // The reference model's log-probs, a forward of their own once per step. The old
+        // policy's need none: they are the first epoch's forward of the policy (the weights
+        // that sampled the rollouts), kept, so they are timed in `update_s`.
+        let t_ref = Instant::now();
+        let refs: Vec<Option<Vec<f32>>> = samples
+            .iter()
+            .zip(&masks)
+            .map(|(s, m)| {
+                if m.iter().all(|m| *m == 0.0) {
+                    return Ok(None);
+                }
+                model
+                    .reference_logprobs_from(&s.ids(), s.prompt_ids.len())
+                    .map(Some)
+            })
+            .collect::<Result<_>>()?;
+        entry.logprob_s = t_ref.elapsed().as_secs_f64();
+        let t_update = Instant::now();
         let mut old: Vec<Option<Vec<f32>>> = vec![None; samples.len()];
-        let mut refs: Vec<Option<Vec<f32>>> = vec![None; samples.len()];
         if trained > 0.0 {
             for epoch in 0..cfg.ppo_epochs {
                 accum.clear();
@@ -623,9 +822,6 @@ pub fn train(
                     let old_i = old[i]
                         .get_or_insert_with(|| new.to_vec1::<f32>().unwrap_or_default())
                         .clone();
-                    if refs[i].is_none() {
-                        refs[i] = Some(model.reference_logprobs_from(&ids, start)?);
-                    }
                     let terms = loss_terms(
                         &new,
                         &old_i,
@@ -650,6 +846,7 @@ pub fn train(
                 entry.clip_fraction = clipped / trained as f64;
             }
         }
+        entry.update_s = t_update.elapsed().as_secs_f64();
         entry.train_s = t1.elapsed().as_secs_f64();
         step += 1;
         pos += cfg.prompts_per_step as u64;
@@ -813,6 +1010,61 @@ mod tests {
                     g[i]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn jobs_come_back_in_their_order_whatever_finishes_first() {
+        use std::time::Duration;
+        let jobs: Vec<u64> = (0..40).collect();
+        let want: Vec<u64> = jobs.iter().map(|j| j * 10).collect();
+        for workers in [1, 3, 8, 64] {
+            let out = run_in_order(&jobs, workers, |&j, _| {
+                // Uneven times: jobs finish out of order.
+                std::thread::sleep(Duration::from_millis((40 - j) % 7));
+                Ok(j * 10)
+            })
+            .unwrap();
+            assert_eq!(out, want, "{workers} workers");
+        }
+    }
+
+    #[test]
+    fn the_first_error_comes_back_and_stops_the_other_jobs() {
+        use std::time::Duration;
+        let jobs: Vec<u64> = (0..40).collect();
+        for workers in [1, 4] {
+            let started = AtomicUsize::new(0);
+            let t = Instant::now();
+            let r = run_in_order(&jobs, workers, |&j, stop| {
+                started.fetch_add(1, Ordering::SeqCst);
+                match j {
+                    0..=4 => Ok(j),
+                    5 => Err(TrainError::InvalidInput(format!("job {j} failed"))),
+                    // Running jobs end when the flag is set (as a relay does on `cancel`).
+                    _ => {
+                        let t = Instant::now();
+                        while !stop.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Ok(j)
+                    }
+                }
+            });
+            assert!(
+                matches!(&r, Err(TrainError::InvalidInput(m)) if m == "job 5 failed"),
+                "{workers} workers: {r:?}"
+            );
+            let started = started.into_inner();
+            assert!(
+                // Jobs 0–5, and at most one more per other worker (running or just taken).
+                started < 6 + workers,
+                "{workers} workers: {started} jobs started, none should after the error"
+            );
+            assert!(
+                t.elapsed() < Duration::from_secs(4),
+                "the stop flag reached the running jobs"
+            );
         }
     }
 

@@ -242,6 +242,10 @@ fn train_grpo_logs_checkpoints_resumes_and_reports() {
             "kl",
             "loss",
             "scenarios",
+            "rollout_tokens",
+            "rollout_tok_s",
+            "logprob_s",
+            "update_s",
         ] {
             assert!(s.get(key).is_some(), "{key} missing from {s}");
         }
@@ -257,7 +261,10 @@ fn train_grpo_logs_checkpoints_resumes_and_reports() {
     let again = run("3", &[]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    let summary: Value = serde_json::from_str(ok(run("3", &["--resume"])).trim()).unwrap();
+    // Rollouts one at a time now: a speed knob, not a setting the resume checks.
+    let summary: Value =
+        serde_json::from_str(ok(run("3", &["--resume", "--rollout-concurrency", "1"])).trim())
+            .unwrap();
     assert_eq!(summary["steps"], 3);
     assert_eq!(summary["resumed_from"], 2);
     let log = std::fs::read_to_string(out.join("grpo_log.jsonl")).unwrap();

@@ -120,6 +120,10 @@ pub struct GrpoArgs {
     /// Rollout engine weights: q8_0 (fast CPU decoding) or f32 (exact).
     #[arg(long, default_value = "q8_0")]
     pub rollout_weights: relay_train::grpo::RolloutWeights,
+    /// Rollouts of a step run at once, their decode steps batched (1: one after another); the
+    /// samples are the same either way, and a resumed run may change it.
+    #[arg(long, default_value_t = relay_train::grpo::DEFAULT_ROLLOUT_CONCURRENCY)]
+    pub rollout_concurrency: usize,
     /// Continue from the newest checkpoint in --out (same settings required).
     #[arg(long)]
     pub resume: bool,
@@ -271,6 +275,7 @@ fn grpo(mut args: GrpoArgs) -> Result<()> {
     cfg.threads = args.models.threads;
     cfg.save_every = args.save_every;
     cfg.rollout_weights = args.rollout_weights;
+    cfg.rollout_concurrency = args.rollout_concurrency;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(args.steps);
         bar.set_style(
@@ -281,8 +286,8 @@ fn grpo(mut args: GrpoArgs) -> Result<()> {
     });
     let summary = train(&cfg, &llm, &args.out, args.resume, |l| {
         let msg = format!(
-            "reward {:.3}  acc {:.2}  calls {:.2}  LLM share {:.3}  kl {:.4}  ({:.0}s rollouts, {:.0}s update)",
-            l.reward_mean, l.accuracy, l.call_rate, l.call_ratio, l.kl, l.rollout_s, l.train_s
+            "reward {:.3}  acc {:.2}  calls {:.2}  LLM share {:.3}  kl {:.4}  ({:.0}s rollouts at {:.1} tok/s, {:.0}s update)",
+            l.reward_mean, l.accuracy, l.call_rate, l.call_ratio, l.kl, l.rollout_s, l.rollout_tok_s, l.train_s
         );
         match &bar {
             Some(b) => {
