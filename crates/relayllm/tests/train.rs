@@ -300,3 +300,68 @@ fn train_grpo_logs_checkpoints_resumes_and_reports() {
         "{err}"
     );
 }
+
+/// `bench train` as `make bench-train` runs it: one JSON line with the timed parts, and the
+/// hand-written LoRA pass takes the same first step as candle's autograd (same loss); bad
+/// arguments are refused with a message.
+#[test]
+fn bench_train_times_a_step_and_both_paths_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, _) = write_tiny_pair(dir.path(), 512);
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "three plus five is eight, and half of eight is four. ",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = ok(bin()
+            .args(["bench", "train", "--model"])
+            .arg(&slm)
+            .args([
+                "--tokens",
+                "40",
+                "--runs",
+                "1",
+                "--lora-rank",
+                "4",
+                "--json",
+            ])
+            .arg("--text-file")
+            .arg(&text)
+            .args(extra)
+            .output()
+            .unwrap());
+        serde_json::from_str(out.trim().lines().last().unwrap()).unwrap()
+    };
+    let hand = run(&[]);
+    let auto = run(&["--autograd"]);
+    assert_eq!(hand["impl"], "relayllm");
+    assert_eq!(auto["impl"], "relayllm-autograd");
+    for r in [&hand, &auto] {
+        assert_eq!(r["tokens"], 40);
+        for k in [
+            "forward_s",
+            "backward_s",
+            "optimizer_s",
+            "step_s",
+            "tokens_per_s",
+            "peak_rss_mib",
+        ] {
+            assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {r}");
+        }
+    }
+    let (a, b) = (
+        hand["loss"].as_f64().unwrap(),
+        auto["loss"].as_f64().unwrap(),
+    );
+    assert!(a > 0.5 && (a - b).abs() < 1e-4, "losses {a} and {b}");
+    let out = bin()
+        .args(["bench", "train", "--model"])
+        .arg(&slm)
+        .args(["--tokens", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tokens at least 2"));
+}
