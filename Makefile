@@ -7,7 +7,7 @@ BIN := target/release/relayllm
 GSM8K ?= $(firstword $(wildcard ../shared/data/benchmarks/gsm8k.jsonl) data/gsm8k.jsonl)
 DEMO_N ?= 3
 
-.PHONY: setup build models demo test test-llama-cpp test-real parity bench bench-llama-cpp bench-relay bench-relay-split llama-cpp
+.PHONY: setup build models demo test test-llama-cpp test-real parity bench bench-llama-cpp bench-relay bench-relay-split bench-train llama-cpp
 
 # System packages the build and the tests need (Debian). Skipped when already present.
 setup:
@@ -93,3 +93,47 @@ bench-relay: models
 # on the first, without and with read-ahead, 3 interleaved rounds (~45 min on GSM8K's first 10).
 bench-relay-split: models llama-cpp
 	scripts/bench-relay-split.sh 0 1 16
+
+# relay-train's LoRA step against PyTorch + transformers + peft on the same GGUF, text, LoRA
+# (r16, all seven projections), tokens and threads: 3 interleaved rounds of relayllm, PyTorch
+# f32 and PyTorch bf16, medians and ratios (scripts/bench-train.sh; raw JSON in
+# runs/bench-train/). Not part of `make test`; ~20 min on 2 Xeon cores with AVX-512. Without
+# AVX-512 bf16 (AMD EPYC/Zen 3, AVX2 only) PyTorch has no fast bf16 matmul and a bf16 step takes
+# tens of minutes, so bf16 is measured only where /proc/cpuinfo lists avx512_bf16
+# (BENCH_TRAIN_DTYPES overrides).
+#
+# The PyTorch side lives in its own virtual environment, never the system Python. PyPI's torch
+# for Linux x86-64 is the CUDA build, and its metadata pulls ~2.3 GB of nvidia-*, cuda-* and
+# triton wheels (torch 2.15: 2.8 GB of downloads in all); the CPU-only builds are on PyTorch's
+# own index, which these machines cannot reach. So the environment is installed from a full pin
+# list with `pip --no-deps` (scripts/bench-train-requirements.txt: torch and everything
+# transformers, peft and gguf need, without the CUDA wheels), and scripts/torch_cuda_stubs.py
+# compiles stand-ins for the CUDA libraries torch links against (a CUDA runtime that reports
+# no device; anything else aborts by name). Same torch binaries and CPU kernels as a full
+# install; ~560 MB downloaded instead of 2.8 GB, 1.6 GB on disk. A torch that is then asked for CUDA fails loudly; a
+# machine with a GPU should install torch the ordinary way instead.
+BENCH_TRAIN_VENV := third_party/venv-bench-train
+SLM_GGUF ?= $(or $(RELAYLLM_MODELS_DIR),models)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+BENCH_TRAIN_TOKENS ?= 600
+BENCH_TRAIN_THREADS ?= 2
+BENCH_TRAIN_ROUNDS ?= 3
+# bf16 only where the CPU has bf16 matmuls (avx512_bf16): elsewhere PyTorch's bf16 step falls
+# back to a reference GEMM and takes tens of minutes, which measures nothing useful.
+BENCH_TRAIN_DTYPES ?= f32$(if $(shell grep -m1 -o -w avx512_bf16 /proc/cpuinfo 2>/dev/null), bf16)
+
+$(BENCH_TRAIN_VENV)/.installed: scripts/bench-train-requirements.txt scripts/torch_cuda_stubs.py
+	@if ! python3 -c 'import ensurepip' 2>/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq python3-venv; fi
+	@if ! command -v cc >/dev/null || ! command -v readelf >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq gcc binutils; fi
+	rm -rf $(BENCH_TRAIN_VENV)
+	python3 -m venv $(BENCH_TRAIN_VENV)
+	$(BENCH_TRAIN_VENV)/bin/python -m pip install -q --no-deps -r scripts/bench-train-requirements.txt
+	$(BENCH_TRAIN_VENV)/bin/python scripts/torch_cuda_stubs.py
+	$(BENCH_TRAIN_VENV)/bin/python -c 'import torch, transformers, peft, gguf; assert not torch.cuda.is_available(); \
+	    print("bench-train environment:", torch.__version__, transformers.__version__, peft.__version__)'
+	touch $@
+
+bench-train: build models $(BENCH_TRAIN_VENV)/.installed
+	PYTHON=$(BENCH_TRAIN_VENV)/bin/python DTYPES="$(BENCH_TRAIN_DTYPES)" scripts/bench-train.sh $(BIN) $(SLM_GGUF) \
+	    $(BENCH_TRAIN_TOKENS) $(BENCH_TRAIN_THREADS) $(BENCH_TRAIN_ROUNDS)
