@@ -9,8 +9,11 @@
 //! reads (each layer's input, its normalized inputs, the attention's q/k/v and output, the
 //! MLP's gate/up/product and the `x Aᵀ` of each adapter), and the backward computes the
 //! input gradient of each frozen matrix and the two gradients of each LoRA pair, nothing else.
-//! Attention and the output head reuse [`crate::fused`]'s recomputing kernels, so memory stays
-//! linear in the sequence length.
+//! Activations are plain buffers and the products go through [`crate::mm`] straight into them:
+//! a residual add, a LoRA term and an input gradient summed over matrices are one accumulating
+//! product each, q/k/v and gate/up are column ranges of one packed output, and nothing is
+//! copied to make a view contiguous. Attention and the output head reuse [`crate::fused`]'s
+//! kernels, so memory stays linear in the sequence length.
 //!
 //! The math is [`crate::model`]'s written-out forward (tests hold values and gradients equal).
 //! Full fine-tuning and the unfused reference path still go through candle's autograd.
@@ -18,8 +21,10 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
-use crate::fused;
+use crate::fused::{self, with_values};
+use crate::mm::{self, Mat, MatMut};
 
 /// Frozen linear layers that read the same input (q/k/v, gate/up, or one alone), their
 /// matrices stacked by rows so that the forward is one matmul and the input gradient another:
@@ -80,11 +85,12 @@ pub(crate) struct LoraNet {
     pub order: Vec<String>,
 }
 
-/// What the backward pass reads of one block's forward.
+/// What the backward pass reads of one block's forward. Matrices are row-major, one row per
+/// position.
 struct BlockSaved {
-    x: Tensor,
+    x: Vec<f32>,
     inv1: Vec<f32>,
-    h: Tensor,
+    h: Vec<f32>,
     qkv_lo: LoraInputs,
     /// Qwen3: q and k before their norms, and the norms' inverse RMS per (row, head).
     q_pre: Option<(Vec<f32>, Vec<f32>)>,
@@ -94,27 +100,27 @@ struct BlockSaved {
     k: Tensor,
     v: Tensor,
     /// Attention output `[n, heads · head_dim]` (o_proj's input).
-    a: Tensor,
+    a: Vec<f32>,
     o_lo: LoraInputs,
-    x2: Tensor,
+    x2: Vec<f32>,
     inv2: Vec<f32>,
-    h2: Tensor,
-    g: Vec<f32>,
-    u: Vec<f32>,
+    h2: Vec<f32>,
+    /// gate_up's output `[n, 2 · inter]`: gate, then up.
+    gu: Vec<f32>,
     gate_up_lo: LoraInputs,
-    m: Tensor,
+    m: Vec<f32>,
     down_lo: LoraInputs,
 }
 
 /// What the backward pass reads of a whole forward.
 struct Saved {
     blocks: Vec<BlockSaved>,
-    last: Tensor,
+    last: Vec<f32>,
     inv_last: Vec<f32>,
     /// The head's input rows (normalized final hidden states from `from - 1`).
-    head_in: Tensor,
-    /// The head's softmax, by chunk, when it fits in [`HEAD_KEEP_ELEMS`].
-    head_probs: Option<Vec<Tensor>>,
+    head_in: Vec<f32>,
+    /// The head's softmax, when it fits in [`HEAD_KEEP_ELEMS`].
+    head_probs: Option<Vec<f32>>,
 }
 
 /// The forward keeps the output head's softmax for the backward pass up to this many
@@ -124,71 +130,169 @@ pub const HEAD_KEEP_ELEMS: usize = 128 << 20;
 
 type R<T> = candle_core::Result<T>;
 
-fn vec_of(t: &Tensor) -> R<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
 fn tensor(v: Vec<f32>, shape: &[usize]) -> R<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
-/// Each part's `x Aᵀ` (`None` where not adapted or the adapters are off).
-type LoraInputs = Vec<Option<Tensor>>;
+/// Each part's `x Aᵀ` (`[n, rank]`; `None` where not adapted or the adapters are off).
+type LoraInputs = Vec<Option<Vec<f32>>>;
+
+/// Each adapted module's `(dA, dB)`, by slot.
+type LoraGrads = Vec<Option<(Vec<f32>, Vec<f32>)>>;
+
+/// Columns `at..at + len` of a row-major `[n, width]` buffer, copied.
+fn take_cols(buf: &[f32], width: usize, at: usize, len: usize) -> Vec<f32> {
+    buf.chunks_exact(width)
+        .flat_map(|row| &row[at..at + len])
+        .copied()
+        .collect()
+}
+
+/// `dst += src`, elementwise.
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+}
 
 impl Linear {
-    /// Each part's output `x Wᵢᵀ + bᵢ + scale · (x Aᵢᵀ) Bᵢᵀ` (contiguous) and its `x Aᵢᵀ`; the
-    /// LoRA terms only with `lora`.
-    fn forward(&self, x: &Tensor, lora: bool) -> R<(Vec<Tensor>, LoraInputs)> {
-        let mut y = x.matmul(&self.w.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+    /// The stacked output width `Σ out`.
+    fn width(&self) -> usize {
+        self.parts.iter().map(|(out, _)| out).sum()
+    }
+
+    /// The packed output `[x W₁ᵀ + b₁ + scale · (x A₁ᵀ) B₁ᵀ | …]` for `x: [n, in]` (the LoRA
+    /// terms only with `lora`), added into `acc` when given (a residual stream), and each
+    /// part's `x Aᵢᵀ`.
+    fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        lora: bool,
+        acc: Option<Vec<f32>>,
+    ) -> R<(Vec<f32>, LoraInputs)> {
+        let (width, inp) = (self.width(), x.len() / n.max(1));
+        let accumulate = acc.is_some();
+        let mut y = acc.unwrap_or_else(|| vec![0f32; n * width]);
+        if y.len() != n * width {
+            candle_core::bail!(
+                "linear: {} values to add into, {n} × {width} expected",
+                y.len()
+            );
         }
-        let (mut ys, mut xas) = (Vec::new(), Vec::new());
+        with_values(&self.w, |w| {
+            let w = Mat::new(w, width, inp);
+            mm::gemm(
+                MatMut::new(&mut y, n, width),
+                Mat::new(x, n, inp),
+                w.t(),
+                accumulate,
+                1.0,
+            );
+            Ok(())
+        })?;
+        if let Some(b) = &self.bias {
+            with_values(b, |b| {
+                y.chunks_exact_mut(width).for_each(|row| add_into(row, b));
+                Ok(())
+            })?;
+        }
+        let mut xas = Vec::with_capacity(self.parts.len());
         let mut at = 0;
         for (out, pair) in &self.parts {
-            let mut yi = if self.parts.len() == 1 {
-                y.clone()
-            } else {
-                y.narrow(1, at, *out)?.contiguous()?
-            };
-            at += out;
             match (pair, lora) {
                 (Some(l), true) => {
-                    let xa = x.matmul(&l.a.t()?)?;
-                    yi = (yi + (xa.matmul(&l.b.t()?)? * l.scale)?)?;
+                    let rank = l.a.dim(0)?;
+                    let mut xa = vec![0f32; n * rank];
+                    with_values(&l.a, |a| {
+                        let a = Mat::new(a, rank, inp);
+                        mm::gemm(
+                            MatMut::new(&mut xa, n, rank),
+                            Mat::new(x, n, inp),
+                            a.t(),
+                            false,
+                            1.0,
+                        );
+                        Ok(())
+                    })?;
+                    with_values(&l.b, |b| {
+                        mm::gemm(
+                            MatMut::new(&mut y, n, width).cols(at, *out),
+                            Mat::new(&xa, n, rank),
+                            Mat::new(b, *out, rank).t(),
+                            true,
+                            l.scale as f32,
+                        );
+                        Ok(())
+                    })?;
                     xas.push(Some(xa));
                 }
                 _ => xas.push(None),
             }
-            ys.push(yi);
+            at += out;
         }
-        Ok((ys, xas))
+        Ok((y, xas))
     }
 
-    /// The gradient of `x` for the parts' output gradients `dys`; each LoRA pair's gradients
-    /// go to `grads[slot]`.
+    /// The gradient of `x` (`[n, in]`) for the packed output gradient `dy` (`[n, Σ out]`);
+    /// each LoRA pair's gradients go to `grads[slot]`.
     fn backward(
         &self,
-        x: &Tensor,
-        xas: &[Option<Tensor>],
-        dys: &[Tensor],
-        grads: &mut [Option<(Tensor, Tensor)>],
-    ) -> R<Tensor> {
-        let dy = if dys.len() == 1 {
-            dys[0].clone()
-        } else {
-            Tensor::cat(dys, 1)?
-        };
-        let mut dx = dy.matmul(&self.w)?;
-        for (((_, pair), xa), dy) in self.parts.iter().zip(xas).zip(dys) {
+        x: &[f32],
+        n: usize,
+        xas: &[Option<Vec<f32>>],
+        dy: &[f32],
+        grads: &mut LoraGrads,
+    ) -> R<Vec<f32>> {
+        let (width, inp) = (self.width(), x.len() / n.max(1));
+        let dy_all = Mat::new(dy, n, width);
+        let x = Mat::new(x, n, inp);
+        let mut dx = vec![0f32; n * inp];
+        with_values(&self.w, |w| {
+            mm::gemm(
+                MatMut::new(&mut dx, n, inp),
+                dy_all,
+                Mat::new(w, width, inp),
+                false,
+                1.0,
+            );
+            Ok(())
+        })?;
+        let mut at = 0;
+        for ((out, pair), xa) in self.parts.iter().zip(xas) {
+            let dyi = dy_all.cols(at, *out);
+            at += out;
             let (Some(l), Some(xa)) = (pair, xa) else {
                 continue;
             };
-            let dyb = dy.matmul(&l.b)?;
-            let db = (dy.t()?.matmul(xa)? * l.scale)?;
-            let da = (dyb.t()?.matmul(x)? * l.scale)?;
+            let (rank, scale) = (l.a.dim(0)?, l.scale as f32);
+            let xa = Mat::new(xa, n, rank);
+            // dB = scale · dyᵢᵀ (x Aᵀ); with dyb = dyᵢ B: dA = scale · dybᵀ x, dx += scale · dyb A.
+            let mut db = vec![0f32; out * rank];
+            mm::gemm(MatMut::new(&mut db, *out, rank), dyi.t(), xa, false, scale);
+            let mut dyb = vec![0f32; n * rank];
+            with_values(&l.b, |b| {
+                mm::gemm(
+                    MatMut::new(&mut dyb, n, rank),
+                    dyi,
+                    Mat::new(b, *out, rank),
+                    false,
+                    1.0,
+                );
+                Ok(())
+            })?;
+            let dyb = Mat::new(&dyb, n, rank);
+            let mut da = vec![0f32; rank * inp];
+            mm::gemm(MatMut::new(&mut da, rank, inp), dyb.t(), x, false, scale);
+            with_values(&l.a, |a| {
+                mm::gemm(
+                    MatMut::new(&mut dx, n, inp),
+                    dyb,
+                    Mat::new(a, rank, inp),
+                    true,
+                    scale,
+                );
+                Ok(())
+            })?;
             grads[l.slot] = Some((da, db));
-            dx = (dx + (dyb.matmul(&l.a)? * l.scale)?)?;
         }
         Ok(dx)
     }
@@ -210,15 +314,14 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f64) -> (Vec<f32>, Vec<f32>) {
     (y, inv)
 }
 
-/// The backward of [`rms_norm`]: with x̂ = x · inv and g = dy ⊙ w,
+/// The backward of [`rms_norm`], added into `acc`: with x̂ = x · inv and g = dy ⊙ w,
 /// dx = inv · (g − x̂ · mean(g ⊙ x̂)).
-fn rms_norm_backward(x: &[f32], inv: &[f32], w: &[f32], dy: &[f32]) -> Vec<f32> {
+fn rms_norm_backward(x: &[f32], inv: &[f32], w: &[f32], dy: &[f32], acc: &mut [f32]) {
     let d = w.len();
-    let mut dx = vec![0f32; x.len()];
     for (((row, g), out), &r) in x
         .chunks_exact(d)
         .zip(dy.chunks_exact(d))
-        .zip(dx.chunks_exact_mut(d))
+        .zip(acc.chunks_exact_mut(d))
         .zip(inv)
     {
         let dot = row
@@ -229,10 +332,9 @@ fn rms_norm_backward(x: &[f32], inv: &[f32], w: &[f32], dy: &[f32]) -> Vec<f32> 
             .sum::<f32>()
             / d as f32;
         for (((o, &v), &gv), &wi) in out.iter_mut().zip(row).zip(g).zip(w) {
-            *o = r * (gv * wi - v * r * dot);
+            *o += r * (gv * wi - v * r * dot);
         }
     }
-    dx
 }
 
 /// NEOX RoPE (rotate halves) in place over `[n, heads, hd]`, position = row; `sign` −1
@@ -262,12 +364,62 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// SwiGLU over the rows of gate_up's packed output `[n, 2 · inter]`: `silu(gate) ⊙ up`.
+fn swiglu(gu: &[f32], inter: usize) -> Vec<f32> {
+    let mut m = vec![0f32; gu.len() / 2];
+    m.par_chunks_mut(inter)
+        .zip(gu.par_chunks(2 * inter))
+        .for_each(|(m, gu)| {
+            let (g, u) = gu.split_at(inter);
+            for ((m, &g), &u) in m.iter_mut().zip(g).zip(u) {
+                *m = g * sigmoid(g) * u;
+            }
+        });
+    m
+}
+
+/// The backward of [`swiglu`]: the packed `[d gate | d up]` for the output gradient `dm`.
+fn swiglu_backward(gu: &[f32], dm: &[f32], inter: usize) -> Vec<f32> {
+    let mut dgu = vec![0f32; gu.len()];
+    dgu.par_chunks_mut(2 * inter)
+        .zip(gu.par_chunks(2 * inter).zip(dm.par_chunks(inter)))
+        .for_each(|(dgu, (gu, dm))| {
+            let (g, u) = gu.split_at(inter);
+            let (dg, du) = dgu.split_at_mut(inter);
+            for i in 0..inter {
+                let sg = sigmoid(g[i]);
+                du[i] = dm[i] * g[i] * sg;
+                dg[i] = dm[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
+            }
+        });
+    dgu
+}
+
 /// `[n, heads, hd]` ↔ `[heads, n, hd]`.
 fn swap01(x: &Tensor, a: usize, b: usize, hd: usize) -> R<Tensor> {
     x.reshape((a, b, hd))?.transpose(0, 1)?.contiguous()
 }
 
+fn vec_of(t: &Tensor) -> R<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
 impl LoraNet {
+    /// The embeddings of `ids`, `[ids.len(), hidden]`.
+    fn embed_rows(&self, ids: &[u32]) -> R<Vec<f32>> {
+        let (vocab, hidden) = self.embed.dims2()?;
+        with_values(&self.embed, |e| {
+            let mut x = Vec::with_capacity(ids.len() * hidden);
+            for &id in ids {
+                if id as usize >= vocab {
+                    candle_core::bail!("token id {id} is outside the vocabulary ({vocab})");
+                }
+                x.extend_from_slice(&e[id as usize * hidden..][..hidden]);
+            }
+            Ok(x)
+        })
+    }
+
     /// log p(ids[t] | ids[..t]) for t = from..len, with (`lora`) or without the adapters, and
     /// what the backward pass needs when `save`.
     fn forward(
@@ -283,18 +435,17 @@ impl LoraNet {
         let group = nh / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
         let hidden = self.embed.dim(1)?;
-        let mut x = self
-            .embed
-            .index_select(&Tensor::new(&ids[..n], &Device::Cpu)?, 0)?;
+        let mut x = self.embed_rows(&ids[..n])?;
         let mut saved = Vec::with_capacity(if save { self.blocks.len() } else { 0 });
         for b in &self.blocks {
-            let xv = vec_of(&x)?;
-            let (h, inv1) = rms_norm(&xv, &b.input_norm, d.eps);
-            let h = tensor(h, &[n, hidden])?;
-            let (qkv, qkv_lo) = b.qkv.forward(&h, lora)?;
-            let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
-                .map_err(|_| candle_core::Error::Msg("q/k/v: three parts expected".into()))?;
-            let (mut q, mut k) = (vec_of(&q)?, vec_of(&k)?);
+            let (h, inv1) = rms_norm(&x, &b.input_norm, d.eps);
+            let (qkv, qkv_lo) = b.qkv.forward(&h, n, lora, None)?;
+            let width = b.qkv.width();
+            let (mut q, mut k) = (
+                take_cols(&qkv, width, 0, nh * hd),
+                take_cols(&qkv, width, nh * hd, nkv * hd),
+            );
+            let v = take_cols(&qkv, width, (nh + nkv) * hd, nkv * hd);
             let (mut q_pre, mut k_pre) = (None, None);
             if let Some((qn, kn)) = &b.qk_norm {
                 let (qy, qi) = rms_norm(&q, qn, d.eps);
@@ -307,25 +458,20 @@ impl LoraNet {
             // Query head h reads kv head h / group: [n, nh, hd] → [nkv, group · n, hd].
             let qa = swap01(&tensor(q, &[n, nh, hd])?, n, nh, hd)?.reshape((nkv, group * n, hd))?;
             let ka = swap01(&tensor(k, &[n, nkv, hd])?, n, nkv, hd)?;
-            let va = swap01(&v, n, nkv, hd)?;
+            let va = swap01(&tensor(v, &[n, nkv, hd])?, n, nkv, hd)?;
             let att = fused::attention_forward(&qa, &ka, &va, scale)?;
-            let a = swap01(&tensor(att, &[nh, n, hd])?, nh, n, hd)?.reshape((n, nh * hd))?;
-            let (o, o_lo) = b.o.forward(&a, lora)?;
-            let x2 = (&x + &o[0])?;
+            let a = vec_of(&swap01(&tensor(att, &[nh, n, hd])?, nh, n, hd)?)?;
+            let resid = if save {
+                x.clone()
+            } else {
+                std::mem::take(&mut x)
+            };
+            let (x2, o_lo) = b.o.forward(&a, n, lora, Some(resid))?;
 
-            let x2v = vec_of(&x2)?;
-            let (h2, inv2) = rms_norm(&x2v, &b.post_norm, d.eps);
-            let h2 = tensor(h2, &[n, hidden])?;
-            let (gu, gate_up_lo) = b.gate_up.forward(&h2, lora)?;
-            let (g, u) = (vec_of(&gu[0])?, vec_of(&gu[1])?);
-            let m: Vec<f32> = g
-                .iter()
-                .zip(&u)
-                .map(|(&g, &u)| g * sigmoid(g) * u)
-                .collect();
-            let m = tensor(m, &[n, g.len() / n])?;
-            let (down, down_lo) = b.down.forward(&m, lora)?;
-            let next = (&x2 + &down[0])?;
+            let (h2, inv2) = rms_norm(&x2, &b.post_norm, d.eps);
+            let (gu, gate_up_lo) = b.gate_up.forward(&h2, n, lora, None)?;
+            let m = swiglu(&gu, gu.len() / (2 * n));
+            let (next, down_lo) = b.down.forward(&m, n, lora, Some(x2.clone()))?;
             if save {
                 saved.push(BlockSaved {
                     x,
@@ -342,8 +488,7 @@ impl LoraNet {
                     x2,
                     inv2,
                     h2,
-                    g,
-                    u,
+                    gu,
                     gate_up_lo,
                     m,
                     down_lo,
@@ -351,12 +496,20 @@ impl LoraNet {
             }
             x = next;
         }
-        let last = vec_of(&x)?;
-        let (xf, inv_last) = rms_norm(&last, &self.final_norm, d.eps);
-        let head_in = tensor(xf, &[n, hidden])?.narrow(0, from - 1, n + 1 - from)?;
-        let keep = save && head_in.dim(0)? * self.head.dim(0)? <= HEAD_KEEP_ELEMS;
-        let (out, head_probs) =
-            fused::head_forward(&head_in, &self.head, &ids[from..], self.head_rows(), keep)?;
+        let (xf, inv_last) = rms_norm(&x, &self.final_norm, d.eps);
+        let head_in = xf[(from - 1) * hidden..].to_vec();
+        let rows = n + 1 - from;
+        let keep = save && rows * self.head.dim(0)? <= HEAD_KEEP_ELEMS;
+        let (out, head_probs) = with_values(&self.head, |w| {
+            Ok(fused::head_forward(
+                &head_in,
+                w,
+                hidden,
+                &ids[from..],
+                self.head_rows(),
+                keep,
+            ))
+        })?;
         let saved = save.then(|| Saved {
             blocks: saved,
             last: x,
@@ -380,85 +533,71 @@ impl LoraNet {
         let group = nh / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
         let hidden = self.embed.dim(1)?;
-        let (dxf, _) = fused::head_backward(
-            &s.head_in,
-            &self.head,
-            &ids[from..],
-            g,
-            self.head_rows(),
-            false,
-            s.head_probs,
-        )?;
+        let (dxf, _) = with_values(&self.head, |w| {
+            Ok(fused::head_backward(
+                &s.head_in,
+                w,
+                hidden,
+                &ids[from..],
+                g,
+                self.head_rows(),
+                false,
+                s.head_probs,
+            ))
+        })?;
         let mut dfull = vec![0f32; n * hidden];
-        dfull[(from - 1) * hidden..].copy_from_slice(&vec_of(&dxf)?);
-        let dlast = rms_norm_backward(&vec_of(&s.last)?, &s.inv_last, &self.final_norm, &dfull);
-        let mut dy = tensor(dlast, &[n, hidden])?;
-        let mut grads: Vec<Option<(Tensor, Tensor)>> = vec![None; self.order.len()];
+        dfull[(from - 1) * hidden..].copy_from_slice(&dxf);
+        let mut dy = vec![0f32; n * hidden];
+        rms_norm_backward(&s.last, &s.inv_last, &self.final_norm, &dfull, &mut dy);
+        let mut grads: LoraGrads = vec![None; self.order.len()];
         for (b, sv) in self.blocks.iter().zip(s.blocks).rev() {
             // MLP.
-            let dm = b
-                .down
-                .backward(&sv.m, &sv.down_lo, std::slice::from_ref(&dy), &mut grads)?;
-            let dm = vec_of(&dm)?;
-            let inter = sv.g.len() / n;
-            let (mut dg, mut du) = (vec![0f32; dm.len()], vec![0f32; dm.len()]);
-            for i in 0..dm.len() {
-                let (gv, uv) = (sv.g[i], sv.u[i]);
-                let sg = sigmoid(gv);
-                du[i] = dm[i] * gv * sg;
-                dg[i] = dm[i] * uv * sg * (1.0 + gv * (1.0 - sg));
-            }
-            let dh2 = b.gate_up.backward(
-                &sv.h2,
-                &sv.gate_up_lo,
-                &[tensor(dg, &[n, inter])?, tensor(du, &[n, inter])?],
-                &mut grads,
-            )?;
-            let dx2 = (&dy
-                + tensor(
-                    rms_norm_backward(&vec_of(&sv.x2)?, &sv.inv2, &b.post_norm, &vec_of(&dh2)?),
-                    &[n, hidden],
-                )?)?;
+            let dm = b.down.backward(&sv.m, n, &sv.down_lo, &dy, &mut grads)?;
+            let dgu = swiglu_backward(&sv.gu, &dm, dm.len() / n);
+            let dh2 = b
+                .gate_up
+                .backward(&sv.h2, n, &sv.gate_up_lo, &dgu, &mut grads)?;
+            let mut dx2 = dy;
+            rms_norm_backward(&sv.x2, &sv.inv2, &b.post_norm, &dh2, &mut dx2);
 
             // Attention.
-            let da =
-                b.o.backward(&sv.a, &sv.o_lo, std::slice::from_ref(&dx2), &mut grads)?;
-            let go = swap01(&da, n, nh, hd)?.reshape((nkv, group * n, hd))?;
+            let da = b.o.backward(&sv.a, n, &sv.o_lo, &dx2, &mut grads)?;
+            let go =
+                swap01(&tensor(da, &[n, nh, hd])?, n, nh, hd)?.reshape((nkv, group * n, hd))?;
             let (dq, dk, dv) = fused::attention_backward(&sv.q, &sv.k, &sv.v, &go, scale)?;
             let mut dq = vec_of(&swap01(&dq, nh, n, hd)?)?;
             let mut dk = vec_of(&swap01(&dk, nkv, n, hd)?)?;
-            let dv = swap01(&dv, nkv, n, hd)?.reshape((n, nkv * hd))?;
+            let dv = vec_of(&swap01(&dv, nkv, n, hd)?)?;
             rope(&mut dq, nh, &d.inv_freq, -1.0);
             rope(&mut dk, nkv, &d.inv_freq, -1.0);
             if let Some((qn, kn)) = &b.qk_norm {
                 let (pre, inv) = sv.q_pre.as_ref().expect("saved with the norms");
-                dq = rms_norm_backward(pre, inv, qn, &dq);
+                let mut dqn = vec![0f32; dq.len()];
+                rms_norm_backward(pre, inv, qn, &dq, &mut dqn);
+                dq = dqn;
                 let (pre, inv) = sv.k_pre.as_ref().expect("saved with the norms");
-                dk = rms_norm_backward(pre, inv, kn, &dk);
+                let mut dkn = vec![0f32; dk.len()];
+                rms_norm_backward(pre, inv, kn, &dk, &mut dkn);
+                dk = dkn;
             }
-            let dh = b.qkv.backward(
-                &sv.h,
-                &sv.qkv_lo,
-                &[
-                    tensor(dq, &[n, nh * hd])?,
-                    tensor(dk, &[n, nkv * hd])?,
-                    dv.contiguous()?,
-                ],
-                &mut grads,
-            )?;
-            dy = (dx2
-                + tensor(
-                    rms_norm_backward(&vec_of(&sv.x)?, &sv.inv1, &b.input_norm, &vec_of(&dh)?),
-                    &[n, hidden],
-                )?)?;
+            let (qw, kw) = (nh * hd, nkv * hd);
+            let mut dqkv = Vec::with_capacity(n * (qw + 2 * kw));
+            for i in 0..n {
+                dqkv.extend_from_slice(&dq[i * qw..][..qw]);
+                dqkv.extend_from_slice(&dk[i * kw..][..kw]);
+                dqkv.extend_from_slice(&dv[i * kw..][..kw]);
+            }
+            let dh = b.qkv.backward(&sv.h, n, &sv.qkv_lo, &dqkv, &mut grads)?;
+            dy = dx2;
+            rms_norm_backward(&sv.x, &sv.inv1, &b.input_norm, &dh, &mut dy);
         }
         let mut flat = Vec::new();
         for (slot, g) in grads.into_iter().enumerate() {
             let (da, db) = g.ok_or_else(|| {
                 candle_core::Error::Msg(format!("no gradient for LoRA module {}", self.order[slot]))
             })?;
-            flat.extend(vec_of(&da)?);
-            flat.extend(vec_of(&db)?);
+            flat.extend(da);
+            flat.extend(db);
         }
         Ok(flat)
     }

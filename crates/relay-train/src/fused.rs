@@ -13,10 +13,14 @@
 //! The math is the unfused one's (tests compare values and gradients).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
 
-/// At most this many logits (`rows × vocab`) exist at once in [`head_logprobs`]: 8 Mi floats,
-/// 32 MiB.
-pub const HEAD_CHUNK_ELEMS: usize = 8 << 20;
+use crate::mm::{self, Mat, MatMut};
+
+/// At most this many logits (`rows × vocab`) exist at once in [`head_logprobs`]: 32 Mi floats,
+/// 128 MiB (~220 rows of Qwen's 152k vocabulary; fewer rows per product make the matmul
+/// markedly slower).
+pub const HEAD_CHUNK_ELEMS: usize = 32 << 20;
 
 /// `log_softmax(x Wᵀ)[t, targets[t]]` for `x: [n, d]`, `w: [vocab, d]`: `[n]`. Differentiable
 /// in `x`, and in `w` when `w` is trainable.
@@ -53,18 +57,11 @@ struct HeadLogprobs {
     rows: usize,
 }
 
-/// `exp(logits - rowmax)` of `[rows, vocab]` logits, its row sums and the row maxima.
-fn shifted_exp(logits: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+/// Softmax over the rows of `[rows, cols]` logits.
+fn softmax_rows(logits: &Tensor) -> candle_core::Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?;
     let e = logits.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    Ok((e, sum, max))
-}
-
-/// Softmax over the rows of `[rows, vocab]` logits.
-fn softmax_rows(logits: &Tensor) -> candle_core::Result<Tensor> {
-    let (e, sum, _) = shifted_exp(logits)?;
-    e.broadcast_div(&sum)
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 impl CustomOp2 for HeadLogprobs {
@@ -79,10 +76,11 @@ impl CustomOp2 for HeadLogprobs {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = tensor_of(s1, l1)?;
-        let w = tensor_of(s2, l2)?;
-        let (out, _) = head_forward(&x, &w, &self.targets, self.rows, false)?;
-        Ok((CpuStorage::F32(out), Shape::from(x.dim(0)?)))
+        let (x, w) = (values(s1, l1)?, values(s2, l2)?);
+        let d = l1.dims()[1];
+        let (out, _) = head_forward(x, w, d, &self.targets, self.rows, false);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
     /// d out_t / d logits_t = onehot(target_t) − softmax(logits_t).
@@ -95,15 +93,25 @@ impl CustomOp2 for HeadLogprobs {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let want_w = w.track_op();
         let g = grad.detach().to_vec1::<f32>()?;
-        let (dx, dw) = head_backward(
-            &x.detach(),
-            &w.detach(),
-            &self.targets,
-            &g,
-            self.rows,
-            want_w,
-            None,
-        )?;
+        let (n, d) = x.dims2()?;
+        let (dx, dw) = with_values(x, |xs| {
+            with_values(w, |ws| {
+                Ok(head_backward(
+                    xs,
+                    ws,
+                    d,
+                    &self.targets,
+                    &g,
+                    self.rows,
+                    want_w,
+                    None,
+                ))
+            })
+        })?;
+        let dx = Tensor::from_vec(dx, (n, d), &Device::Cpu)?;
+        let dw = dw
+            .map(|dw| Tensor::from_vec(dw, w.shape(), &Device::Cpu))
+            .transpose()?;
         Ok((Some(dx), dw))
     }
 }
@@ -114,75 +122,142 @@ fn chunks(n: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(rows).map(move |r| (r, rows.min(n - r)))
 }
 
-/// `log_softmax(x Wᵀ)[t, targets[t]]` for each row of `x: [n, d]` (`w: [vocab, d]`), computed
-/// `rows` rows of logits at a time. The forward of [`head_logprobs`], also called directly by
-/// [`crate::backprop`], which can `keep` each chunk's softmax for [`head_backward`] (it then
-/// skips the recomputation, the largest matmul of the backward pass).
+/// Turns a row of logits into its softmax in place and returns `log_softmax[target]`.
+fn softmax_row(row: &mut [f32], target: usize) -> f32 {
+    let picked = row[target];
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+    picked - (max + sum.ln())
+}
+
+/// Softmax rows into the head's output gradient in place: `g (onehot(target) − p)`.
+fn softmax_grad_rows(p: &mut [f32], vocab: usize, targets: &[u32], g: &[f32]) {
+    p.par_chunks_mut(vocab)
+        .zip(targets.par_iter().zip(g.par_iter()))
+        .for_each(|(row, (&t, &gi))| {
+            row.iter_mut().for_each(|v| *v *= -gi);
+            row[t as usize] += gi;
+        });
+}
+
+/// Logits of `x` rows (`[len, d]`) into `buf`, then each row's softmax in place; the rows'
+/// log-probs of `targets` are appended to `out`.
+fn softmax_chunk(
+    x: &[f32],
+    w: &[f32],
+    d: usize,
+    targets: &[u32],
+    buf: &mut [f32],
+    out: &mut Vec<f32>,
+) {
+    let (len, vocab) = (targets.len(), w.len() / d);
+    let buf = &mut buf[..len * vocab];
+    mm::gemm(
+        MatMut::new(buf, len, vocab),
+        Mat::new(x, len, d),
+        Mat::new(w, vocab, d).t(),
+        false,
+        1.0,
+    );
+    let mut lp = vec![0f32; len];
+    buf.par_chunks_mut(vocab)
+        .zip(targets.par_iter().zip(lp.par_iter_mut()))
+        .for_each(|(row, (&t, lp))| *lp = softmax_row(row, t as usize));
+    out.extend(lp);
+}
+
+/// `log_softmax(x Wᵀ)[t, targets[t]]` for each row of `x: [n, d]` (`w: [vocab, d]`, both
+/// row-major), computed `rows` rows of logits at a time into one reused buffer. The forward of
+/// [`head_logprobs`], also called directly by [`crate::backprop`], which can `keep` the
+/// softmax of all rows for [`head_backward`] (it then skips the recomputation, the largest
+/// matmul of the backward pass, and the logits are computed in one product).
 pub(crate) fn head_forward(
-    x: &Tensor,
-    w: &Tensor,
+    x: &[f32],
+    w: &[f32],
+    d: usize,
     targets: &[u32],
     rows: usize,
     keep: bool,
-) -> candle_core::Result<(Vec<f32>, Option<Vec<Tensor>>)> {
-    let n = x.dim(0)?;
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (n, vocab) = (targets.len(), w.len() / d.max(1));
     let mut out = Vec::with_capacity(n);
-    let mut probs = Vec::new();
-    for (r, len) in chunks(n, rows) {
-        let logits = x.narrow(0, r, len)?.matmul(&w.t()?)?;
-        let (e, sum, max) = shifted_exp(&logits)?;
-        if keep {
-            probs.push(e.broadcast_div(&sum)?);
-        }
-        let lse = (sum.log()? + max)?.flatten_all()?.to_vec1::<f32>()?;
-        let idx = Tensor::new(&targets[r..r + len], &Device::Cpu)?.unsqueeze(1)?;
-        let picked = logits.gather(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        out.extend(picked.iter().zip(&lse).map(|(p, l)| p - l));
+    if keep {
+        let mut probs = vec![0f32; n * vocab];
+        softmax_chunk(x, w, d, targets, &mut probs, &mut out);
+        return (out, Some(probs));
     }
-    Ok((out, keep.then_some(probs)))
+    let mut buf = vec![0f32; rows.clamp(1, n.max(1)) * vocab];
+    for (r, len) in chunks(n, rows) {
+        softmax_chunk(
+            &x[r * d..(r + len) * d],
+            w,
+            d,
+            &targets[r..r + len],
+            &mut buf,
+            &mut out,
+        );
+    }
+    (out, None)
 }
 
 /// The backward of [`head_forward`] for an upstream gradient `g` (one value per row): the
-/// gradient of `x` and, with `want_w`, of `w`. Recomputes the softmax chunk by chunk unless
-/// the forward kept it (`probs`, the same values).
+/// gradient of `x` (`[n, d]`) and, with `want_w`, of `w` (`[vocab, d]`). Recomputes the
+/// softmax chunk by chunk unless the forward kept it (`probs`, the same values).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn head_backward(
-    x: &Tensor,
-    w: &Tensor,
+    x: &[f32],
+    w: &[f32],
+    d: usize,
     targets: &[u32],
     g: &[f32],
     rows: usize,
     want_w: bool,
-    probs: Option<Vec<Tensor>>,
-) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    let (n, vocab) = (x.dim(0)?, w.dim(0)?);
-    let mut kept = probs.map(|p| p.into_iter());
-    let mut dx = Vec::with_capacity(n / rows.max(1) + 1);
-    let mut dw: Option<Tensor> = None;
-    for (r, len) in chunks(n, rows) {
-        let xc = x.narrow(0, r, len)?;
-        let p = match kept.as_mut().and_then(|k| k.next()) {
-            Some(p) => p,
-            None => softmax_rows(&xc.matmul(&w.t()?)?)?,
-        };
-        let mut d = p.flatten_all()?.to_vec1::<f32>()?;
-        drop(p);
-        for i in 0..len {
-            let gi = g[r + i];
-            let row = &mut d[i * vocab..(i + 1) * vocab];
-            row.iter_mut().for_each(|v| *v *= -gi);
-            row[targets[r + i] as usize] += gi;
+    probs: Option<Vec<f32>>,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (n, vocab) = (targets.len(), w.len() / d.max(1));
+    let mut dx = vec![0f32; n * d];
+    let mut dw = want_w.then(|| vec![0f32; vocab * d]);
+    let mut step = |p: &mut [f32], r: usize, len: usize| {
+        softmax_grad_rows(p, vocab, &targets[r..r + len], &g[r..r + len]);
+        let p = Mat::new(p, len, vocab);
+        mm::gemm(
+            MatMut::new(&mut dx[r * d..(r + len) * d], len, d),
+            p,
+            Mat::new(w, vocab, d),
+            false,
+            1.0,
+        );
+        if let Some(dw) = dw.as_mut() {
+            let xc = Mat::new(&x[r * d..(r + len) * d], len, d);
+            mm::gemm(MatMut::new(dw, vocab, d), p.t(), xc, true, 1.0);
         }
-        let d = Tensor::from_vec(d, (len, vocab), &Device::Cpu)?;
-        dx.push(d.matmul(w)?);
-        if want_w {
-            let part = d.t()?.matmul(&xc)?;
-            dw = Some(match dw {
-                None => part,
-                Some(acc) => (acc + part)?,
-            });
+    };
+    match probs {
+        Some(mut p) => step(&mut p, 0, n),
+        None => {
+            let mut buf = vec![0f32; rows.clamp(1, n.max(1)) * vocab];
+            let mut scratch = Vec::new();
+            for (r, len) in chunks(n, rows) {
+                scratch.clear();
+                softmax_chunk(
+                    &x[r * d..(r + len) * d],
+                    w,
+                    d,
+                    &targets[r..r + len],
+                    &mut buf,
+                    &mut scratch,
+                );
+                step(&mut buf[..len * vocab], r, len);
+            }
         }
     }
-    Ok((Tensor::cat(&dx, 0)?, dw))
+    (dx, dw)
 }
 
 /// Grouped-query causal attention. `q: [kv_heads, group · n, hd]` (the query heads of kv head
@@ -302,6 +377,29 @@ pub(crate) fn attention_backward(
         Tensor::stack(&dk, 0)?,
         Tensor::stack(&dv, 0)?,
     ))
+}
+
+/// A custom op's contiguous f32 input, borrowed.
+pub(crate) fn values<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused op: input not contiguous".into()))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// Runs `f` on a contiguous f32 CPU tensor's values, borrowed (no copy).
+pub(crate) fn with_values<T>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<T>,
+) -> candle_core::Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("fused op: CPU tensors only");
+    };
+    f(values(cpu, layout)?)
 }
 
 /// A (copied) tensor over a custom op's f32 input.

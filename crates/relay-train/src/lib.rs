@@ -28,6 +28,7 @@ pub mod error;
 pub mod export;
 pub mod fused;
 pub mod grpo;
+mod mm;
 pub mod model;
 pub mod optim;
 pub mod run;
