@@ -232,8 +232,9 @@ impl Linear {
         Ok((y, xas))
     }
 
-    /// The gradient of `x` (`[n, in]`) for the packed output gradient `dy` (`[n, Σ out]`);
-    /// each LoRA pair's gradients go to `grads[slot]`.
+    /// The gradient of `x` (`[n, in]`) for the packed output gradient `dy` (`[n, Σ out]`),
+    /// or nothing without `want_dx` (the first layer's input is the frozen embeddings); each
+    /// LoRA pair's gradients go to `grads[slot]`.
     fn backward(
         &self,
         x: &[f32],
@@ -241,21 +242,20 @@ impl Linear {
         xas: &[Option<Vec<f32>>],
         dy: &[f32],
         grads: &mut LoraGrads,
+        want_dx: bool,
     ) -> R<Vec<f32>> {
         let (width, inp) = (self.width(), x.len() / n.max(1));
         let dy_all = Mat::new(dy, n, width);
         let x = Mat::new(x, n, inp);
-        let mut dx = vec![0f32; n * inp];
-        with_values(&self.w, |w| {
-            mm::gemm(
-                MatMut::new(&mut dx, n, inp),
-                dy_all,
-                Mat::new(w, width, inp),
-                false,
-                1.0,
-            );
-            Ok(())
-        })?;
+        let mut dx = Vec::new();
+        if want_dx {
+            dx = vec![0f32; n * inp];
+            with_values(&self.w, |w| {
+                let w = Mat::new(w, width, inp);
+                mm::gemm(MatMut::new(&mut dx, n, inp), dy_all, w, false, 1.0);
+                Ok(())
+            })?;
+        }
         let mut at = 0;
         for ((out, pair), xa) in self.parts.iter().zip(xas) {
             let dyi = dy_all.cols(at, *out);
@@ -282,16 +282,13 @@ impl Linear {
             let dyb = Mat::new(&dyb, n, rank);
             let mut da = vec![0f32; rank * inp];
             mm::gemm(MatMut::new(&mut da, rank, inp), dyb.t(), x, false, scale);
-            with_values(&l.a, |a| {
-                mm::gemm(
-                    MatMut::new(&mut dx, n, inp),
-                    dyb,
-                    Mat::new(a, rank, inp),
-                    true,
-                    scale,
-                );
-                Ok(())
-            })?;
+            if want_dx {
+                with_values(&l.a, |a| {
+                    let a = Mat::new(a, rank, inp);
+                    mm::gemm(MatMut::new(&mut dx, n, inp), dyb, a, true, scale);
+                    Ok(())
+                })?;
+            }
             grads[l.slot] = Some((da, db));
         }
         Ok(dx)
@@ -550,18 +547,20 @@ impl LoraNet {
         let mut dy = vec![0f32; n * hidden];
         rms_norm_backward(&s.last, &s.inv_last, &self.final_norm, &dfull, &mut dy);
         let mut grads: LoraGrads = vec![None; self.order.len()];
-        for (b, sv) in self.blocks.iter().zip(s.blocks).rev() {
+        for (layer, (b, sv)) in self.blocks.iter().zip(s.blocks).enumerate().rev() {
             // MLP.
-            let dm = b.down.backward(&sv.m, n, &sv.down_lo, &dy, &mut grads)?;
+            let dm = b
+                .down
+                .backward(&sv.m, n, &sv.down_lo, &dy, &mut grads, true)?;
             let dgu = swiglu_backward(&sv.gu, &dm, dm.len() / n);
             let dh2 = b
                 .gate_up
-                .backward(&sv.h2, n, &sv.gate_up_lo, &dgu, &mut grads)?;
+                .backward(&sv.h2, n, &sv.gate_up_lo, &dgu, &mut grads, true)?;
             let mut dx2 = dy;
             rms_norm_backward(&sv.x2, &sv.inv2, &b.post_norm, &dh2, &mut dx2);
 
             // Attention.
-            let da = b.o.backward(&sv.a, n, &sv.o_lo, &dx2, &mut grads)?;
+            let da = b.o.backward(&sv.a, n, &sv.o_lo, &dx2, &mut grads, true)?;
             let go =
                 swap01(&tensor(da, &[n, nh, hd])?, n, nh, hd)?.reshape((nkv, group * n, hd))?;
             let (dq, dk, dv) = fused::attention_backward(&sv.q, &sv.k, &sv.v, &go, scale)?;
@@ -587,9 +586,14 @@ impl LoraNet {
                 dqkv.extend_from_slice(&dk[i * kw..][..kw]);
                 dqkv.extend_from_slice(&dv[i * kw..][..kw]);
             }
-            let dh = b.qkv.backward(&sv.h, n, &sv.qkv_lo, &dqkv, &mut grads)?;
+            let first = layer == 0;
+            let dh = b
+                .qkv
+                .backward(&sv.h, n, &sv.qkv_lo, &dqkv, &mut grads, !first)?;
             dy = dx2;
-            rms_norm_backward(&sv.x, &sv.inv1, &b.input_norm, &dh, &mut dy);
+            if !first {
+                rms_norm_backward(&sv.x, &sv.inv1, &b.input_norm, &dh, &mut dy);
+            }
         }
         let mut flat = Vec::new();
         for (slot, g) in grads.into_iter().enumerate() {
