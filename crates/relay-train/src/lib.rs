@@ -20,6 +20,7 @@
 //! - [`bench`]: one training step timed by part (`relayllm bench train`).
 //! - [`export`]: LoRA merged into the base, written as a safetensors folder or a GGUF.
 
+pub mod attention;
 pub mod backprop;
 pub mod bench;
 pub mod checkpoint;
