@@ -12,8 +12,9 @@
 //! Activations are plain buffers and the products go through [`crate::mm`] straight into them:
 //! a residual add, a LoRA term and an input gradient summed over matrices are one accumulating
 //! product each, q/k/v and gate/up are column ranges of one packed output, and nothing is
-//! copied to make a view contiguous. Attention and the output head reuse [`crate::fused`]'s
-//! kernels, so memory stays linear in the sequence length.
+//! copied to make a view contiguous. Attention ([`crate::attention`]) and the output head
+//! ([`crate::fused`]) keep what their backward needs and recompute the rest, so memory stays
+//! linear in the sequence length.
 //!
 //! The math is [`crate::model`]'s written-out forward (tests hold values and gradients equal).
 //! Full fine-tuning and the unfused reference path still go through candle's autograd.
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::attention::{self, AttentionShape};
 use crate::fused::{self, with_values};
 use crate::mm::{self, Mat, MatMut};
 
@@ -95,10 +97,12 @@ struct BlockSaved {
     /// Qwen3: q and k before their norms, and the norms' inverse RMS per (row, head).
     q_pre: Option<(Vec<f32>, Vec<f32>)>,
     k_pre: Option<(Vec<f32>, Vec<f32>)>,
-    /// Attention inputs in [`fused::causal_attention`]'s layout.
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    /// Attention inputs (`[n, heads · hd]`, `[n, kv_heads · hd]`; q and k rotated).
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Each (position, head)'s log-sum-exp of the attention scores.
+    lse: Vec<f32>,
     /// Attention output `[n, heads · head_dim]` (o_proj's input).
     a: Vec<f32>,
     o_lo: LoraInputs,
@@ -392,15 +396,6 @@ fn swiglu_backward(gu: &[f32], dm: &[f32], inter: usize) -> Vec<f32> {
     dgu
 }
 
-/// `[n, heads, hd]` ↔ `[heads, n, hd]`.
-fn swap01(x: &Tensor, a: usize, b: usize, hd: usize) -> R<Tensor> {
-    x.reshape((a, b, hd))?.transpose(0, 1)?.contiguous()
-}
-
-fn vec_of(t: &Tensor) -> R<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
 impl LoraNet {
     /// The embeddings of `ids`, `[ids.len(), hidden]`.
     fn embed_rows(&self, ids: &[u32]) -> R<Vec<f32>> {
@@ -429,8 +424,12 @@ impl LoraNet {
         let d = &self.dims;
         let n = ids.len() - 1;
         let (nh, nkv, hd) = (d.heads, d.kv_heads, d.head_dim);
-        let group = nh / nkv;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let shape = AttentionShape {
+            len: n,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
         let hidden = self.embed.dim(1)?;
         let mut x = self.embed_rows(&ids[..n])?;
         let mut saved = Vec::with_capacity(if save { self.blocks.len() } else { 0 });
@@ -452,12 +451,7 @@ impl LoraNet {
             }
             rope(&mut q, nh, &d.inv_freq, 1.0);
             rope(&mut k, nkv, &d.inv_freq, 1.0);
-            // Query head h reads kv head h / group: [n, nh, hd] → [nkv, group · n, hd].
-            let qa = swap01(&tensor(q, &[n, nh, hd])?, n, nh, hd)?.reshape((nkv, group * n, hd))?;
-            let ka = swap01(&tensor(k, &[n, nkv, hd])?, n, nkv, hd)?;
-            let va = swap01(&tensor(v, &[n, nkv, hd])?, n, nkv, hd)?;
-            let att = fused::attention_forward(&qa, &ka, &va, scale)?;
-            let a = vec_of(&swap01(&tensor(att, &[nh, n, hd])?, nh, n, hd)?)?;
+            let (a, lse) = attention::forward(&q, &k, &v, shape);
             let resid = if save {
                 x.clone()
             } else {
@@ -477,9 +471,10 @@ impl LoraNet {
                     qkv_lo,
                     q_pre,
                     k_pre,
-                    q: qa,
-                    k: ka,
-                    v: va,
+                    q,
+                    k,
+                    v,
+                    lse,
                     a,
                     o_lo,
                     x2,
@@ -527,8 +522,12 @@ impl LoraNet {
         let d = &self.dims;
         let n = ids.len() - 1;
         let (nh, nkv, hd) = (d.heads, d.kv_heads, d.head_dim);
-        let group = nh / nkv;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let shape = AttentionShape {
+            len: n,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
         let hidden = self.embed.dim(1)?;
         let (dxf, _) = with_values(&self.head, |w| {
             Ok(fused::head_backward(
@@ -561,12 +560,8 @@ impl LoraNet {
 
             // Attention.
             let da = b.o.backward(&sv.a, n, &sv.o_lo, &dx2, &mut grads, true)?;
-            let go =
-                swap01(&tensor(da, &[n, nh, hd])?, n, nh, hd)?.reshape((nkv, group * n, hd))?;
-            let (dq, dk, dv) = fused::attention_backward(&sv.q, &sv.k, &sv.v, &go, scale)?;
-            let mut dq = vec_of(&swap01(&dq, nh, n, hd)?)?;
-            let mut dk = vec_of(&swap01(&dk, nkv, n, hd)?)?;
-            let dv = vec_of(&swap01(&dv, nkv, n, hd)?)?;
+            let (mut dq, mut dk, dv) =
+                attention::backward(&sv.q, &sv.k, &sv.v, &sv.a, &sv.lse, &da, shape);
             rope(&mut dq, nh, &d.inv_freq, -1.0);
             rope(&mut dk, nkv, &d.inv_freq, -1.0);
             if let Some((qn, kn)) = &b.qk_norm {
