@@ -1,12 +1,12 @@
 //! `relayllm data warmup`: warm-up examples for SFT (see `relay_train::warmup`).
 use super::common::ModelArgs;
-use super::eval::{item_seed, Grader};
+use super::eval::Grader;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use relay_engine::chat::{ChatMessage, ChatTemplate};
 use relay_engine::model::same_vocabulary;
 use relay_engine::tokenizer::Tokenizer;
-use relay_eval::{Dataset, GradeMode, Problem};
+use relay_eval::{item_seed, Dataset, GradeMode, Problem};
 use relay_train::warmup::{
     build_example, normalize_reference_solution, CallCount, EngineTeacher, NDist, Teacher,
     WarmupOptions, WarmupRecord,
