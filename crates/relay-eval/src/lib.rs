@@ -20,6 +20,7 @@ pub mod data;
 pub mod dataset;
 pub mod error;
 pub mod metrics;
+mod progress;
 pub mod report;
 pub mod results;
 pub mod runner;
