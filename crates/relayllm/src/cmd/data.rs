@@ -54,8 +54,8 @@ pub struct FilterArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Continue an existing --out: its lines are kept and their problems skipped (a torn last
-    /// line is redone); the settings must be those it was written with (OUT.run.json). --limit
-    /// and --offset may change.
+    /// line, and the problems that were in flight, are solved again); the settings must be
+    /// those it was written with (OUT.run.json). --limit and --offset may change.
     #[arg(long)]
     pub resume: bool,
     /// Also mark as not kept the problems the SLM solves in all K samples: they teach nothing
