@@ -30,6 +30,9 @@ pub struct Dataset {
     /// sha256 of the file's bytes: a run's identity, so a changed file is not resumed.
     pub sha256: String,
     pub problems: Vec<Problem>,
+    /// Each problem's record as the file has it (all its fields, the instruction not added),
+    /// by [`Problem::index`]: what the pool filter copies into its output.
+    pub records: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Dataset {
@@ -55,6 +58,7 @@ impl Dataset {
             }
         })?;
         let mut problems = Vec::new();
+        let mut records = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -64,7 +68,8 @@ impl Dataset {
                 line: i + 1,
                 reason,
             };
-            let (problem, answer) = parse_record(line).map_err(err)?;
+            let (record, problem, answer) = parse_record(line).map_err(err)?;
+            records.push(record);
             problems.push(Problem {
                 index: problems.len(),
                 problem: with_instruction(&problem),
@@ -82,6 +87,7 @@ impl Dataset {
             path,
             sha256: hex(&Sha256::digest(bytes)),
             problems,
+            records,
         })
     }
 
@@ -94,7 +100,10 @@ impl Dataset {
     }
 }
 
-fn parse_record(line: &str) -> std::result::Result<(String, String), String> {
+/// A line's record with its problem and answer.
+type Record = (serde_json::Map<String, serde_json::Value>, String, String);
+
+fn parse_record(line: &str) -> std::result::Result<Record, String> {
     let value: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
     let serde_json::Value::Object(map) = value else {
@@ -121,7 +130,7 @@ fn parse_record(line: &str) -> std::result::Result<(String, String), String> {
             ))
         }
     };
-    Ok((problem, answer))
+    Ok((map, problem, answer))
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {

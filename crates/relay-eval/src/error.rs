@@ -34,6 +34,24 @@ pub enum EvalError {
         line: usize,
         reason: String,
     },
+    /// An output file that holds results already, written without asking to resume.
+    #[error(
+        "{path} already exists: pass --resume to continue it (with the same settings), \
+         or choose another output file",
+        path = path.display()
+    )]
+    OutputExists { path: PathBuf },
+    /// An output file to resume whose settings file is missing, so nothing says what wrote it.
+    #[error(
+        "{path} exists but {run} does not: nothing says which settings wrote it, so it \
+         cannot be resumed; choose another output file, or move it away to start over",
+        path = path.display(),
+        run = run.display()
+    )]
+    MissingRunFile { path: PathBuf, run: PathBuf },
+    /// Options that cannot run (no samples, an output that is the input, ...).
+    #[error("{0}")]
+    Options(String),
     #[error("offset {offset} selects nothing: {path} has {len} problems", path = path.display())]
     EmptySelection {
         path: PathBuf,
@@ -83,6 +101,9 @@ impl EvalError {
             EvalError::SettingsMismatch { .. } => "settings_mismatch",
             EvalError::CorruptResults { .. } => "corrupt_results",
             EvalError::EmptySelection { .. } => "empty_selection",
+            EvalError::OutputExists { .. } => "output_exists",
+            EvalError::MissingRunFile { .. } => "missing_run_file",
+            EvalError::Options(_) => "options",
             EvalError::Solver { .. } => "solver",
             EvalError::SolverPanic { .. } => "solver_panic",
             EvalError::Report(_) => "report",

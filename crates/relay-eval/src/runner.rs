@@ -9,9 +9,9 @@
 
 use crate::dataset::{Dataset, Problem};
 use crate::error::{EvalError, Result};
-use crate::results::{read_results, ResultLine};
+use crate::progress::Progress;
+use crate::results::{append_line, open_append, read_results, ResultLine};
 use crate::summary::{summarize, Summary, Timing};
-use indicatif::{ProgressBar, ProgressStyle};
 use relay_grader::GradeMode;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -246,21 +246,9 @@ pub fn run(
     let resumed = total - pending.len();
 
     // Drop a torn last line, then append.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&results_path)
-        .map_err(EvalError::io(&results_path))?;
-    file.set_len(existing.valid_len)
-        .map_err(EvalError::io(&results_path))?;
-    let mut writer = std::io::BufWriter::new(file);
-    use std::io::Seek;
-    writer
-        .seek(std::io::SeekFrom::End(0))
-        .map_err(EvalError::io(&results_path))?;
+    let mut writer = open_append(&results_path, existing.valid_len)?;
 
-    let mut bar = Progress::new(options.progress, pending.len());
+    let mut bar = Progress::new(options.progress, pending.len(), "items");
     if resumed > 0 {
         bar.println(format!(
             "{}: {resumed} of {total} items already done",
@@ -324,7 +312,8 @@ pub fn run(
                     }
                     ran += 1;
                     correct += line.correct as usize;
-                    bar.inc(correct, ran);
+                    let acc = 100.0 * correct as f64 / ran as f64;
+                    bar.inc(ran, format!("acc {acc:.1}%"));
                     lines.push(line);
                 }
                 Err(e) => {
@@ -350,7 +339,8 @@ pub fn run(
     Ok(summary)
 }
 
-fn solve_one(
+/// Solves one item and grades it; a solver error or panic becomes an [`EvalError`].
+pub(crate) fn solve_one(
     solver: &dyn Solver,
     mode: GradeMode,
     problem: &Problem,
@@ -412,45 +402,51 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     msg
 }
 
-/// One JSON line, newline included, in a single write, then flushed to the OS.
-fn append_line(writer: &mut impl Write, line: &ResultLine) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    writer.write_all(&bytes)?;
-    writer.flush()
-}
-
 fn check_or_store_settings(
     out: &Path,
     settings: &RunSettings,
     selection: &Selection,
 ) -> Result<()> {
-    let path = out.join(RUN_FILE);
-    match std::fs::read(&path) {
+    let now = RunFile {
+        settings: settings.clone(),
+        selection: selection.clone(),
+    };
+    check_or_store(&out.join(RUN_FILE), &now, |stored: &RunFile| {
+        settings.differences(&stored.settings)
+    })
+}
+
+/// Refuses to go on when the settings stored at `path` (by an earlier invocation) differ from
+/// `now` — `differences(stored)` lists how — then stores `now`. No file there: just stores.
+pub(crate) fn check_or_store<T: Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    now: &T,
+    differences: impl FnOnce(&T) -> Vec<String>,
+) -> Result<()> {
+    match std::fs::read(path) {
         Ok(bytes) => {
-            let stored: RunFile =
+            let stored: T =
                 serde_json::from_slice(&bytes).map_err(|e| EvalError::SettingsMismatch {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     diff: format!("  it is not a run file this version can read: {e}"),
                 })?;
-            let diff = settings.differences(&stored.settings);
+            let diff = differences(&stored);
             if !diff.is_empty() {
                 return Err(EvalError::SettingsMismatch {
-                    path,
+                    path: path.to_path_buf(),
                     diff: diff.join("\n"),
                 });
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(EvalError::Io { path, source: e }),
+        Err(e) => {
+            return Err(EvalError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     }
-    write_json_atomic(
-        &path,
-        &RunFile {
-            settings: settings.clone(),
-            selection: selection.clone(),
-        },
-    )
+    write_json_atomic(path, now)
 }
 
 /// Writes pretty JSON to a temporary file beside `path` and renames it into place.
@@ -489,66 +485,4 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         source: e.error,
     })?;
     Ok(())
-}
-
-/// Progress on stderr: a bar with ETA on a terminal; elsewhere (a log file, `--no-progress`)
-/// plain lines, one per tenth of the work, so a long run in the background still says where
-/// it is.
-struct Progress {
-    bar: ProgressBar,
-    total: usize,
-    started: Instant,
-    logged_tenths: usize,
-}
-
-impl Progress {
-    fn new(show: bool, total: usize) -> Progress {
-        let bar = if show {
-            ProgressBar::new(total as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} items  {elapsed_precise} elapsed, ETA {eta_precise}  {msg}",
-            )
-            .expect("static template")
-            .progress_chars("##-"),
-        );
-        Progress {
-            bar,
-            total,
-            started: Instant::now(),
-            logged_tenths: 0,
-        }
-    }
-
-    fn println(&self, line: String) {
-        if self.bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            self.bar.println(line);
-        }
-    }
-
-    /// One more item done; `correct` of `ran` so far in this invocation.
-    fn inc(&mut self, correct: usize, ran: usize) {
-        let acc = 100.0 * correct as f64 / ran.max(1) as f64;
-        self.bar.inc(1);
-        self.bar.set_message(format!("acc {acc:.1}%"));
-        let tenths = ran * 10 / self.total.max(1);
-        if self.bar.is_hidden() && tenths > self.logged_tenths {
-            self.logged_tenths = tenths;
-            let elapsed = self.started.elapsed().as_secs_f64();
-            let eta = elapsed / ran as f64 * (self.total - ran.min(self.total)) as f64;
-            eprintln!(
-                "{ran}/{} items, acc {acc:.1}%, {elapsed:.0}s elapsed, ETA {eta:.0}s",
-                self.total
-            );
-        }
-    }
-
-    fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
 }

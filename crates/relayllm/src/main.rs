@@ -35,7 +35,7 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Table and plot (accuracy vs the LLM's share of tokens) over finished eval runs.
     Report(cmd::eval::ReportArgs),
-    /// Build training data (warm-up examples with call commands).
+    /// Build training data (the filtered problem pool; warm-up examples with call commands).
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
     /// Serve the relay over HTTP (OpenAI-compatible API, token API, metrics, page).

@@ -1,12 +1,17 @@
-//! `relayllm data warmup`: warm-up examples for SFT (see `relay_train::warmup`).
+//! `relayllm data warmup`: warm-up examples for SFT (see `relay_train::warmup`); `relayllm
+//! data filter`: the training pool, problems the LLM can solve (see `relay_eval::filter`).
 use super::common::ModelArgs;
-use super::eval::{item_seed, Grader};
+use super::eval::Grader;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use relay_core::{PolicyKind, RelayConfig};
 use relay_engine::chat::{ChatMessage, ChatTemplate};
 use relay_engine::model::same_vocabulary;
 use relay_engine::tokenizer::Tokenizer;
-use relay_eval::{Dataset, GradeMode, Problem};
+use relay_eval::{
+    item_seed, Dataset, FilterOptions, GradeMode, PoolSummary, Problem, RelaySolver, RunSettings,
+    Selection,
+};
 use relay_train::warmup::{
     build_example, normalize_reference_solution, CallCount, EngineTeacher, NDist, Teacher,
     WarmupOptions, WarmupRecord,
@@ -21,6 +26,78 @@ pub enum DataCommand {
     /// Warm-up examples for SFT: correct solutions with 0–3 `<call>n</call>` commands inserted
     /// at random token boundaries, LLM-written tokens masked out of the loss.
     Warmup(WarmupArgs),
+    /// The training pool: each problem answered K times by the LLM alone and K times by the
+    /// SLM alone (the prompt and grader of `eval`), kept when the LLM solves it at least once.
+    /// One JSONL line per problem: its fields plus slm/llm_correct, slm/llm_pass_rate,
+    /// samples, keep (and the answers, mean lengths, truncations). Resumable with --resume;
+    /// OUT.run.json pins the settings, OUT.summary.json has the pass-rate histograms.
+    Filter(FilterArgs),
+}
+
+#[derive(Args)]
+pub struct FilterArgs {
+    /// Problems, one `{"problem", "answer", ...}` a line (a training split such as
+    /// ../shared/data/train/gsm8k-train.jsonl or math-train.jsonl; never an evaluation set).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The small model: `slm` (the fetched one), a .gguf, a safetensors folder, or an `http://` server.
+    #[arg(long, default_value = "slm")]
+    pub slm: String,
+    /// The large model: `llm`, a .gguf, a safetensors folder, or an `http://` server.
+    #[arg(long, default_value = "llm")]
+    pub llm: String,
+    /// Samples per model and problem (K; the paper uses 16).
+    #[arg(long)]
+    pub samples: usize,
+    /// Output JSONL, one line per problem in the data file's order, written as problems
+    /// finish. An existing file is refused unless --resume.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue an existing --out: its lines are kept and their problems skipped (a torn last
+    /// line, and the problems that were in flight, are solved again); the settings must be
+    /// those it was written with (OUT.run.json). --limit and --offset may change.
+    #[arg(long)]
+    pub resume: bool,
+    /// Also mark as not kept the problems the SLM solves in all K samples: they teach nothing
+    /// about calling.
+    #[arg(long)]
+    pub drop_slm_solved: bool,
+    /// Sampling temperature of both models (the paper's rollout temperature).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Base seed; each (problem, sample) gets its own, as in `eval`, so the same seed gives the
+    /// same file (and the SLM's samples are `eval --policy slm-only`'s with this seed).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Token budget per answer.
+    #[arg(long, default_value_t = 1024)]
+    pub max_tokens: usize,
+    /// Use only the first N problems (after --offset).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Skip the first K problems.
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Samples decoded at once, of one or several problems (their steps run as shared batches).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Grader: `verify` (the evaluation grader, as `eval`) or `mathruler` (the training reward's).
+    #[arg(long, value_enum, default_value_t = Grader::Verify)]
+    pub grader: Grader,
+    /// Print the summary as JSON on stdout (also written to OUT.summary.json).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar (a log line per 10% instead).
+    #[arg(long)]
+    pub no_progress: bool,
+    #[command(flatten)]
+    pub models: ModelArgs,
 }
 
 #[derive(Args)]
@@ -98,7 +175,121 @@ pub struct WarmupArgs {
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Warmup(a) => warmup(a),
+        DataCommand::Filter(a) => filter(a),
     }
+}
+
+fn filter(args: FilterArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.samples >= 1,
+        "--samples must be at least 1 (K samples per model)"
+    );
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
+    let dataset = Dataset::load(&args.data)?;
+    let mut models = args.models.load_pair(&args.slm, &args.llm)?;
+    if args.concurrency > 1 {
+        models.batch_local_engines(relay_engine::batching::DEFAULT_JOIN_WINDOW);
+    }
+    let sampling = relay_engine::sampling::SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+    };
+    // Each model alone, as `eval --policy slm-only / llm-only` answers.
+    let alone = |kind: PolicyKind| {
+        let mut config = RelayConfig::default();
+        config.limits.max_response_tokens = args.max_tokens;
+        config.policy.kind = kind;
+        RelaySolver::new(models.clone(), config, sampling.clone())
+    };
+    let (slm, llm) = (alone(PolicyKind::SlmOnly), alone(PolicyKind::LlmOnly));
+
+    let mut settings = RunSettings::new(&dataset, "slm-only,llm-only");
+    settings.slm = Some(args.slm.clone());
+    settings.llm = Some(args.llm.clone());
+    settings.grader = args.grader.into();
+    settings.solver = json!({
+        "max_tokens": args.max_tokens,
+        "chat": true,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed,
+    });
+    let options = FilterOptions {
+        out: args.out.clone(),
+        selection: Selection {
+            offset: args.offset,
+            limit: args.limit,
+            samples: args.samples,
+        },
+        concurrency: args.concurrency,
+        progress: !args.no_progress,
+        resume: args.resume,
+        drop_slm_solved: args.drop_slm_solved,
+    };
+    let summary =
+        relay_eval::filter(&dataset, &slm, &llm, &settings, &options).with_context(|| {
+            format!(
+                "filtering {} into {}",
+                args.data.display(),
+                args.out.display()
+            )
+        })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", pool_report(&args.out, &summary));
+    }
+    Ok(())
+}
+
+/// The summary for a person: pool size, kept, and both pass-rate histograms side by side.
+fn pool_report(out: &Path, s: &PoolSummary) -> String {
+    let k = s.samples;
+    let mut text = format!(
+        "{}: {} problems, K = {k} samples per model · kept {} ({}LLM solves it at least once{})\n",
+        out.display(),
+        s.problems,
+        s.kept,
+        if s.problems > 0 {
+            format!("{:.1}%: ", 100.0 * s.kept as f64 / s.problems as f64)
+        } else {
+            String::new()
+        },
+        if s.drop_slm_solved {
+            format!(", SLM not in all {k}")
+        } else {
+            String::new()
+        },
+    );
+    text.push_str(&format!(
+        "LLM solves {} at least once, SLM solves {} every time, {} only the LLM solves · mean pass rate LLM {:.1}%, SLM {:.1}%\n",
+        s.llm_solved,
+        s.slm_always_solved,
+        s.llm_only_solved,
+        100.0 * s.llm_mean_pass_rate,
+        100.0 * s.slm_mean_pass_rate,
+    ));
+    text.push_str("correct of K   LLM   SLM\n");
+    for (c, (l, m)) in s
+        .llm_correct_histogram
+        .iter()
+        .zip(&s.slm_correct_histogram)
+        .enumerate()
+    {
+        text.push_str(&format!("{:<12} {l:>5} {m:>5}\n", format!("{c}/{k}")));
+    }
+    text.push_str(&format!(
+        "{:.0}s ({} problems run, {} resumed; {:.1}s a problem)\n",
+        s.timing.wall_s,
+        s.timing.problems_run,
+        s.timing.problems_resumed,
+        s.timing.seconds_per_problem
+    ));
+    text
 }
 
 /// A solution for one problem, with where it came from.

@@ -4,10 +4,8 @@ use super::common::{ModelArgs, PolicyArgs, SamplingArgs};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use relay_core::PolicyKind;
-use relay_engine::chat::ChatMessage;
 use relay_engine::model::ModelPair;
-use relay_engine::relay::{relay, LlmRetry, RelayPair, RelayRequest};
-use relay_eval::{Dataset, GradeMode, Problem, RunOptions, RunSettings, Selection, Solution};
+use relay_eval::{Dataset, GradeMode, RelaySolver, RunOptions, RunSettings, Selection};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -88,53 +86,6 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Answers problems with the relay: the chat-formatted problem to both models, the policy's
-/// calls, the seed derived from (problem, sample) so a resumed run repeats an uninterrupted one.
-struct RelaySolver {
-    pair: RelayPair,
-    models: ModelPair,
-    policy: PolicyArgs,
-    sampling: SamplingArgs,
-    max_tokens: usize,
-}
-
-/// A seed per (problem, sample), mixed from the base seed (splitmix64), so neighbouring
-/// problems do not share random streams.
-pub fn item_seed(base: u64, index: usize, sample: usize) -> u64 {
-    let mut z = base
-        .wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add((sample as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-impl relay_eval::Solver for RelaySolver {
-    fn solve(&self, problem: &Problem, sample: usize) -> Result<Solution, relay_eval::SolveError> {
-        let messages = [ChatMessage::user(problem.problem.clone())];
-        let (slm_prompt, llm_prompt) = self.models.prompt_ids(&messages, true)?;
-        let seed = item_seed(self.sampling.seed, problem.index, sample);
-        let mut sampling = self.sampling.params();
-        sampling.seed = seed;
-        let request = RelayRequest {
-            slm_prompt,
-            llm_prompt,
-            config: self.policy.config(self.max_tokens, seed),
-            sampling,
-            retry: LlmRetry::default(),
-            cancel: None,
-        };
-        let out = relay(&self.pair, &request, |_| {})?;
-        Ok(Solution {
-            text: out.text,
-            slm_tokens: out.trace.tokens.slm,
-            llm_tokens: out.trace.tokens.llm,
-            calls: out.trace.calls.len(),
-            trace: serde_json::to_value(&out.trace)?,
-        })
-    }
-}
-
 /// The run folder's default name: `runs/gsm8k-confidence-t0.4`.
 fn default_out(args: &EvalArgs) -> PathBuf {
     let stem = args
@@ -205,13 +156,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     settings.llm = (kind != PolicyKind::SlmOnly).then(|| args.llm.clone());
     settings.grader = args.grader.into();
     settings.solver = solver_settings(&args);
-    let solver = RelaySolver {
-        pair: models.relay_pair(),
+    // The policy's seed is set per item by the solver.
+    let solver = RelaySolver::new(
         models,
-        policy: args.policy.clone(),
-        sampling: args.sampling.clone(),
-        max_tokens: args.max_tokens,
-    };
+        args.policy.config(args.max_tokens, 0),
+        args.sampling.params(),
+    );
     let options = RunOptions {
         out: out.clone(),
         selection: Selection {
@@ -287,18 +237,4 @@ pub fn report(args: ReportArgs) -> Result<()> {
         eprintln!("wrote {}", f.display());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::item_seed;
-
-    #[test]
-    fn item_seeds_differ_by_problem_and_sample_and_repeat() {
-        let a = item_seed(0, 1, 0);
-        assert_eq!(a, item_seed(0, 1, 0));
-        assert_ne!(a, item_seed(0, 2, 0));
-        assert_ne!(a, item_seed(0, 1, 1));
-        assert_ne!(a, item_seed(1, 1, 0));
-    }
 }
