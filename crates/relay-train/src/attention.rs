@@ -415,14 +415,15 @@ fn forward_blocks<const FMA: bool>(x: &Inputs, blocks: Vec<Block>) {
                 (scores, width, false),
             );
             for (r, row) in scores.chunks_exact_mut(width).enumerate() {
-                let (live, masked) = row.split_at_mut(tile.position(r, group) + 1);
-                let max = max_of(live);
-                let sum = exp_shifted::<FMA>(live, max);
+                let pos = tile.position(r, group);
+                // Masked scores are −∞ (probability 0), so that every loop runs over whole
+                // vectors.
+                row[pos + 1..].fill(f32::NEG_INFINITY);
+                let max = max_of(row);
+                let sum = exp_shifted::<FMA>(row, max);
                 let inv = sum.recip();
-                live.iter_mut().for_each(|p| *p *= inv);
-                masked.fill(0.0);
-                let p = tile.position(r, group) - tile.start;
-                block.lse[p * s.heads + g * group + r % group] = max + sum.ln();
+                row.iter_mut().for_each(|p| *p *= inv);
+                block.lse[(pos - tile.start) * s.heads + g * group + r % group] = max + sum.ln();
             }
             let o = scratch(&mut o, rows * hd);
             gemm::<false, FMA>(
@@ -483,9 +484,8 @@ fn backward_blocks<const FMA: bool>(
                 (p, width, false),
             );
             for (r, row) in p.chunks_exact_mut(width).enumerate() {
-                let (live, masked) = row.split_at_mut(tile.position(r, group) + 1);
-                exp_shifted::<FMA>(live, lse[r]);
-                masked.fill(0.0);
+                row[tile.position(r, group) + 1..].fill(f32::NEG_INFINITY);
+                exp_shifted::<FMA>(row, lse[r]);
             }
             // dS = P ⊙ (dout vᵀ − D).
             let ds = scratch(&mut ds, rows * width);
