@@ -335,7 +335,8 @@ fn attention_probs(q: &Tensor, k: &Tensor, scale: f64) -> candle_core::Result<Te
 }
 
 /// The forward of [`causal_attention`] on contiguous inputs, flattened in `q`'s layout.
-pub(crate) fn attention_forward(
+/// Public as the baseline `examples/attention_timing.rs` measures [`crate::attention`] against.
+pub fn attention_forward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -353,7 +354,7 @@ pub(crate) fn attention_forward(
 /// The backward of [`causal_attention`] for the output's gradient `go`: `(dq, dk, dv)`.
 /// With P the probabilities: dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
 /// dQ = dS K · scale, dK = dSᵀ Q · scale.
-pub(crate) fn attention_backward(
+pub fn attention_backward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

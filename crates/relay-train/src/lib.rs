@@ -7,6 +7,8 @@
 //!   dequantized to f32 and kept frozen; LoRA trains low-rank pairs beside it.
 //! - [`backprop`]: LoRA's forward and backward written out by hand as one autograd op (the
 //!   default for LoRA; several times faster than candle's autograd over the same math).
+//! - [`attention`]: causal grouped-query attention, forward and backward, on the projections'
+//!   token-major slices, FlashAttention-style (the hand-written pass's).
 //! - [`fused`]: attention and the output head as ops that recompute in the backward pass, so
 //!   a step's memory stays linear in the sequence length with no vocabulary-sized activations.
 //! - [`optim`]: AdamW (checkpointable), gradient accumulation, global-norm clipping, warm-up +
