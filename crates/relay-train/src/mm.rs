@@ -36,6 +36,12 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
+/// Where the view of columns `at..at + len` of a `cols`-wide view starts in its buffer.
+fn column_start(cols: usize, cs: usize, buffer: usize, at: usize, len: usize) -> usize {
+    assert!(at + len <= cols, "columns {at}..{} of {cols}", at + len);
+    (at * cs).min(buffer)
+}
+
 impl<'a> Mat<'a> {
     /// `data` as a row-major `[rows, cols]` matrix.
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
@@ -70,13 +76,7 @@ impl<'a> Mat<'a> {
 
     /// Columns `at..at + len`.
     pub fn cols(self, at: usize, len: usize) -> Self {
-        assert!(
-            at + len <= self.cols,
-            "columns {at}..{} of {}",
-            at + len,
-            self.cols
-        );
-        let start = (at * self.cs).min(self.data.len());
+        let start = column_start(self.cols, self.cs, self.data.len(), at, len);
         Self::strided(&self.data[start..], self.rows, len, self.rs, self.cs)
     }
 }
@@ -100,13 +100,7 @@ impl<'a> MatMut<'a> {
 
     /// Columns `at..at + len`.
     pub fn cols(self, at: usize, len: usize) -> Self {
-        assert!(
-            at + len <= self.cols,
-            "columns {at}..{} of {}",
-            at + len,
-            self.cols
-        );
-        let start = (at * self.cs).min(self.data.len());
+        let start = column_start(self.cols, self.cs, self.data.len(), at, len);
         let (rows, rs, cs) = (self.rows, self.rs, self.cs);
         Self {
             data: &mut self.data[start..],
