@@ -8,6 +8,11 @@
 //! inference. LLM-written tokens and the prompt are masked out of the loss (`loss_mask` 0); the
 //! SLM's own tokens, the commands and the final EOS are learned (`loss_mask` 1).
 //!
+//! Where the commands go is a [`Placement`]: at random (the paper's warm-up), or informed by
+//! the models' own log-probabilities of the solution, read teacher-forced ([`solution_logprobs`]):
+//! before the tokens the SLM finds unlikely (`unsure`), or where the LLM is surer of the next
+//! token than the SLM (`gap`). The informed ones teach where to call, not only how.
+//!
 //! The ids are built by concatenating the pieces' own tokenizations (prompt, solution tokens,
 //! command, LLM tokens), never by re-tokenizing the joined text: that is the sequence the SLM's
 //! cache holds during a relay run, where tokens pass between the models as ids.
@@ -171,6 +176,158 @@ pub trait Teacher {
     fn continue_view(&mut self, view: &[u32], n: usize) -> Result<Vec<u32>, String>;
 }
 
+/// Where an example's commands go.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Placement {
+    /// At uniformly random token boundaries, `--calls` of them (the paper's warm-up).
+    #[default]
+    Random,
+    /// Before the solution tokens to which the SLM gives a probability below `below`, least
+    /// likely first, up to the most `--calls` allows.
+    Unsure { below: f32 },
+    /// Before the solution tokens whose log-probability under the LLM exceeds the SLM's by at
+    /// least `nats`, largest gap first, up to the most `--calls` allows.
+    Gap { nats: f32 },
+}
+
+impl Placement {
+    /// Whether it reads the SLM's log-probs ([`Self::needs_llm`]: and the LLM's).
+    pub fn is_informed(&self) -> bool {
+        !matches!(self, Placement::Random)
+    }
+
+    pub fn needs_llm(&self) -> bool {
+        matches!(self, Placement::Gap { .. })
+    }
+
+    /// Solution positions where a command may go, best first, from the models' log-probs of
+    /// each solution token given what precedes it (`slm[j]`, `llm[j]`). Positions past `body`
+    /// (the EOS) never qualify. Empty for [`Placement::Random`].
+    pub fn rank_sites(&self, slm: &[f32], llm: Option<&[f32]>, body: usize) -> Vec<usize> {
+        let body = body.min(slm.len());
+        let mut scored: Vec<(usize, f32)> = match *self {
+            Placement::Random => return Vec::new(),
+            Placement::Unsure { below } => {
+                let cut = below.ln();
+                (0..body)
+                    .filter(|&j| slm[j] < cut)
+                    .map(|j| (j, -slm[j]))
+                    .collect()
+            }
+            Placement::Gap { nats } => {
+                let Some(llm) = llm else { return Vec::new() };
+                (0..body.min(llm.len()))
+                    .map(|j| (j, llm[j] - slm[j]))
+                    .filter(|&(_, g)| g >= nats)
+                    .collect()
+            }
+        };
+        // Best first; ties (and NaN, which never passes the filters) by position.
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.into_iter().map(|(j, _)| j).collect()
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::Random => write!(f, "random"),
+            Placement::Unsure { below } => write!(f, "unsure:{below}"),
+            Placement::Gap { nats } => write!(f, "gap:{nats}"),
+        }
+    }
+}
+
+impl FromStr for Placement {
+    type Err = String;
+
+    /// `random`, `unsure[:P]` (P in (0, 1], default 0.3) or `gap[:NATS]` (default 1.0).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "expected random, unsure[:P] or gap[:NATS]";
+        let (kind, arg) = match s.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        let num = |a: &str| -> Result<f32, String> {
+            a.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("`{s}`: `{a}` is not a number; {usage}"))
+        };
+        match (kind, arg) {
+            ("random", None) => Ok(Placement::Random),
+            ("unsure", a) => {
+                let below = a.map(num).transpose()?.unwrap_or(0.3);
+                if !(below > 0.0 && below <= 1.0) {
+                    return Err(format!("`{s}`: P is a probability in (0, 1]"));
+                }
+                Ok(Placement::Unsure { below })
+            }
+            ("gap", a) => {
+                let nats = a.map(num).transpose()?.unwrap_or(1.0);
+                if nats < 0.0 {
+                    return Err(format!("`{s}`: NATS is at least 0"));
+                }
+                Ok(Placement::Gap { nats })
+            }
+            _ => Err(format!("`{s}`: {usage}")),
+        }
+    }
+}
+
+/// Log-probability of each `solution` token given the prompt and the solution before it, read
+/// teacher-forced in one pass (`solution.len()` values). The informed placements' input.
+pub fn solution_logprobs(
+    engine: &dyn Engine,
+    prompt: &[u32],
+    solution: &[u32],
+) -> relay_engine::Result<Vec<f32>> {
+    if prompt.is_empty() {
+        return Err(EngineError::InvalidInput(
+            "scoring a solution needs a non-empty prompt".into(),
+        ));
+    }
+    let mut ids = Vec::with_capacity(prompt.len() + solution.len());
+    ids.extend_from_slice(prompt);
+    ids.extend_from_slice(solution);
+    let all = engine.score(&ids)?;
+    Ok(all[prompt.len() - 1..].to_vec())
+}
+
+/// An informed [`Placement`] with the engines whose log-probs it reads.
+pub struct Placer<'a> {
+    pub placement: Placement,
+    pub slm: &'a dyn Engine,
+    /// Needed by [`Placement::Gap`].
+    pub llm: Option<&'a dyn Engine>,
+}
+
+impl Placer<'_> {
+    /// The ranked sites for one example (`solution` ends with its EOS, which is never a site),
+    /// ready for [`build_example`].
+    pub fn sites(
+        &self,
+        prompt: &[u32],
+        solution: &[u32],
+        is_eos: &dyn Fn(u32) -> bool,
+    ) -> relay_engine::Result<Vec<usize>> {
+        let body = solution.iter().take_while(|&&t| !is_eos(t)).count();
+        let slm = solution_logprobs(self.slm, prompt, solution)?;
+        let llm = match (self.placement.needs_llm(), self.llm) {
+            (false, _) => None,
+            (true, Some(e)) => Some(solution_logprobs(e, prompt, solution)?),
+            (true, None) => {
+                return Err(EngineError::InvalidInput(format!(
+                    "placement {} reads the LLM's log-probs: give it the LLM",
+                    self.placement
+                )))
+            }
+        };
+        Ok(self.placement.rank_sites(&slm, llm.as_deref(), body))
+    }
+}
+
 /// Who wrote a response token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -234,6 +391,10 @@ impl Built {
 /// Inserts commands into one solution. `solution` is the response as the SLM would write it
 /// (ending with EOS if it should learn to stop); `eos` tells which ids end a response;
 /// `encode_tag(n)` tokenizes a command. With a teacher, `llm_prompt` starts the LLM's view.
+///
+/// `sites`: `None` places `options.calls` commands at random; `Some(ranked)` (from
+/// [`Placement::rank_sites`]) takes sites best first, up to `options.calls.max`, skipping any
+/// that would fall inside a command taken before it (or take one inside its own tokens).
 #[allow(clippy::too_many_arguments)]
 pub fn build_example(
     solution: &[u32],
@@ -242,16 +403,41 @@ pub fn build_example(
     llm_prompt: &[u32],
     mut teacher: Option<&mut dyn Teacher>,
     options: &WarmupOptions,
+    sites: Option<&[usize]>,
     seed: u64,
 ) -> Result<Built, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     // Commands go before a solution token that is not its EOS.
     let body = solution.iter().take_while(|&&t| !is_eos(t)).count();
-    let k = rng
-        .gen_range(options.calls.min..=options.calls.max)
-        .min(body);
-    let mut starts = rand::seq::index::sample(&mut rng, body, k).into_vec();
-    starts.sort_unstable();
+    // (start, n): random starts draw their n in order below, informed ones while choosing.
+    let plan: Vec<(usize, Option<u64>)> = match sites {
+        None => {
+            let k = rng
+                .gen_range(options.calls.min..=options.calls.max)
+                .min(body);
+            let mut starts = rand::seq::index::sample(&mut rng, body, k).into_vec();
+            starts.sort_unstable();
+            starts.into_iter().map(|s| (s, None)).collect()
+        }
+        Some(ranked) => {
+            let mut chosen: Vec<(usize, u64)> = Vec::new();
+            for &s in ranked.iter().filter(|&&s| s < body) {
+                if chosen.len() == options.calls.max {
+                    break;
+                }
+                let n = options.n_dist.sample(&mut rng);
+                let clash = chosen.iter().any(|&(c, cn)| {
+                    (c..c + cn as usize).contains(&s) || (s..s + n as usize).contains(&c)
+                });
+                if !clash {
+                    chosen.push((s, n));
+                }
+            }
+            chosen.sort_unstable();
+            chosen.into_iter().map(|(s, n)| (s, Some(n))).collect()
+        }
+    };
+    let k = plan.len();
 
     let mut out = Built {
         response: Vec::with_capacity(solution.len() + 16 * k),
@@ -259,13 +445,13 @@ pub fn build_example(
         calls: Vec::with_capacity(k),
     };
     let mut i = 0; // next solution token
-    for start in starts {
+    for (start, n) in plan {
         if start < i {
             continue; // inside the previous call's tokens
         }
         push(&mut out, &solution[i..start], Writer::Slm);
         i = start;
-        let n = options.n_dist.sample(&mut rng);
+        let n = n.unwrap_or_else(|| options.n_dist.sample(&mut rng));
         let at = out.response.len();
         push(&mut out, &encode_tag(n)?, Writer::Tag);
         let served = match teacher.as_deref_mut() {
@@ -501,6 +687,63 @@ mod tests {
         ] {
             assert!(bad.parse::<NDist>().is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn placements_parse_with_defaults_and_refuse_nonsense() {
+        assert_eq!("random".parse::<Placement>().unwrap(), Placement::Random);
+        assert_eq!(
+            "unsure".parse::<Placement>().unwrap(),
+            Placement::Unsure { below: 0.3 }
+        );
+        assert_eq!(
+            "unsure:0.5".parse::<Placement>().unwrap(),
+            Placement::Unsure { below: 0.5 }
+        );
+        assert_eq!(
+            "gap:2".parse::<Placement>().unwrap(),
+            Placement::Gap { nats: 2.0 }
+        );
+        for bad in [
+            "",
+            "random:1",
+            "unsure:0",
+            "unsure:1.5",
+            "unsure:x",
+            "gap:-1",
+            "gap:nan",
+            "wild",
+        ] {
+            assert!(bad.parse::<Placement>().is_err(), "{bad:?} parsed");
+        }
+        for p in [
+            Placement::Random,
+            Placement::Unsure { below: 0.25 },
+            Placement::Gap { nats: 1.5 },
+        ] {
+            assert_eq!(p.to_string().parse::<Placement>().unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn sites_rank_by_how_much_help_each_token_needs() {
+        let ln = |p: f32| p.ln();
+        // SLM probabilities of five solution tokens and the EOS.
+        let slm = [ln(0.9), ln(0.05), ln(0.2), ln(0.5), ln(0.01), ln(0.001)];
+        // Unsure below 0.3: tokens 4, 1, 2 (least likely first); the EOS (index 5) never.
+        let unsure = Placement::Unsure { below: 0.3 };
+        assert_eq!(unsure.rank_sites(&slm, None, 5), vec![4, 1, 2]);
+        // Gap of at least 1 nat: token 2 (ln 0.9 - ln 0.2 = 1.5) before token 1 (ln 0.1 - ln
+        // 0.05 = 0.69, too small) and token 4 (ln 0.5 - ln 0.01 = 3.9) first.
+        let llm = [ln(0.95), ln(0.1), ln(0.9), ln(0.5), ln(0.5), ln(0.9)];
+        let gap = Placement::Gap { nats: 1.0 };
+        assert_eq!(gap.rank_sites(&slm, Some(&llm), 5), vec![4, 2]);
+        // Without the LLM's log-probs a gap has no sites; random placement never ranks.
+        assert!(gap.rank_sites(&slm, None, 5).is_empty());
+        assert!(Placement::Random.rank_sites(&slm, Some(&llm), 5).is_empty());
+        // Ties go by position.
+        let flat = [ln(0.1); 4];
+        assert_eq!(unsure.rank_sites(&flat, None, 4), vec![0, 1, 2, 3]);
     }
 
     #[test]

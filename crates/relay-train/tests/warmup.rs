@@ -3,13 +3,15 @@
 //! SLM its tokens and commands but never the LLM's.
 
 use relay_core::{CallTagParser, TagConfig, TagEvent};
+use relay_engine::engine::Engine;
 use relay_engine::generate::{generate, GenerateParams};
 use relay_engine::testing::write_tiny_pair;
 use relay_engine::tiny_vocab::IM_END_ID;
 use relay_engine::tokenizer::Tokenizer;
 use relay_engine::{CandleEngine, LoadOptions};
 use relay_train::warmup::{
-    build_example, CallCount, EngineTeacher, NDist, Teacher, WarmupOptions, Writer,
+    build_example, solution_logprobs, CallCount, EngineTeacher, NDist, Teacher, WarmupOptions,
+    Writer,
 };
 
 fn tiny() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
@@ -57,7 +59,17 @@ fn commands_parse_back_and_solution_tokens_are_kept_in_order() {
             tok.encode(&format!("<call>{n}</call>"), false)
                 .map_err(|e| e.to_string())
         };
-        let b = build_example(&solution, &is_eos, &mut enc, &[], None, &options, seed).unwrap();
+        let b = build_example(
+            &solution,
+            &is_eos,
+            &mut enc,
+            &[],
+            None,
+            &options,
+            None,
+            seed,
+        )
+        .unwrap();
         assert_eq!(b.response.len(), b.writers.len());
         assert!(b.calls.len() <= 3);
         seen_counts[b.calls.len()] += 1;
@@ -127,14 +139,14 @@ fn same_seed_same_example_and_zero_calls_means_the_plain_solution() {
             .map_err(|e| e.to_string())
     };
     let opts = WarmupOptions::default();
-    let a = build_example(&solution, &is_eos, &mut enc, &[], None, &opts, 9).unwrap();
-    let b = build_example(&solution, &is_eos, &mut enc, &[], None, &opts, 9).unwrap();
+    let a = build_example(&solution, &is_eos, &mut enc, &[], None, &opts, None, 9).unwrap();
+    let b = build_example(&solution, &is_eos, &mut enc, &[], None, &opts, None, 9).unwrap();
     assert_eq!(a, b);
     let none = WarmupOptions {
         calls: CallCount { min: 0, max: 0 },
         ..WarmupOptions::default()
     };
-    let c = build_example(&solution, &is_eos, &mut enc, &[], None, &none, 9).unwrap();
+    let c = build_example(&solution, &is_eos, &mut enc, &[], None, &none, None, 9).unwrap();
     assert_eq!(c.response, solution);
     assert!(c.writers.iter().all(|w| *w == Writer::Slm));
 }
@@ -172,6 +184,7 @@ fn teacher_tokens_are_the_llms_greedy_continuation_of_the_tag_free_view() {
             &prompt,
             Some(&mut teacher as &mut dyn Teacher),
             &options,
+            None,
             seed,
         )
         .unwrap();
@@ -204,4 +217,108 @@ fn teacher_tokens_are_the_llms_greedy_continuation_of_the_tag_free_view() {
         }
     }
     assert!(served_any > 0);
+}
+
+#[test]
+fn informed_sites_become_the_commands_best_first_without_overlap() {
+    let (_d, slm, _) = tiny();
+    let tok = Tokenizer::load_for_model(&slm).unwrap();
+    let mut solution = tok.encode(SOLUTION, false).unwrap();
+    solution.push(IM_END_ID);
+    let body = solution.len() - 1;
+    let is_eos = |t: u32| t == IM_END_ID;
+    let mut enc = |n: u64| {
+        tok.encode(&format!("<call>{n}</call>"), false)
+            .map_err(|e| e.to_string())
+    };
+    let options = WarmupOptions {
+        calls: CallCount { min: 0, max: 2 },
+        n_dist: NDist::Fixed(5),
+        ..WarmupOptions::default()
+    };
+    // Site 3 first; 5 falls inside its 5 tokens (3..8) and is skipped; 12 is taken; the cap of
+    // two commands leaves 20 out; the EOS position is never a site.
+    let ranked = [body, 3, 5, 12, 20];
+    let b = build_example(
+        &solution,
+        &is_eos,
+        &mut enc,
+        &[],
+        None,
+        &options,
+        Some(&ranked),
+        0,
+    )
+    .unwrap();
+    let text = tok.decode(&b.response).unwrap();
+    assert_eq!(parsed_calls(&text, 7), vec![5, 5]);
+    // Where each command went, in solution tokens: the SLM/LLM tokens before it.
+    let starts: Vec<usize> = b
+        .calls
+        .iter()
+        .map(|c| {
+            b.writers[..c.at]
+                .iter()
+                .filter(|w| **w != Writer::Tag)
+                .count()
+        })
+        .collect();
+    assert_eq!(starts, vec![3, 12]);
+    // No teacher: the solution's tokens come back in order, commands aside.
+    let kept: Vec<u32> = b
+        .response
+        .iter()
+        .zip(&b.writers)
+        .filter(|(_, w)| **w != Writer::Tag)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(kept, solution);
+
+    // No site at all: the plain solution, however many commands --calls allows.
+    let none = build_example(
+        &solution,
+        &is_eos,
+        &mut enc,
+        &[],
+        None,
+        &options,
+        Some(&[]),
+        0,
+    )
+    .unwrap();
+    assert_eq!(none.response, solution);
+}
+
+#[test]
+fn solution_logprobs_are_the_engines_next_token_logprobs_one_prefix_at_a_time() {
+    let (_d, slm, _) = tiny();
+    let tok = Tokenizer::load_for_model(&slm).unwrap();
+    let engine = CandleEngine::load(&slm, LoadOptions::default()).unwrap();
+    let prompt = tok
+        .encode(
+            "<|im_start|>user\nHow many eggs?<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        )
+        .unwrap();
+    let mut solution = tok.encode("16 - 3 - 4 = 9 eggs.", false).unwrap();
+    solution.push(IM_END_ID);
+    let got = solution_logprobs(&engine, &prompt, &solution).unwrap();
+    assert_eq!(got.len(), solution.len());
+    // Independently: prefill the prompt, then feed the solution one token at a time, reading
+    // each next token's log-softmax from the logits the engine returns.
+    let seq = engine.create_sequence().unwrap();
+    let mut logits = engine.prefill(seq, &prompt).unwrap();
+    for (j, &t) in solution.iter().enumerate() {
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+        let want = logits[t as usize] - lse;
+        assert!(
+            (got[j] - want).abs() < 1e-3,
+            "token {j}: {} vs {want}",
+            got[j]
+        );
+        logits = engine.step(&[(seq, t)]).unwrap().pop().unwrap();
+    }
+    engine.free(seq).unwrap();
+    assert!(solution_logprobs(&engine, &[], &solution).is_err());
 }

@@ -152,6 +152,55 @@ fn warmup_from_reference_solutions_writes_masked_examples() {
 }
 
 #[test]
+fn informed_placements_put_commands_only_where_a_token_qualifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 1024);
+    let problems = dir.path().join("problems.jsonl");
+    std::fs::write(&problems, PROBLEMS).unwrap();
+    let out_path = dir.path().join("out.jsonl");
+    let run = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["data", "warmup", "--problems"]).arg(&problems);
+        c.arg("--solutions").arg(&problems);
+        c.arg("--model").arg(&slm).arg("--out").arg(&out_path);
+        c.args(["--calls", "0-2", "--n-dist", "fixed:2", "--seed", "4"]);
+        c.args(extra);
+        c.output().unwrap()
+    };
+    let summary = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out.summary.json")).unwrap())
+            .unwrap()
+    };
+    // Below 0.5 the tiny SLM leaves enough qualifying tokens in every solution for the most
+    // --calls allows; below 1e-30 none qualifies, and no example calls.
+    let out = run(&["--placement", "unsure:0.5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records = lines(&out_path);
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert_eq!(r["calls"].as_array().unwrap().len(), 2, "{r}");
+    }
+    assert_eq!(summary()["placement"], "unsure:0.5");
+    let out = run(&["--placement", "unsure:1e-30"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lines(&out_path)
+        .iter()
+        .all(|r| r["calls"].as_array().unwrap().is_empty()));
+    assert_eq!(summary()["calls"], 0);
+
+    // gap reads the LLM's log-probs: without --teacher it says so; with it, it runs.
+    let out = run(&["--placement", "gap"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--teacher"), "{}", stderr(&out));
+    let out = run(&["--placement", "gap:0", "--teacher", llm.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary()["placement"], "gap:0");
+    let out = run(&["--placement", "unsure:2"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("(0, 1]"), "{}", stderr(&out));
+}
+
+#[test]
 fn warmup_reads_eval_results_and_explains_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let (slm, _) = write_tiny_pair(dir.path(), 1024);

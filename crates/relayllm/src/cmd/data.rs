@@ -13,8 +13,8 @@ use relay_eval::{
     Selection,
 };
 use relay_train::warmup::{
-    build_example, normalize_reference_solution, CallCount, EngineTeacher, NDist, Teacher,
-    WarmupOptions, WarmupRecord,
+    build_example, normalize_reference_solution, CallCount, EngineTeacher, NDist, Placement,
+    Placer, Teacher, WarmupOptions, WarmupRecord,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -124,9 +124,18 @@ pub struct WarmupArgs {
     /// Tokens a command asks for: fixed:N, uniform:LO-HI, choice:A,B,.. or geometric:MEAN[:CAP].
     #[arg(long, default_value = "uniform:8-64")]
     pub n_dist: NDist,
-    /// Commands per example, `N` or `MIN-MAX` (uniform).
+    /// Commands per example, `N` or `MIN-MAX` (uniform). Informed placements put up to MAX.
     #[arg(long, default_value = "0-3")]
     pub calls: CallCount,
+    /// Where commands go. `random`: --calls of them at random token boundaries (the paper's
+    /// warm-up). `unsure[:P]`: before the solution tokens the SLM gives a probability below P
+    /// (default 0.3), least likely first. `gap[:NATS]`: before the tokens whose log-probability
+    /// under the LLM beats the SLM's by NATS or more (default 1.0), largest gap first; reads
+    /// --teacher's log-probs. Both read the solution teacher-forced (one pass per model and
+    /// example) and put up to MAX of --calls commands, none where no token qualifies: the SLM
+    /// learns to call where it is unsure, not anywhere.
+    #[arg(long, default_value = "random")]
+    pub placement: Placement,
     /// The LLM (`llm`, a path or an `http://` server): the tokens after each command become its
     /// own greedy continuation at that point, so the data looks like inference. Needs the same
     /// vocabulary as --model.
@@ -354,6 +363,23 @@ fn warmup(args: WarmupArgs) -> Result<()> {
         None => None,
     };
 
+    if args.placement.needs_llm() && teacher_model.is_none() {
+        bail!(
+            "--placement {} compares the LLM's log-probs with the SLM's: give the LLM as --teacher",
+            args.placement
+        );
+    }
+    let placer_slm = if args.placement.is_informed() {
+        Some(args.models.load(&model_arg)?)
+    } else {
+        None
+    };
+    let placer = placer_slm.as_ref().map(|m| Placer {
+        placement: args.placement,
+        slm: m.engine.as_ref(),
+        llm: teacher_model.as_ref().map(|t| t.engine.as_ref()),
+    });
+
     let options = WarmupOptions {
         calls: args.calls,
         n_dist: args.n_dist.clone(),
@@ -398,6 +424,7 @@ fn warmup(args: WarmupArgs) -> Result<()> {
                 &template,
                 eos,
                 teacher.as_mut().map(|t| t as &mut dyn Teacher),
+                placer.as_ref(),
                 &options,
                 item_seed(args.seed, problem.index, k),
             )?;
@@ -427,7 +454,9 @@ fn warmup(args: WarmupArgs) -> Result<()> {
     std::fs::rename(&tmp, &args.out)
         .with_context(|| format!("moving {} to {}", tmp.display(), args.out.display()))?;
 
-    let summary = stats.summary(problems.len());
+    let mut summary = stats.summary(problems.len());
+    summary["placement"] = json!(args.placement.to_string());
+    summary["teacher"] = json!(args.teacher);
     eprintln!(
         "{}: {} examples from {} problems ({} without a solution, {} solutions graded wrong, {} over --max-len{}) · {} calls ({:.2} a example) · LLM-written {:.1}% of response tokens",
         args.out.display(),
@@ -471,6 +500,7 @@ fn build_record(
     template: &ChatTemplate,
     eos: u32,
     teacher: Option<&mut dyn Teacher>,
+    placer: Option<&Placer>,
     options: &WarmupOptions,
     seed: u64,
 ) -> Result<WarmupRecord> {
@@ -485,6 +515,10 @@ fn build_record(
             .encode(&options.tags.format(n), false)
             .map_err(|e| e.to_string())
     };
+    let sites = placer
+        .map(|p| p.sites(&prompt, &solution, &is_eos))
+        .transpose()
+        .with_context(|| format!("placing the commands of problem {}", problem.index))?;
     let built = build_example(
         &solution,
         &is_eos,
@@ -492,6 +526,7 @@ fn build_record(
         &prompt,
         teacher,
         options,
+        sites.as_deref(),
         seed,
     )
     .map_err(anyhow::Error::msg)
