@@ -198,3 +198,92 @@ fn log_softmax_matches_an_f64_reference_over_a_real_sized_vocabulary() {
         "{got:?}"
     );
 }
+
+/// The sampler written plainly: every candidate sorted before the walk. The sampler sorts only
+/// the head up front and the rest when a walk reaches it; both must pick the same token for the
+/// same draw.
+fn full_sort_choose(p: &SamplingParams, logits: &[f32], u: f32) -> u32 {
+    let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| !logits[i].is_nan()).collect();
+    let k = if p.top_k == 0 {
+        idx.len()
+    } else {
+        p.top_k.min(idx.len())
+    };
+    let cmp = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    idx.sort_by(cmp);
+    idx.truncate(k);
+    let max = logits[idx[0]];
+    let mut probs: Vec<f32> = idx
+        .iter()
+        .map(|&i| ((logits[i] - max) / p.temperature).exp())
+        .collect();
+    let sum = probs.iter().map(|&x| f64::from(x)).sum::<f64>() as f32;
+    probs.iter_mut().for_each(|x| *x /= sum);
+    if p.top_p < 1.0 {
+        let mut acc = 0.0f64;
+        let mut keep = probs.len();
+        for (i, &pr) in probs.iter().enumerate() {
+            acc += f64::from(pr);
+            if acc >= f64::from(p.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep.max(1));
+    }
+    let total: f64 = probs.iter().map(|&x| f64::from(x)).sum();
+    let mut r = f64::from(u) * total;
+    for (j, &pr) in probs.iter().enumerate() {
+        r -= f64::from(pr);
+        if r <= 0.0 {
+            return idx[j] as u32;
+        }
+    }
+    idx[probs.len() - 1] as u32
+}
+
+#[test]
+fn sorting_only_the_head_picks_what_sorting_everything_picks() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    // Vocabularies past the sorted head (256), peaked and flat ones (the flat ones send most
+    // draws and nuclei into the tail), ties, NaNs, every truncation.
+    let mut gen = StdRng::seed_from_u64(7);
+    let mut tail_draws = 0;
+    let mut cases = 0;
+    for case in 0..120u64 {
+        let n = [300, 1000, 5000][case as usize % 3];
+        let spread = [0.05f32, 1.0, 4.0, 12.0][(case / 3) as usize % 4];
+        let mut logits: Vec<f32> = (0..n).map(|_| gen.gen::<f32>() * spread).collect();
+        if case % 5 == 0 {
+            for l in logits.iter_mut().step_by(7) {
+                *l = 0.5 * spread; // ties
+            }
+        }
+        if case % 11 == 0 {
+            logits[3] = f32::NAN;
+        }
+        let p = SamplingParams {
+            temperature: [0.7, 1.0, 1.5][case as usize % 3],
+            top_p: [1.0, 0.9, 0.999][(case / 2) as usize % 3],
+            top_k: [0, 50, 400][(case / 5) as usize % 3],
+            seed: case,
+        };
+        let mut sampler = Sampler::new(p.clone());
+        let mut draws = StdRng::seed_from_u64(case);
+        let mut order: Vec<usize> = (0..n).filter(|&i| !logits[i].is_nan()).collect();
+        order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b)));
+        for _ in 0..40 {
+            let u: f32 = draws.gen();
+            let want = full_sort_choose(&p, &logits, u);
+            assert_eq!(sampler.sample(&logits), want, "case {case} {p:?}");
+            if order.iter().position(|&i| i == want as usize).unwrap() >= 256 {
+                tail_draws += 1;
+            }
+            cases += 1;
+        }
+    }
+    assert!(
+        tail_draws > 100,
+        "only {tail_draws} of {cases} draws reached the tail"
+    );
+}
