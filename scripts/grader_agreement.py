@@ -200,7 +200,8 @@ def reference(mode):
         else:
             # Our convention: a bare answer is graded as written; prose without a box has no
             # answer ("None", what mathruler's extraction returns).
-            words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}", pred)
+            words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}",
+                               re.sub(r"\\(?:begin|end)\{[^}]*\}", "", pred))
             bare = 0 < len(pred.strip()) <= 200 and all(
                 w in ("sqrt", "sin", "cos", "tan", "log", "ln", "exp", "pi") for w in words)
             ans = pred.strip() if bare else "None"

@@ -87,14 +87,16 @@ impl Rollout {
         if self.response_tokens == 0 {
             return 0.0;
         }
-        let help: u64 = self
+        // Saturating: the counts come from clients, and a sum past u64::MAX that wrapped
+        // would turn full help into none (ρ is capped at 1 anyway).
+        let help = self
             .calls
             .iter()
             .map(|c| match kind {
                 RhoKind::Requested => c.requested_n.min(REQUESTED_N_CAP),
                 RhoKind::Served => c.served,
             })
-            .sum();
+            .fold(0u64, u64::saturating_add);
         (help as f64 / self.response_tokens as f64).min(1.0)
     }
 }

@@ -89,6 +89,23 @@ fn rho_requested_caps_each_call_and_the_total() {
 }
 
 #[test]
+fn huge_calls_saturate_instead_of_wrapping() {
+    // Two calls of 2^63 served tokens sum past u64::MAX: the help is all of the response.
+    let half = 1u64 << 63;
+    let huge = r(true, &[(half, half), (half, half)], 100);
+    assert_eq!(huge.rho(RhoKind::Served), 1.0);
+    assert_eq!(huge.rho(RhoKind::Requested), 1.0);
+    let group = RolloutGroup {
+        rollouts: vec![huge, r(false, &[(half, half), (half, half)], 100)],
+    };
+    let g = group_rewards(&group, RewardKind::Difficulty, RhoKind::Served);
+    assert_eq!(g.scenario, Scenario::TeacherDependent);
+    assert_eq!(g.rewards, vec![0.0, 0.0]);
+    let simple = group_rewards(&group, RewardKind::Simple, RhoKind::Served);
+    assert_eq!(simple.rewards, vec![0.0, -1.0]);
+}
+
+#[test]
 fn rho_served_changes_the_reward() {
     let group = RolloutGroup {
         rollouts: vec![r(true, &[(40, 10)], 100)],

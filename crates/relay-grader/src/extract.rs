@@ -2,8 +2,9 @@
 //!
 //! `mathruler` looks only at the last `\boxed{...}`. `verify` follows math-verify's order of
 //! preference: boxed answers (adjacent boxes joined, as `\boxed{1}, \boxed{2}`), then
-//! "final answer is ...", then "answer: ...", then the last `$...$`-style math, then the
-//! last number. Everything here is linear scanning over a length-capped input.
+//! "final answer is ...", then "answer: ...", then the last `$...$`-style math, then a bare
+//! answer as written or, in prose, the last plain fraction and the last number. Everything
+//! here is linear scanning over a length-capped input.
 
 /// Find the matching `}` for the `{` at byte index `open`; returns the content's end.
 fn matching_brace(s: &str, open: usize) -> Option<usize> {
@@ -400,12 +401,15 @@ pub fn extract_verify_candidates(text: &str) -> Vec<String> {
     if !envs.is_empty() {
         push(Some(chain_backward(text, &envs, envs.len() - 1)));
     }
-    push(last_plain_fraction(text));
-    let t = text.trim();
-    if !t.is_empty() && t.chars().count() <= 200 && looks_like_bare_answer(t) {
-        push(Some(t.to_string()));
+    match bare_answer(text) {
+        // A bare answer is graded as written, as math-verify grades it inside `$...$`: its
+        // parts (the `\frac{1}{2}` of `\frac{1}{2}+1`, a matrix's last entry) are not answers.
+        Some(t) => push(Some(t.to_string())),
+        None => {
+            push(last_plain_fraction(text));
+            push(last_number(text));
+        }
     }
-    push(last_number(text));
     out.truncate(8);
     out
 }
@@ -486,11 +490,19 @@ fn last_plain_fraction(text: &str) -> Option<String> {
     None
 }
 
+/// The trimmed text when it is a bare answer (short, no prose), else `None`.
+pub fn bare_answer(text: &str) -> Option<&str> {
+    let t = text.trim();
+    (!t.is_empty() && t.chars().count() <= 200 && looks_like_bare_answer(t)).then_some(t)
+}
+
 /// A short text with no prose: a bare answer such as `3/4`, `\frac{\pi}{2}`, `(1, 2)`.
 pub fn looks_like_bare_answer(t: &str) -> bool {
     // Words outside LaTeX commands are prose, except the names of functions.
     const WORDS: &[&str] = &["sqrt", "sin", "cos", "tan", "log", "ln", "exp", "pi"];
     let mut in_command = false;
+    let mut command = String::new();
+    let mut in_environment_name = false;
     let mut word = String::new();
     let mut ok = true;
     let mut check = |w: &mut String| {
@@ -500,16 +512,26 @@ pub fn looks_like_bare_answer(t: &str) -> bool {
         w.clear();
     };
     for c in t.chars() {
+        if in_environment_name {
+            in_environment_name = c != '}';
+            continue;
+        }
         if c == '\\' {
             check(&mut word);
             in_command = true;
+            command.clear();
             continue;
         }
         if c.is_alphabetic() {
-            if !in_command {
+            if in_command {
+                command.push(c);
+            } else {
                 word.push(c);
             }
         } else {
+            // The `pmatrix` of `\begin{pmatrix}` is LaTeX, not prose.
+            in_environment_name =
+                in_command && c == '{' && matches!(command.as_str(), "begin" | "end");
             in_command = false;
             check(&mut word);
         }

@@ -82,9 +82,7 @@ fn extract_inner(mode: GradeMode, text: &str) -> Option<String> {
             } else {
                 // A bare answer (no box, no prose) is graded as written; a response without a
                 // box has no answer, as in the training reward.
-                let t = text.trim();
-                (!t.is_empty() && t.chars().count() <= 200 && extract::looks_like_bare_answer(t))
-                    .then(|| t.to_string())
+                extract::bare_answer(text).map(str::to_string)
             }
         }
         GradeMode::Verify => pick_verify_answer(text),
@@ -223,5 +221,35 @@ mod tests {
             Some("18")
         );
         assert!(!grade(GradeMode::Verify, "", "5"));
+    }
+
+    #[test]
+    fn an_unboxed_answer_is_graded_as_written() {
+        let half = "\\frac{1}{2}";
+        // A part of a bare answer is not the answer.
+        for pred in [
+            "\\frac{1}{2}+1",
+            "\\sqrt{\\frac{1}{2}}",
+            "2\\frac{1}{2}",
+            "\\frac{1}{2}x",
+        ] {
+            assert!(
+                !grade(GradeMode::Verify, half, pred),
+                "{pred} graded as {half}"
+            );
+        }
+        let row = "\\begin{pmatrix}1 & 1\\end{pmatrix}";
+        assert!(!grade(GradeMode::Verify, "1", row));
+        // The whole is.
+        assert!(grade(GradeMode::Verify, "\\frac{3}{2}", "\\frac{1}{2}+1"));
+        assert!(grade(GradeMode::Verify, "\\frac{5}{2}", "2\\frac{1}{2}"));
+        assert!(grade(GradeMode::Verify, row, row));
+        // Prose keeps its fallbacks: the last number, the last plain fraction.
+        assert!(grade(GradeMode::Verify, "72", "... so the answer is 72."));
+        assert!(grade(
+            GradeMode::Verify,
+            half,
+            "So the probability is \\frac{1}{2}."
+        ));
     }
 }

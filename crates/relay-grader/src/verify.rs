@@ -9,8 +9,10 @@
 //! (`1/3` vs `0.333333`), everything else is exact or symbolic equality.
 //!
 //! Where we knowingly differ from math-verify (each has a case in `tests/corpus`):
-//! - a bare answer (`3/4`, `\frac{\pi}{2}`, no `$` and no box) is graded as written;
-//!   math-verify extracts nothing from it;
+//! - a bare answer (`3/4`, `\frac{\pi}{2}`, no `$` and no box) is graded as written, as
+//!   math-verify grades it inside `$...$`; math-verify itself extracts nothing from bare
+//!   LaTeX, or only a plain `\frac{a}{b}` or the last number in it (so it credits
+//!   `\frac{1}{2}+1` for `\frac{1}{2}`);
 //! - `\mathbf{..}`/`\text{..}` around math and a period inside the math (`\boxed{24.}`)
 //!   are read as the math; math-verify fails to parse them;
 //! - a lone `i` is the imaginary unit (`i^2 = -1`); math-verify keeps it a symbol;

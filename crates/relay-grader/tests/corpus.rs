@@ -64,6 +64,7 @@ fn corpus_has_the_promised_coverage() {
         "multiple_choice",
         "final_answer_fallback",
         "garbage",
+        "bare_as_written",
     ] {
         assert!(cats.contains(&want), "no case in category {want}");
     }

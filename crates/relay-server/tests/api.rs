@@ -317,6 +317,24 @@ async fn relay_generate_grade_reward_metrics() {
     assert!(page.contains("/v1/chat/completions"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reward_group_saturates_huge_served_counts() {
+    // Two calls of 2^63 served tokens: wrapped, they summed to 0 help and a reward of 1.0.
+    let s = start(ServerConfig::default()).await;
+    let half = 1u64 << 63;
+    let calls =
+        json!([{"requested_n": half, "served": half}, {"requested_n": half, "served": half}]);
+    let group = json!({"rho": "served", "rollouts": [
+        {"correct": true, "calls": calls, "response_tokens": 100},
+        {"correct": false, "calls": [], "response_tokens": 100}]});
+    let (st, r) = post(&s, "/reward/group", group).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r,
+        json!({"scenario": "teacher-dependent", "rewards": [0.0, -1.0]})
+    );
+}
+
 fn assert_error(status: u16, body: &Value, want: u16, param: Option<&str>) {
     assert_eq!(status, want, "{body}");
     let e = &body["error"];

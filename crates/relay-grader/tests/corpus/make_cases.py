@@ -5,7 +5,10 @@ the reference grader answers, run here:
   - mode "mathruler" follows `mathruler.grader.grade_answer(extract_boxed_content(pred), gold)`
     (a prediction without any `\\boxed{` is graded as written when it is a bare answer);
   - mode "verify" follows `math_verify.verify(parse("\\boxed{" + gold + "}"), parse(pred))`;
-    multiple-choice cases add math-verify's StringExtractionConfig (letters A-E).
+    multiple-choice cases add math-verify's StringExtractionConfig (letters A-E);
+  - group "bare_as_written" follows math-verify on a bare prediction as written, inside `$...$`
+    (from the bare text alone math-verify takes a `\\frac{a}{b}` or the last number in it);
+    its prose predictions are parsed as they are.
 Run: python crates/relay-grader/tests/corpus/make_cases.py  (needs `pip install math-verify mathruler pylatexenc tqdm`).
 """
 import json
@@ -22,11 +25,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def looks_bare(text):
     """Our convention for a prediction without a box (relay_grader::extract::looks_like_bare_answer):
-    a short text whose words outside LaTeX commands are single letters or function names."""
+    a short text whose words outside LaTeX commands (and environment names) are single letters
+    or function names."""
     t = text.strip()
     if not t or len(t) > 200:
         return False
-    words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}", t)
+    words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}", re.sub(r"\\(?:begin|end)\{[^}]*\}", "", t))
     return all(w in ("sqrt", "sin", "cos", "tan", "log", "ln", "exp", "pi") for w in words)
 
 
@@ -282,6 +286,10 @@ GROUPS = [
 
 # Deliberate differences: (category, gold, pred, mode) -> why we answer otherwise.
 DIVERGENCES = {
+    ("boxed_extraction", "\\frac{1}{2}", "\\boxed{\\frac{1}{2}", "verify"):
+        "an unclosed box is a bare answer to us, graded as written (math-verify gives False for it "
+        "inside `$...$`); math-verify takes the plain `\\frac{1}{2}` inside it, so it would credit "
+        "`\\boxed{\\frac{1}{2}+1` too (see bare_as_written)",
     ("complex", "-1", B("i^2"), "verify"):
         "math-verify reads a lone `i` as a plain symbol, so i^2 stays i**2; we read it as the "
         "imaginary unit, which complex-number answers need",
@@ -321,6 +329,26 @@ LENIENT = [
 ]
 
 
+# A bare answer is graded as written: none of these may be judged by a part of it (the
+# `\frac{1}{2}` of `\frac{1}{2}+1`, a matrix's last entry), and each whole still counts.
+# Prose keeps its fallbacks (the last plain fraction, the last number).
+AS_WRITTEN = ("bare_as_written", [
+    ("\\frac{1}{2}", "\\frac{1}{2}+1"), ("\\frac{1}{2}", "\\sqrt{\\frac{1}{2}}"), ("\\frac{1}{2}", "2\\frac{1}{2}"),
+    ("\\frac{1}{2}", "\\frac{1}{2}x"), ("1", "\\begin{pmatrix}1 & 1\\end{pmatrix}"), ("\\frac{1}{2}", "-\\frac{1}{2}"),
+    ("\\frac{1}{2}", "\\boxed{\\frac{1}{2}+1"),
+    ("2", "1+2"), ("1", "2x+1"), ("4", "2^{4}"), ("1", "(1, 2)"), ("2", "\\sqrt{2}"),
+    ("\\frac{3}{2}", "\\frac{1}{2}+1"), ("\\frac{\\sqrt{2}}{2}", "\\sqrt{\\frac{1}{2}}"), ("\\frac{5}{2}", "2\\frac{1}{2}"),
+    ("\\frac{x}{2}", "\\frac{1}{2}x"), ("\\begin{pmatrix}1 & 1\\end{pmatrix}", "\\begin{pmatrix}1 & 1\\end{pmatrix}"),
+    ("3", "1+2"), ("16", "2^{4}"), ("\\frac{1}{2}", "\\frac{1}{2}"), ("72", "72"),
+    ("72", "Each crate holds 8 rows of 9, so the answer is 72."), ("72", "8 * 9 = 72"),
+    ("\\frac{1}{2}", "So the probability is \\frac{1}{2}."), ("\\frac{1}{2}", "Half of them, \\frac{1}{2}, are red."),
+])
+
+
+def as_written(gold, pred):
+    return math_verify(gold, "$" + pred + "$" if looks_bare(pred) else pred)
+
+
 def main():
     out = []
     for cat, modes, why, pairs in LENIENT:
@@ -346,6 +374,10 @@ def main():
                 if why:
                     case["divergence"] = why
                 out.append(case)
+    cat, pairs = AS_WRITTEN
+    for gold, pred in pairs:
+        out.append({"gold": gold, "pred": pred, "expected": as_written(gold, pred), "mode": "verify",
+                    "follows": "math-verify", "category": cat})
     with open(os.path.join(HERE, "cases.jsonl"), "w") as f:
         for c in out:
             f.write(json.dumps(c, ensure_ascii=False) + "\n")
