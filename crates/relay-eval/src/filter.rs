@@ -37,6 +37,29 @@ pub fn summary_file(out: &Path) -> PathBuf {
     out.with_extension("summary.json")
 }
 
+/// Writes the kept problems of the pool file `pool` to `kept`, each as the data file had it
+/// (the filter's own fields dropped), in the pool file's order: a data file `train grpo` reads
+/// as is. Returns how many were kept.
+pub fn write_kept(pool: &Path, kept: &Path) -> Result<usize> {
+    if same_file(kept, pool) {
+        return Err(EvalError::Options(format!(
+            "the kept file {} is the pool file itself",
+            kept.display()
+        )));
+    }
+    let lines: JsonlFile<PoolLine> = read_jsonl(pool)?;
+    let mut bytes = Vec::new();
+    let mut n = 0;
+    for line in lines.lines.iter().filter(|l| l.keep) {
+        serde_json::to_writer(&mut bytes, &line.record)
+            .map_err(|e| EvalError::Options(format!("writing {}: {e}", kept.display())))?;
+        bytes.push(b'\n');
+        n += 1;
+    }
+    crate::runner::write_atomic(kept, &bytes)?;
+    Ok(n)
+}
+
 /// The paper's rule: keep a problem the LLM solves at least once in its K samples; with
 /// `drop_slm_solved`, not one that the SLM solves in all K.
 pub fn keep(llm_correct: usize, slm_correct: usize, samples: usize, drop_slm_solved: bool) -> bool {

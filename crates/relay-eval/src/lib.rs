@@ -33,7 +33,7 @@ pub mod train_report;
 
 pub use dataset::{Dataset, Problem, INSTRUCTION};
 pub use error::{EvalError, Result};
-pub use filter::{filter, keep, FilterOptions, PoolLine, PoolSummary};
+pub use filter::{filter, keep, write_kept, FilterOptions, PoolLine, PoolSummary};
 pub use metrics::{
     call_ratio, cost_reduction, gap_recovered, random_router_accuracy, CostReduction,
 };

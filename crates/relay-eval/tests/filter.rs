@@ -13,8 +13,8 @@ use relay_engine::testing::write_tiny_pair;
 use relay_engine::LoadOptions;
 use relay_eval::filter::{run_file, summary_file};
 use relay_eval::{
-    filter, keep, Dataset, EvalError, FilterOptions, PoolLine, PoolSummary, Problem, RelaySolver,
-    RunSettings, Selection, Solution, SolveError, Solver,
+    filter, keep, write_kept, Dataset, EvalError, FilterOptions, PoolLine, PoolSummary, Problem,
+    RelaySolver, RunSettings, Selection, Solution, SolveError, Solver,
 };
 use relay_grader::GradeMode;
 use serde_json::{json, Value};
@@ -179,6 +179,38 @@ fn each_line_counts_its_graded_samples_and_keeps_what_the_llm_solves() {
         serde_json::from_slice(&std::fs::read(summary_file(&out)).unwrap()).unwrap();
     assert_eq!(stored, summary);
     assert!(run_file(&out).exists());
+
+    // The kept problems as a data file: the records of the kept lines, in order, which load
+    // back as the same problems.
+    let kept = dir.path().join("pool/kept.jsonl");
+    assert_eq!(write_kept(&out, &kept).unwrap(), 6);
+    let back = Dataset::load(&kept).unwrap();
+    let want: Vec<usize> = (0..9).filter(|i| i % 3 >= 1).collect();
+    assert_eq!(back.problems.len(), want.len());
+    for (p, i) in back.problems.iter().zip(&want) {
+        assert_eq!(p.answer, (2 * i).to_string());
+        assert!(
+            p.problem.starts_with(&format!("What is {i} + {i}?")),
+            "{}",
+            p.problem
+        );
+    }
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&kept)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        first.get("keep").is_none() && first.get("llm_correct").is_none(),
+        "{first}"
+    );
+    assert!(
+        write_kept(&out, &out).is_err(),
+        "the pool file is not overwritten"
+    );
 }
 
 #[test]

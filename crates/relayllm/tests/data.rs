@@ -188,13 +188,18 @@ fn informed_placements_put_commands_only_where_a_token_qualifies() {
         .all(|r| r["calls"].as_array().unwrap().is_empty()));
     assert_eq!(summary()["calls"], 0);
 
-    // gap reads the LLM's log-probs: without --teacher it says so; with it, it runs.
+    // gap reads the LLM's log-probs: without an LLM it says so; with --llm it places commands
+    // and the LLM's tokens stay the solution's; with --teacher they are the teacher's.
     let out = run(&["--placement", "gap"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("--teacher"), "{}", stderr(&out));
-    let out = run(&["--placement", "gap:0", "--teacher", llm.to_str().unwrap()]);
+    assert!(stderr(&out).contains("--llm"), "{}", stderr(&out));
+    let out = run(&["--placement", "gap:0", "--llm", llm.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(summary()["placement"], "gap:0");
+    assert!(summary()["calls"].as_u64().unwrap() > 0, "{}", summary());
+    assert!(lines(&out_path).iter().all(|r| r["teacher"] == false));
+    let out = run(&["--placement", "gap:0", "--teacher", llm.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = run(&["--placement", "unsure:2"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("(0, 1]"), "{}", stderr(&out));

@@ -67,7 +67,17 @@ fn filter_writes_a_line_per_problem_a_summary_and_the_samples_eval_would() {
     let (slm, llm) = write_tiny_pair(dir.path(), 1024);
     let data = problems(dir.path(), 3);
     let out = dir.path().join("pool/pool.jsonl");
-    let args = ["--samples", "2", "--max-tokens", "16", "--concurrency", "3"];
+    let kept_path = dir.path().join("pool/kept.jsonl");
+    let args = [
+        "--samples",
+        "2",
+        "--max-tokens",
+        "16",
+        "--concurrency",
+        "3",
+        "--kept",
+        kept_path.to_str().unwrap(),
+    ];
     let (stdout, _) = ok(filter(&slm, &llm, &data, &out, &args).output().unwrap());
 
     let pool = lines(&out);
@@ -117,6 +127,23 @@ fn filter_writes_a_line_per_problem_a_summary_and_the_samples_eval_would() {
     }
     let kept = pool.iter().filter(|l| l["keep"] == true).count();
     assert_eq!(summary["kept"], kept);
+    // --kept: the kept problems as the data file has them, nothing of the filter's.
+    let want: Vec<Value> = pool
+        .iter()
+        .filter(|l| l["keep"] == true)
+        .map(|l| {
+            serde_json::json!({"problem": l["problem"], "answer": l["answer"],
+                "solution": l["solution"]})
+        })
+        .collect();
+    assert_eq!(
+        std::fs::read_to_string(&kept_path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>(),
+        want
+    );
 
     // The SLM's samples are `eval --policy slm-only`'s: same prompt, seeds and grader.
     let eval_dir = dir.path().join("eval-slm");

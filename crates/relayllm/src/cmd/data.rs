@@ -90,6 +90,10 @@ pub struct FilterArgs {
     /// Grader: `verify` (the evaluation grader, as `eval`) or `mathruler` (the training reward's).
     #[arg(long, value_enum, default_value_t = Grader::Verify)]
     pub grader: Grader,
+    /// Also write the kept problems, as the data file has them, to this file: the pool `train
+    /// grpo --data` reads. Every kept line of OUT goes in, also those of earlier runs resumed.
+    #[arg(long)]
+    pub kept: Option<PathBuf>,
     /// Print the summary as JSON on stdout (also written to OUT.summary.json).
     #[arg(long)]
     pub json: bool,
@@ -131,11 +135,15 @@ pub struct WarmupArgs {
     /// warm-up). `unsure[:P]`: before the solution tokens the SLM gives a probability below P
     /// (default 0.3), least likely first. `gap[:NATS]`: before the tokens whose log-probability
     /// under the LLM beats the SLM's by NATS or more (default 1.0), largest gap first; reads
-    /// --teacher's log-probs. Both read the solution teacher-forced (one pass per model and
+    /// the log-probs of --llm (default: --teacher). Both read the solution teacher-forced (one pass per model and
     /// example) and put up to MAX of --calls commands, none where no token qualifies: the SLM
     /// learns to call where it is unsure, not anywhere.
     #[arg(long, default_value = "random")]
     pub placement: Placement,
+    /// The LLM (`llm` or a path; an embedded engine) whose log-probs `--placement gap` reads,
+    /// when it should not also write the LLM's tokens as --teacher does.
+    #[arg(long)]
+    pub llm: Option<String>,
     /// The LLM (`llm`, a path or an `http://` server): the tokens after each command become its
     /// own greedy continuation at that point, so the data looks like inference. Needs the same
     /// vocabulary as --model.
@@ -252,6 +260,11 @@ fn filter(args: FilterArgs) -> Result<()> {
     } else {
         print!("{}", pool_report(&args.out, &summary));
     }
+    if let Some(kept) = &args.kept {
+        let n = relay_eval::write_kept(&args.out, kept)
+            .with_context(|| format!("writing the kept problems to {}", kept.display()))?;
+        eprintln!("{}: {n} kept problems", kept.display());
+    }
     Ok(())
 }
 
@@ -363,9 +376,19 @@ fn warmup(args: WarmupArgs) -> Result<()> {
         None => None,
     };
 
-    if args.placement.needs_llm() && teacher_model.is_none() {
+    let gap_llm = match &args.llm {
+        Some(l) => {
+            let m = args.models.load(l)?;
+            if !same_vocabulary(&m.tokenizer, &tokenizer) {
+                bail!("--llm {l} has another vocabulary than {model_arg}: its log-probs are over other tokens");
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    if args.placement.needs_llm() && gap_llm.is_none() && teacher_model.is_none() {
         bail!(
-            "--placement {} compares the LLM's log-probs with the SLM's: give the LLM as --teacher",
+            "--placement {} compares the LLM's log-probs with the SLM's: give the LLM as --llm or --teacher",
             args.placement
         );
     }
@@ -377,7 +400,10 @@ fn warmup(args: WarmupArgs) -> Result<()> {
     let placer = placer_slm.as_ref().map(|m| Placer {
         placement: args.placement,
         slm: m.engine.as_ref(),
-        llm: teacher_model.as_ref().map(|t| t.engine.as_ref()),
+        llm: gap_llm
+            .as_ref()
+            .or(teacher_model.as_ref())
+            .map(|t| t.engine.as_ref()),
     });
 
     let options = WarmupOptions {

@@ -1,0 +1,56 @@
+#!/bin/sh
+# Warm-up placements compared after SFT alone (docs/results/training.md, "Where to call"):
+# warm-up data from GSM8K train problems 1000-1199 with commands placed at random or by the
+# models' own log-probs, LoRA SFT of the stock 0.5B on each, then the tag policy on a held-out
+# slice of the training pool (GSM8K train 7000-7039), greedy and at t = 0.7.
+#
+#   scripts/warmup-compare.sh data PLACEMENT    # random | unsure | gap (gap reads the LLM)
+#   scripts/warmup-compare.sh sft PLACEMENT     # LoRA SFT on 160 of its examples, export q8_0
+#   scripts/warmup-compare.sh eval PLACEMENT    # tag policy, greedy and t=0.7 (2 samples)
+#   scripts/warmup-compare.sh stock             # the stock SLM alone on the same slice
+#
+# Everything lands under runs/warm/. Needs the fetched pair (`make models`) and
+# ../shared/data/train/gsm8k-train.jsonl. Never an evaluation set: GSM8K's train split only.
+set -eu
+stage=${1:?stage: data, sft, eval or stock}
+bin=${BIN:-target/release/relayllm}
+train=${TRAIN:-../shared/data/train/gsm8k-train.jsonl}
+out=runs/warm
+threads=${THREADS:-2}
+mkdir -p $out
+heldout="--data $train --offset 7000 --limit ${HELDOUT_N:-40} --max-tokens 400 --concurrency 8 --threads $threads --no-progress"
+
+case $stage in
+data)
+  p=${2:?placement}
+  llm=""
+  [ "$p" = gap ] && llm="--llm llm"
+  $bin data warmup --problems "$train" --solutions "$train" --model slm $llm --placement "$p" \
+    --offset 1000 --limit 200 --calls 0-2 --n-dist uniform:8-32 --max-len 400 --seed 0 \
+    --threads "$threads" --no-progress --out $out/"$p".jsonl
+  ;;
+sft)
+  p=${2:?placement}
+  resume=""
+  [ -d $out/sft-"$p" ] && resume=--resume
+  $bin train sft --model slm --data $out/"$p".jsonl --out $out/sft-"$p" --limit 160 \
+    --lora-rank 16 --lr 2e-4 --warmup-steps 4 --grad-accum 4 --save-every 10 \
+    --threads "$threads" --seed 0 $resume
+  $bin export --model slm --adapter $out/sft-"$p" --out $out/slm-"$p".gguf --dtype q8_0
+  ;;
+eval)
+  p=${2:?placement}
+  $bin eval --slm $out/slm-"$p".gguf --llm llm --policy tag $heldout --out $out/eval-"$p"-greedy
+  $bin eval --slm $out/slm-"$p".gguf --llm llm --policy tag $heldout --temperature 0.7 \
+    --samples 2 --seed 0 --out $out/eval-"$p"-t07
+  ;;
+stock)
+  $bin eval --slm slm --llm llm --policy slm-only $heldout --out $out/eval-stock-greedy
+  $bin eval --slm slm --llm llm --policy slm-only $heldout --temperature 0.7 --samples 2 \
+    --seed 0 --out $out/eval-stock-t07
+  ;;
+*)
+  echo "unknown stage $stage (data, sft, eval, stock)" >&2
+  exit 2
+  ;;
+esac
