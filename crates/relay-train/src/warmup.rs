@@ -183,10 +183,10 @@ pub enum Placement {
     #[default]
     Random,
     /// Before the solution tokens to which the SLM gives a probability below `below`, least
-    /// likely first, up to the most `--calls` allows.
+    /// likely first; as many as `--calls` draws, fewer if fewer tokens qualify.
     Unsure { below: f32 },
     /// Before the solution tokens whose log-probability under the LLM exceeds the SLM's by at
-    /// least `nats`, largest gap first, up to the most `--calls` allows.
+    /// least `nats`, largest gap first; as many as `--calls` draws, fewer if fewer qualify.
     Gap { nats: f32 },
 }
 
@@ -393,8 +393,9 @@ impl Built {
 /// `encode_tag(n)` tokenizes a command. With a teacher, `llm_prompt` starts the LLM's view.
 ///
 /// `sites`: `None` places `options.calls` commands at random; `Some(ranked)` (from
-/// [`Placement::rank_sites`]) takes sites best first, up to `options.calls.max`, skipping any
-/// that would fall inside a command taken before it (or take one inside its own tokens).
+/// [`Placement::rank_sites`]) draws how many the same way and takes that many sites best first,
+/// skipping any that would fall inside a command taken before it (or take one inside its own
+/// tokens); fewer when fewer sites qualify.
 #[allow(clippy::too_many_arguments)]
 pub fn build_example(
     solution: &[u32],
@@ -420,9 +421,11 @@ pub fn build_example(
             starts.into_iter().map(|s| (s, None)).collect()
         }
         Some(ranked) => {
+            // As many as random placement would put; only where they go differs.
+            let k = rng.gen_range(options.calls.min..=options.calls.max);
             let mut chosen: Vec<(usize, u64)> = Vec::new();
             for &s in ranked.iter().filter(|&&s| s < body) {
-                if chosen.len() == options.calls.max {
+                if chosen.len() == k {
                     break;
                 }
                 let n = options.n_dist.sample(&mut rng);

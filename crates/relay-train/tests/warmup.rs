@@ -232,12 +232,12 @@ fn informed_sites_become_the_commands_best_first_without_overlap() {
             .map_err(|e| e.to_string())
     };
     let options = WarmupOptions {
-        calls: CallCount { min: 0, max: 2 },
+        calls: CallCount { min: 2, max: 2 },
         n_dist: NDist::Fixed(5),
         ..WarmupOptions::default()
     };
-    // Site 3 first; 5 falls inside its 5 tokens (3..8) and is skipped; 12 is taken; the cap of
-    // two commands leaves 20 out; the EOS position is never a site.
+    // Site 3 first; 5 falls inside its 5 tokens (3..8) and is skipped; 12 is taken; two
+    // commands leave 20 out; the EOS position is never a site.
     let ranked = [body, 3, 5, 12, 20];
     let b = build_example(
         &solution,
@@ -274,7 +274,7 @@ fn informed_sites_become_the_commands_best_first_without_overlap() {
         .collect();
     assert_eq!(kept, solution);
 
-    // No site at all: the plain solution, however many commands --calls allows.
+    // No site at all: the plain solution, however many commands --calls asks for.
     let none = build_example(
         &solution,
         &is_eos,
@@ -287,6 +287,40 @@ fn informed_sites_become_the_commands_best_first_without_overlap() {
     )
     .unwrap();
     assert_eq!(none.response, solution);
+
+    // How many is drawn from --calls as random placement draws it: 0, 1 and 2 all occur, and
+    // the ones placed are the best sites.
+    let zero_to_two = WarmupOptions {
+        calls: CallCount { min: 0, max: 2 },
+        ..options.clone()
+    };
+    let mut seen = [0usize; 3];
+    for seed in 0..60 {
+        let b = build_example(
+            &solution,
+            &is_eos,
+            &mut enc,
+            &[],
+            None,
+            &zero_to_two,
+            Some(&ranked),
+            seed,
+        )
+        .unwrap();
+        let starts: Vec<usize> = b
+            .calls
+            .iter()
+            .map(|c| {
+                b.writers[..c.at]
+                    .iter()
+                    .filter(|w| **w != Writer::Tag)
+                    .count()
+            })
+            .collect();
+        assert_eq!(starts, [3, 12][..starts.len()], "seed {seed}");
+        seen[starts.len()] += 1;
+    }
+    assert!(seen.iter().all(|&c| c > 5), "call counts {seen:?}");
 }
 
 #[test]

@@ -163,7 +163,7 @@ fn informed_placements_put_commands_only_where_a_token_qualifies() {
         c.args(["data", "warmup", "--problems"]).arg(&problems);
         c.arg("--solutions").arg(&problems);
         c.arg("--model").arg(&slm).arg("--out").arg(&out_path);
-        c.args(["--calls", "0-2", "--n-dist", "fixed:2", "--seed", "4"]);
+        c.args(["--calls", "2", "--n-dist", "fixed:2", "--seed", "4"]);
         c.args(extra);
         c.output().unwrap()
     };
@@ -171,8 +171,8 @@ fn informed_placements_put_commands_only_where_a_token_qualifies() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("out.summary.json")).unwrap())
             .unwrap()
     };
-    // Below 0.5 the tiny SLM leaves enough qualifying tokens in every solution for the most
-    // --calls allows; below 1e-30 none qualifies, and no example calls.
+    // Below 0.5 the tiny SLM leaves enough qualifying tokens in every solution for the two
+    // commands --calls asks for; below 1e-30 none qualifies, and no example calls.
     let out = run(&["--placement", "unsure:0.5"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let records = lines(&out_path);

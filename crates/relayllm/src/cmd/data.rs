@@ -128,7 +128,7 @@ pub struct WarmupArgs {
     /// Tokens a command asks for: fixed:N, uniform:LO-HI, choice:A,B,.. or geometric:MEAN[:CAP].
     #[arg(long, default_value = "uniform:8-64")]
     pub n_dist: NDist,
-    /// Commands per example, `N` or `MIN-MAX` (uniform). Informed placements put up to MAX.
+    /// Commands per example, `N` or `MIN-MAX` (uniform), whatever the placement.
     #[arg(long, default_value = "0-3")]
     pub calls: CallCount,
     /// Where commands go. `random`: --calls of them at random token boundaries (the paper's
@@ -136,8 +136,8 @@ pub struct WarmupArgs {
     /// (default 0.3), least likely first. `gap[:NATS]`: before the tokens whose log-probability
     /// under the LLM beats the SLM's by NATS or more (default 1.0), largest gap first; reads
     /// the log-probs of --llm (default: --teacher). Both read the solution teacher-forced (one pass per model and
-    /// example) and put up to MAX of --calls commands, none where no token qualifies: the SLM
-    /// learns to call where it is unsure, not anywhere.
+    /// example) and put as many commands as --calls draws, at the best sites, fewer where fewer
+    /// tokens qualify: the count is random placement's, only where they go differs.
     #[arg(long, default_value = "random")]
     pub placement: Placement,
     /// The LLM (`llm` or a path; an embedded engine) whose log-probs `--placement gap` reads,
