@@ -6,8 +6,8 @@
 #
 #   scripts/warmup-compare.sh data PLACEMENT    # random | unsure | gap (gap reads the LLM)
 #   scripts/warmup-compare.sh sft PLACEMENT     # LoRA SFT on 160 of its examples, export q8_0
-#   scripts/warmup-compare.sh eval PLACEMENT    # tag policy, greedy and t=0.7 (2 samples)
-#   scripts/warmup-compare.sh stock             # the stock SLM alone on the same slice
+#   scripts/warmup-compare.sh eval PLACEMENT [greedy|t07]   # tag policy, greedy and/or t=0.7
+#   scripts/warmup-compare.sh stock             # the stock SLM alone on the same slice, greedy
 #
 # Everything lands under runs/warm/. Needs the fetched pair (`make models`) and
 # ../shared/data/train/gsm8k-train.jsonl. Never an evaluation set: GSM8K's train split only.
@@ -40,14 +40,18 @@ sft)
   ;;
 eval)
   p=${2:?placement}
-  $bin eval --slm $out/slm-"$p".gguf --llm llm --policy tag $heldout --out $out/eval-"$p"-greedy
-  $bin eval --slm $out/slm-"$p".gguf --llm llm --policy tag $heldout --temperature 0.7 \
-    --samples 2 --seed 0 --out $out/eval-"$p"-t07
+  case ${3:-both} in
+  greedy | both)
+    $bin eval --slm $out/slm-"$p".gguf --llm llm --policy tag $heldout --out $out/eval-"$p"-greedy ;;
+  esac
+  case ${3:-both} in
+  t07 | both)
+    $bin eval --slm $out/slm-"$p".gguf --llm llm --policy tag $heldout --temperature 0.7 \
+      --samples "${SAMPLES:-1}" --seed 0 --out $out/eval-"$p"-t07 ;;
+  esac
   ;;
 stock)
   $bin eval --slm slm --llm llm --policy slm-only $heldout --out $out/eval-stock-greedy
-  $bin eval --slm slm --llm llm --policy slm-only $heldout --temperature 0.7 --samples 2 \
-    --seed 0 --out $out/eval-stock-t07
   ;;
 *)
   echo "unknown stage $stage (data, sft, eval, stock)" >&2
