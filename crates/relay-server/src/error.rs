@@ -89,6 +89,17 @@ impl ApiError {
             format!("no route {path}"),
         )
     }
+    /// The server stopped before the request was done (its shutdown grace ran out).
+    pub fn shutting_down() -> Self {
+        Self {
+            code: Some("shutting_down"),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable_error",
+                "The server is shutting down and its grace for requests in flight ran out; retry on another instance",
+            )
+        }
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -8,16 +8,19 @@
 //! Each request owns a cancel flag that is set when its client goes away or its time is up,
 //! so the relay frees its sequences promptly.
 //!
+//! In front of the handlers: [`conn`] accepts connections (header read deadline, the drain on
+//! shutdown).
+//!
 //! Not here: continuous batching across requests (each request decodes on its own thread).
 
 pub mod admission;
 pub mod api;
+pub mod conn;
 pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod native;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +34,7 @@ use relay_engine::batching::BatchingEngine;
 use relay_engine::model::ModelPair;
 use relay_engine::relay::RelayPair;
 
+pub use conn::serve_app;
 pub use error::ApiError;
 
 /// Server settings (the `serve` command's flags).
@@ -48,6 +52,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Default `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
+    /// Longest wait for a request's head (and between requests on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish before they are ended
+    /// with a final message.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +68,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(300),
             max_body_bytes: 2 * 1024 * 1024,
             default_max_tokens: 256,
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(25),
         }
     }
 }
@@ -72,6 +83,8 @@ pub struct AppState {
     pub slots: admission::Slots,
     /// The continuous batchers in front of in-process engines, by model name.
     pub batchers: Vec<(&'static str, Arc<BatchingEngine>)>,
+    /// Declared when a shutdown's grace runs out.
+    pub grace_over: admission::GraceOver,
 }
 
 impl AppState {
@@ -94,11 +107,13 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             slots,
             batchers,
+            grace_over: admission::GraceOver::default(),
         })
     }
 }
 
-/// All routes, with auth, the body limit and OpenAI-style 404s.
+/// All routes, with auth, the body limit and OpenAI-style 404s. [`serve_app`] serves
+/// them.
 pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/v1/models", get(api::list_models))
@@ -119,18 +134,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves [`router`] until `shutdown` resolves, then drains (see [`conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_app(listener, router(state.clone()), state, shutdown).await
 }
 
 async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -198,8 +208,9 @@ fn batch_metrics(batchers: &[(&'static str, Arc<BatchingEngine>)]) -> String {
     s
 }
 
-/// Binds `host:port`, prints `listening on http://ADDR` to stdout, and serves until Ctrl-C:
-/// the blocking entry point for the CLI (which has no runtime of its own).
+/// Binds `host:port`, prints `listening on http://ADDR` to stdout, and serves until SIGTERM or
+/// SIGINT, then drains within the shutdown grace: the blocking entry point for the CLI (which
+/// has no runtime of its own).
 pub fn run(host: &str, port: u16, state: Arc<AppState>) -> std::io::Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -209,14 +220,16 @@ pub fn run(host: &str, port: u16, state: Arc<AppState>) -> std::io::Result<()> {
         .worker_threads(threads)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
+        let stop = conn::stop_signals(state.clone())?;
         let listener = tokio::net::TcpListener::bind((host, port)).await?;
         println!("listening on http://{}", listener.local_addr()?);
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        serve(listener, state, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-    })
+        serve(listener, state, stop).await
+    });
+    // A job stuck in an engine call (a remote LLM that does not answer) must not hold the
+    // exit: its thread is left behind.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served
 }

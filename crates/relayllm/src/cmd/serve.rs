@@ -36,6 +36,16 @@ pub struct ServeArgs {
     /// max_tokens when a request gives none.
     #[arg(long, default_value_t = 256)]
     pub default_max_tokens: usize,
+    /// Seconds a client may take to send a request's head (and a kept-alive connection may
+    /// sit idle); slower connections are closed, so clients trickling bytes cannot pile up.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub header_timeout: u64,
+    /// On SIGTERM or SIGINT: stop accepting, let requests in flight finish for up to SECS,
+    /// then end those still running with a final error event and `[DONE]` (503 when not
+    /// streaming) and exit, at most ~3 s later. A second signal ends them at once. Keep it
+    /// below your supervisor's kill timeout (docker stop: 10 s, Kubernetes: 30 s).
+    #[arg(long, value_name = "SECS", default_value_t = 25)]
+    pub shutdown_grace: u64,
     #[command(flatten)]
     pub models: ModelArgs,
 }
@@ -44,6 +54,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let pair = args.models.load_pair(&args.slm, &args.llm)?;
     let config = relay_server::ServerConfig {
         api_key: args.api_key,
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
         max_concurrency: args.max_concurrency,
         queue: args.queue,
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
