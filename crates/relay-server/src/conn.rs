@@ -15,19 +15,21 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::door::Door;
 use crate::AppState;
 
 /// After the grace, how long the last events may take to reach clients before the server
 /// returns anyway (a client that does not read must not hold the exit).
 const LAST_WRITE: Duration = Duration::from_secs(2);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
+/// Serves `app` behind the [`Door`] on `listener` until `shutdown` resolves, then drains.
 pub async fn serve_app(
     listener: TcpListener,
     app: Router,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = Door::new(state.clone()).wrap(app);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_timeout);

@@ -89,6 +89,17 @@ impl ApiError {
             format!("no route {path}"),
         )
     }
+    /// The body did not arrive within the body read timeout.
+    pub fn body_timeout(secs: f64) -> Self {
+        Self {
+            code: Some("body_read_timeout"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout_error",
+                format!("the request body did not arrive within {secs} s"),
+            )
+        }
+    }
     /// The server stopped before the request was done (its shutdown grace ran out).
     pub fn shutting_down() -> Self {
         Self {

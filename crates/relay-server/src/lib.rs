@@ -9,13 +9,14 @@
 //! so the relay frees its sequences promptly.
 //!
 //! In front of the handlers: [`conn`] accepts connections (header read deadline, the drain on
-//! shutdown).
+//! shutdown) and [`door`] reads each body within its deadline.
 //!
 //! Not here: continuous batching across requests (each request decodes on its own thread).
 
 pub mod admission;
 pub mod api;
 pub mod conn;
+pub mod door;
 pub mod error;
 pub mod job;
 pub mod metrics;
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub default_max_tokens: usize,
     /// Longest wait for a request's head (and between requests on a kept-alive connection).
     pub header_timeout: Duration,
+    /// Longest wait for a request's body, once its head is in.
+    pub body_timeout: Duration,
     /// On shutdown, how long requests in flight may take to finish before they are ended
     /// with a final message.
     pub shutdown_grace: Duration,
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             default_max_tokens: 256,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
         }
     }
@@ -112,8 +116,8 @@ impl AppState {
     }
 }
 
-/// All routes, with auth, the body limit and OpenAI-style 404s. [`serve_app`] serves
-/// them.
+/// All routes, with auth, the body limit and OpenAI-style 404s. [`serve_app`] puts
+/// them behind the [`door::Door`].
 pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/v1/models", get(api::list_models))

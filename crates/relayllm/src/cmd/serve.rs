@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// sit idle); slower connections are closed, so clients trickling bytes cannot pile up.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub header_timeout: u64,
+    /// Seconds a client may take to send a request's body once its head is in; slower ones
+    /// are answered 408 and closed.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub body_timeout: u64,
     /// On SIGTERM or SIGINT: stop accepting, let requests in flight finish for up to SECS,
     /// then end those still running with a final error event and `[DONE]` (503 when not
     /// streaming) and exit, at most ~3 s later. A second signal ends them at once. Keep it
@@ -55,6 +59,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let config = relay_server::ServerConfig {
         api_key: args.api_key,
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         max_concurrency: args.max_concurrency,
         queue: args.queue,

@@ -1,0 +1,170 @@
+//! What a request meets before a handler, against a real server on 127.0.0.1:0: clients that
+//! trickle bytes are cut off. Raw TCP where a well-behaved client cannot misbehave.
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use relay_engine::model::{LoadedModel, ModelPair};
+use relay_engine::testing::write_tiny_pair;
+use relay_server::{AppState, ServerConfig};
+use serde_json::{json, Value};
+
+struct Server {
+    url: String,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A server on the tiny pair; `extra` adds routes to the app (behind the same door).
+async fn start_with(config: ServerConfig, extra: axum::Router) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
+    let load = |p| LoadedModel::load(p, Default::default()).unwrap();
+    let state = AppState::new(ModelPair::new(load(&slm), load(&llm)), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let app = relay_server::router(state.clone()).merge(extra);
+    tokio::spawn(relay_server::serve_app(
+        listener,
+        app,
+        state,
+        std::future::pending(),
+    ));
+    Server {
+        url: format!("http://{addr}"),
+        addr,
+        _dir: dir,
+    }
+}
+
+async fn start(config: ServerConfig) -> Server {
+    start_with(config, axum::Router::new()).await
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+fn chat() -> Value {
+    json!({"model": "slm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+}
+
+/// The status and JSON body; the body must be an OpenAI-style error object when the status
+/// is not 2xx.
+async fn answer(r: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status >= 300 {
+        assert!(
+            body["error"]["message"].is_string() && body["error"]["type"].is_string(),
+            "{status} without a JSON error object: {text:?}"
+        );
+    }
+    (status, body)
+}
+
+/// How a raw connection behaves: it writes `head` at once, then `trickle` one byte every
+/// 50 ms, until the server closes it or `limit` passes.
+#[derive(Clone)]
+struct Slow {
+    head: Vec<u8>,
+    trickle: Vec<u8>,
+}
+
+/// When the server closed the connection (None: still open at `limit`), and what it answered.
+fn slow_client(addr: &str, slow: Slow, limit: Duration) -> (Option<Duration>, String) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s.write_all(&slow.head).unwrap();
+    let mut got = Vec::new();
+    let mut trickle = slow.trickle.iter().cycle();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        if !slow.trickle.is_empty() && s.write_all(&[*trickle.next().unwrap()]).is_err() {
+            return (Some(start.elapsed()), String::from_utf8_lossy(&got).into());
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return (Some(start.elapsed()), String::from_utf8_lossy(&got).into()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return (Some(start.elapsed()), String::from_utf8_lossy(&got).into()),
+        }
+    }
+    (None, String::from_utf8_lossy(&got).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_trickle_bytes_or_sit_idle_are_closed() {
+    let s = start(ServerConfig {
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    })
+    .await;
+    let request_head = |len: usize| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+            s.addr
+        )
+        .into_bytes()
+    };
+    let kinds = [
+        // The head one byte at a time.
+        Slow {
+            head: Vec::new(),
+            trickle: request_head(1000),
+        },
+        // The whole head, then the body one byte at a time.
+        Slow {
+            head: request_head(1000),
+            trickle: b"{\"model\": \"relay\"".to_vec(),
+        },
+        // Connected, silent.
+        Slow {
+            head: Vec::new(),
+            trickle: Vec::new(),
+        },
+    ];
+    let limit = Duration::from_secs(15);
+    let mut clients = Vec::new();
+    for i in 0..21 {
+        let (addr, slow) = (s.addr.clone(), kinds[i % 3].clone());
+        clients.push(tokio::task::spawn_blocking(move || {
+            slow_client(&addr, slow, limit)
+        }));
+    }
+    // Meanwhile the server serves others.
+    let (st, _) = answer(
+        client()
+            .post(format!("{}/v1/chat/completions", s.url))
+            .json(&chat()),
+    )
+    .await;
+    assert_eq!(st, 200);
+    for (i, c) in clients.into_iter().enumerate() {
+        let (closed, answered) = c.await.unwrap();
+        let after = closed.unwrap_or_else(|| {
+            panic!(
+                "slow client {i} (kind {}) still open after {limit:?}",
+                i % 3
+            )
+        });
+        let deadline = if i % 3 == 1 { 2 } else { 1 };
+        assert!(
+            after < Duration::from_secs(deadline + 5),
+            "client {i} closed only after {after:?}"
+        );
+        if i % 3 == 1 {
+            assert!(
+                answered.starts_with("HTTP/1.1 408") && answered.contains("body_read_timeout"),
+                "a slow body is answered 408 before the close: {answered:?}"
+            );
+        }
+    }
+}
