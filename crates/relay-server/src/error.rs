@@ -89,6 +89,13 @@ impl ApiError {
             format!("no route {path}"),
         )
     }
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("{path} does not take {method} (the Allow header lists what it takes)"),
+        )
+    }
     /// The body did not arrive within the body read timeout.
     pub fn body_timeout(secs: f64) -> Self {
         Self {

@@ -9,7 +9,7 @@
 //! so the relay frees its sequences promptly.
 //!
 //! In front of the handlers: [`conn`] accepts connections (header read deadline, the drain on
-//! shutdown) and [`door`] reads each body within its deadline.
+//! shutdown) and [`door`] checks each request (API key, body read deadline).
 //!
 //! Not here: continuous batching across requests (each request decodes on its own thread).
 
@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::middleware;
+use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::Router;
 use relay_engine::batching::BatchingEngine;
@@ -116,7 +116,7 @@ impl AppState {
     }
 }
 
-/// All routes, with auth, the body limit and OpenAI-style 404s. [`serve_app`] puts
+/// All routes, with auth, the body limit and OpenAI-style 404s and 405s. [`serve_app`] puts
 /// them behind the [`door::Door`].
 pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
@@ -127,13 +127,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(native::tokenize))
         .route("/grade", post(native::grade))
         .route("/reward/group", post(native::reward_group))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            door::require_key,
+        ));
     Router::new()
         .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .merge(protected)
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
+        })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
 }
@@ -145,21 +151,6 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_app(listener, router(state.clone()), state, shutdown).await
-}
-
-async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &state.config.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
-            state.metrics.request("authentication_error");
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(req).await
 }
 
 const PAGE: &str = include_str!("page.html");

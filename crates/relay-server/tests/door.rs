@@ -1,9 +1,11 @@
 //! What a request meets before a handler, against a real server on 127.0.0.1:0: clients that
-//! trickle bytes are cut off. Raw TCP where a well-behaved client cannot misbehave.
+//! trickle bytes are cut off, the API key's scheme is case-insensitive, and 405s and panics
+//! get the same JSON error object as every other error. Raw TCP where a well-behaved client cannot misbehave.
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use axum::routing::get;
 use relay_engine::model::{LoadedModel, ModelPair};
 use relay_engine::testing::write_tiny_pair;
 use relay_server::{AppState, ServerConfig};
@@ -167,4 +169,51 @@ async fn clients_that_trickle_bytes_or_sit_idle_are_closed() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_is_case_insensitive_and_errors_are_json() {
+    async fn buggy() -> &'static str {
+        panic!("a handler bug")
+    }
+    let panics = axum::Router::new().route("/panic", get(buggy));
+    let s = start_with(
+        ServerConfig {
+            api_key: Some("sekret".into()),
+            ..ServerConfig::default()
+        },
+        panics,
+    )
+    .await;
+    let models = |auth: &str| {
+        client()
+            .get(format!("{}/v1/models", s.url))
+            .header("authorization", auth)
+    };
+    for auth in ["Bearer sekret", "bearer sekret", "BEARER sekret"] {
+        assert_eq!(answer(models(auth)).await.0, 200, "{auth}");
+    }
+    for auth in ["Bearer wrong", "bearer", "Basic sekret", "sekret"] {
+        assert_eq!(answer(models(auth)).await.0, 401, "{auth}");
+    }
+
+    let r = client()
+        .get(format!("{}/v1/chat/completions", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers()["allow"].to_str().unwrap().contains("POST"));
+    let (st, b) = answer(client().delete(format!("{}/health", s.url))).await;
+    assert_eq!(st, 405, "{b}");
+    assert_eq!(b["error"]["type"], "invalid_request_error");
+
+    let (st, b) = answer(client().get(format!("{}/panic", s.url))).await;
+    assert_eq!(st, 500, "{b}");
+    assert_eq!(b["error"]["type"], "server_error");
+    // Still serving.
+    assert_eq!(
+        answer(client().get(format!("{}/health", s.url))).await.0,
+        200
+    );
 }

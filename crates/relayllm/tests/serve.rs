@@ -1,5 +1,5 @@
 //! `relayllm serve` as a child process, stopped the way supervisors stop it (SIGTERM; SIGINT
-//! from a terminal).
+//! from a terminal), and given its API key without putting it on the command line.
 //!
 //! To have streams in flight when the signal comes without racing a decoder, the LLM is a
 //! stand-in OpenAI-compatible server in this process that holds every completion until the
@@ -27,10 +27,14 @@ struct ServeChild {
 }
 
 impl ServeChild {
-    fn start(args: &[&str]) -> Self {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayllm"));
         cmd.args(["serve", "--port", "0"]).args(args);
+        cmd.env_remove("RELAYLLM_API_KEY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr.reopen().unwrap()))
@@ -229,7 +233,7 @@ async fn sigterm_and_sigint_let_streams_in_flight_finish() {
     let (slm, _) = write_tiny_pair(dir.path(), 512);
     for signal in ["TERM", "INT"] {
         let llm = HeldLlm::start().await;
-        let mut server = ServeChild::start(&serve_args(&slm, &llm.url, "60"));
+        let mut server = ServeChild::start(&serve_args(&slm, &llm.url, "60"), &[]);
         let streams = [
             open_stream(&server.url, 32).await,
             open_stream(&server.url, 32).await,
@@ -276,7 +280,7 @@ async fn streams_still_running_when_the_grace_ends_get_a_final_event() {
     let (slm, _) = write_tiny_pair(dir.path(), 512);
     // The LLM is never released: the streams cannot finish by themselves.
     let llm = HeldLlm::start().await;
-    let mut server = ServeChild::start(&serve_args(&slm, &llm.url, "2"));
+    let mut server = ServeChild::start(&serve_args(&slm, &llm.url, "2"), &[]);
     let streams = [
         open_stream(&server.url, 32).await,
         open_stream(&server.url, 32).await,
@@ -302,5 +306,50 @@ async fn streams_still_running_when_the_grace_ends_get_a_final_event() {
     assert!(
         signalled.elapsed() < Duration::from_secs(2 + 10),
         "exits soon after the grace: {exit:?} after the streams ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_comes_from_the_environment_or_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
+    let pair = [
+        "--slm",
+        slm.to_str().unwrap(),
+        "--llm",
+        llm.to_str().unwrap(),
+    ];
+    let status = |url: String, key: Option<&'static str>| async move {
+        let mut r = reqwest::Client::new().get(format!("{url}/v1/models"));
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        r.send().await.unwrap().status().as_u16()
+    };
+    let server = ServeChild::start(&pair, &[("RELAYLLM_API_KEY", "env-key")]);
+    assert_eq!(status(server.url.clone(), None).await, 401);
+    assert_eq!(status(server.url.clone(), Some("env-key")).await, 200);
+    drop(server);
+
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "file-key\n").unwrap();
+    let mut args = pair.to_vec();
+    args.extend(["--api-key-file", key_file.to_str().unwrap()]);
+    // The file wins over the environment.
+    let server = ServeChild::start(&args, &[("RELAYLLM_API_KEY", "env-key")]);
+    assert_eq!(status(server.url.clone(), None).await, 401);
+    assert_eq!(status(server.url.clone(), Some("env-key")).await, 401);
+    assert_eq!(status(server.url.clone(), Some("file-key")).await, 200);
+    drop(server);
+
+    std::fs::write(&key_file, "\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_relayllm"))
+        .args(["serve", "--port", "0"])
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("empty"),
+        "an empty key file is refused, not taken as no key"
     );
 }

@@ -1,6 +1,7 @@
 //! `relayllm serve`: the OpenAI-compatible relay server (relay-server) on a loaded pair.
 use anyhow::{Context, Result};
 use clap::Args;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::common::ModelArgs;
@@ -18,9 +19,15 @@ pub struct ServeArgs {
     /// 0 picks a free port (the address is printed).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` on the API (not on /, /health, /metrics).
-    #[arg(long)]
+    /// Require `Authorization: Bearer KEY` on the API (not on /, /health, /metrics). A key
+    /// given here shows in `ps` to every user of the machine: prefer --api-key-file or the
+    /// RELAYLLM_API_KEY environment variable.
+    #[arg(long, conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
+    /// Read the API key from this file (its first line; e.g. a Docker or Kubernetes secret).
+    /// Without --api-key or this flag, the key is taken from $RELAYLLM_API_KEY when set.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
     /// Requests decoding at once.
     #[arg(long, default_value_t = 4)]
     pub max_concurrency: usize,
@@ -55,9 +62,10 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    let api_key = api_key(args.api_key, args.api_key_file.as_deref())?;
     let pair = args.models.load_pair(&args.slm, &args.llm)?;
     let config = relay_server::ServerConfig {
-        api_key: args.api_key,
+        api_key,
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
         body_timeout: Duration::from_secs(args.body_timeout.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
@@ -69,4 +77,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let state = relay_server::AppState::new(pair, config);
     relay_server::run(&args.host, args.port, state).context("serving")
+}
+
+/// The key from the flag, else its file, else `$RELAYLLM_API_KEY`; an empty one is an error
+/// (it would let any `Bearer` header in).
+fn api_key(flag: Option<String>, file: Option<&std::path::Path>) -> Result<Option<String>> {
+    let key = match (flag, file) {
+        (Some(k), _) => Some(k),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the API key from {}", path.display()))?;
+            Some(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        (None, None) => std::env::var("RELAYLLM_API_KEY").ok(),
+    };
+    if key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        anyhow::bail!("the API key is empty (--api-key, --api-key-file or RELAYLLM_API_KEY)");
+    }
+    Ok(key)
 }
