@@ -29,7 +29,7 @@ pub async fn serve_app(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Door::new(state.clone()).wrap(app);
+    let app = Door::new(state.clone(), listener.local_addr()?).wrap(app);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_timeout);

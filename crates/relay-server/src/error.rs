@@ -96,6 +96,13 @@ impl ApiError {
             format!("{path} does not take {method} (the Allow header lists what it takes)"),
         )
     }
+    /// A `Host` this server does not answer to (DNS rebinding) or a page of another origin.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(code),
+            ..Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+        }
+    }
     /// The body did not arrive within the body read timeout.
     pub fn body_timeout(secs: f64) -> Self {
         Self {

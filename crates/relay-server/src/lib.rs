@@ -9,7 +9,7 @@
 //! so the relay frees its sequences promptly.
 //!
 //! In front of the handlers: [`conn`] accepts connections (header read deadline, the drain on
-//! shutdown) and [`door`] checks each request (API key, body read deadline).
+//! shutdown) and [`door`] checks each request (`Host`, `Origin`, API key, body read deadline).
 //!
 //! Not here: continuous batching across requests (each request decodes on its own thread).
 
@@ -43,6 +43,11 @@ pub use error::ApiError;
 pub struct ServerConfig {
     /// When set, `/v1/*` and the native endpoints need `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
+    /// `Host` names answered besides localhost names and the bound address; `*` any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) whose pages may call the API besides the server's
+    /// own; `*` any.
+    pub allowed_origins: Vec<String>,
     /// Requests decoding at once.
     pub max_concurrency: usize,
     /// Requests that may wait for a slot; one more is answered 429.
@@ -71,6 +76,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(300),
             max_body_bytes: 2 * 1024 * 1024,
             default_max_tokens: 256,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),

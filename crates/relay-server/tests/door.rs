@@ -1,6 +1,7 @@
 //! What a request meets before a handler, against a real server on 127.0.0.1:0: clients that
-//! trickle bytes are cut off, the API key's scheme is case-insensitive, and 405s and panics
-//! get the same JSON error object as every other error. Raw TCP where a well-behaved client cannot misbehave.
+//! trickle bytes are cut off, `Host` and `Origin` are checked (DNS rebinding, cross-site
+//! posts), the API key's scheme is case-insensitive, and 405s and panics get the same JSON
+//! error object as every other error. Raw TCP where a well-behaved client cannot misbehave.
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -169,6 +170,107 @@ async fn clients_that_trickle_bytes_or_sit_idle_are_closed() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_must_name_this_server() {
+    let s = start(ServerConfig {
+        allowed_hosts: vec!["relay.example".into()],
+        ..ServerConfig::default()
+    })
+    .await;
+    let port = s.addr.rsplit(':').next().unwrap();
+    let health = |host: String| {
+        client()
+            .get(format!("{}/health", s.url))
+            .header("host", host)
+    };
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("relay.example:{port}"),
+    ] {
+        assert_eq!(answer(health(host.clone())).await.0, 200, "{host}");
+    }
+    // A page of evil.example whose name now points at 127.0.0.1 (DNS rebinding).
+    let (st, b) = answer(health(format!("evil.example:{port}"))).await;
+    assert_eq!(st, 403, "{b}");
+    assert_eq!(b["error"]["code"], "host_not_allowed");
+    let (st, _) = answer(
+        client()
+            .post(format!("{}/v1/chat/completions", s.url))
+            .header("host", format!("evil.example:{port}"))
+            .json(&chat()),
+    )
+    .await;
+    assert_eq!(st, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_other_origins_are_refused_unless_allowed() {
+    let s = start(ServerConfig {
+        allowed_origins: vec!["https://app.example".into()],
+        ..ServerConfig::default()
+    })
+    .await;
+    let post = |origin: &str| {
+        client()
+            .post(format!("{}/v1/chat/completions", s.url))
+            .header("origin", origin)
+            // What a cross-site <form> or no-cors fetch can send without a preflight.
+            .header("content-type", "text/plain")
+            .body(chat().to_string())
+    };
+    let (st, b) = answer(post("http://evil.example")).await;
+    assert_eq!(st, 403, "{b}");
+    assert_eq!(b["error"]["code"], "origin_not_allowed");
+    assert_eq!(answer(post("null")).await.0, 403, "sandboxed pages too");
+
+    // The page at / calls the API from its own origin.
+    let page = client().get(&s.url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/v1/chat/completions"));
+    let (st, b) = answer(post(&s.url)).await;
+    assert_eq!(st, 200, "{b}");
+
+    // An allowed origin gets the CORS answers a browser needs.
+    let r = post("https://app.example").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let pre = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", s.url),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert!(pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    let pre = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", s.url),
+        )
+        .header("origin", "http://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 403);
+    assert!(!pre.headers().contains_key("access-control-allow-origin"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,8 @@ pub struct ServeArgs {
     /// The large model: a path, `llm`, or an `http://` URL.
     #[arg(long, default_value = "llm")]
     pub llm: String,
+    /// Address to listen on. 127.0.0.1 takes only this machine's clients; 0.0.0.0 every
+    /// interface's (put a key on it: --api-key-file).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port (the address is printed).
@@ -28,6 +30,18 @@ pub struct ServeArgs {
     /// Without --api-key or this flag, the key is taken from $RELAYLLM_API_KEY when set.
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
+    /// Also answer requests whose `Host` is NAME (repeatable; `*` any). Localhost names, the
+    /// loopback addresses and the bound address are always answered (any address when bound
+    /// to 0.0.0.0). Other names are refused with 403, so that a web page cannot reach this
+    /// server through DNS rebinding; add the names clients use, e.g. behind a reverse proxy.
+    #[arg(long, value_name = "NAME")]
+    pub allowed_host: Vec<String>,
+    /// Let web pages of ORIGIN (`https://app.example.com`, scheme://host[:port]) call the API
+    /// from the browser (repeatable; `*` any page of any site). Requests that carry another
+    /// page's `Origin` are refused with 403 (the page at / is this server's own and needs no
+    /// flag); clients that send no Origin (curl, SDKs) are not affected.
+    #[arg(long, value_name = "ORIGIN", value_parser = parse_origin)]
+    pub allow_origin: Vec<String>,
     /// Requests decoding at once.
     #[arg(long, default_value_t = 4)]
     pub max_concurrency: usize,
@@ -64,8 +78,13 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<()> {
     let api_key = api_key(args.api_key, args.api_key_file.as_deref())?;
     let pair = args.models.load_pair(&args.slm, &args.llm)?;
+    let mut allowed_hosts = args.allowed_host;
+    // A name given to listen on is a name clients use.
+    allowed_hosts.push(args.host.clone());
     let config = relay_server::ServerConfig {
         api_key,
+        allowed_hosts,
+        allowed_origins: args.allow_origin,
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
         body_timeout: Duration::from_secs(args.body_timeout.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
@@ -95,4 +114,22 @@ fn api_key(flag: Option<String>, file: Option<&std::path::Path>) -> Result<Optio
         anyhow::bail!("the API key is empty (--api-key, --api-key-file or RELAYLLM_API_KEY)");
     }
     Ok(key)
+}
+
+/// `scheme://host[:port]` as browsers send it in `Origin`, or `*`/`null`.
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim_end_matches('/');
+    if s == "*" || s == "null" {
+        return Ok(s.to_string());
+    }
+    match s.split_once("://") {
+        Some((scheme, authority))
+            if !scheme.is_empty() && !authority.is_empty() && !authority.contains('/') =>
+        {
+            Ok(s.to_string())
+        }
+        _ => Err(format!(
+            "{s:?} is not an origin: scheme://host[:port], no path (e.g. https://app.example.com)"
+        )),
+    }
 }
