@@ -89,7 +89,7 @@ impl Hosts {
         }
         match name.parse::<IpAddr>() {
             Ok(ip) => ip.is_loopback() || ip == self.bound || self.bound.is_unspecified(),
-            Err(_) => self.names.iter().any(|n| *n == name),
+            Err(_) => self.names.contains(&name),
         }
     }
 }
@@ -152,7 +152,7 @@ async fn check_origin(State(door): State<Arc<Door>>, req: Request, next: Next) -
     if same {
         return next.run(req).await;
     }
-    if !door.any_origin && !door.origins.iter().any(|o| *o == origin_text) {
+    if !door.any_origin && !door.origins.contains(&origin_text) {
         return door.refuse(ApiError::forbidden(
             "origin_not_allowed",
             format!(
