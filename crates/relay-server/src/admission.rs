@@ -1,9 +1,10 @@
 //! Concurrency slots and the bounded queue in front of them: a full queue answers 429 at once
-//! rather than letting clients hang. A slot is held for a job's whole life (streams included).
+//! rather than letting clients hang. A slot is held for a job's whole life (streams included),
+//! or until a shutdown's grace runs out ([`GraceOver`]).
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -50,5 +51,32 @@ impl Slots {
             .await
             .map_err(|_| ApiError::internal("server shutting down"))?;
         Ok(Slot { _permit: p })
+    }
+}
+
+/// Declared once, when a shutdown's grace for requests in flight runs out (or a second signal
+/// asks to stop now): every job still running or queued then ends at once with a final
+/// message (503, and `[DONE]` on a stream) instead of having its connection cut at exit.
+#[derive(Clone)]
+pub struct GraceOver(Arc<watch::Sender<bool>>);
+
+impl Default for GraceOver {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl GraceOver {
+    pub fn declare(&self) {
+        self.0.send_replace(true);
+    }
+    pub fn is_over(&self) -> bool {
+        *self.0.borrow()
+    }
+    /// Resolves once declared.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = rx.wait_for(|&over| over).await;
     }
 }

@@ -20,6 +20,7 @@ use relay_engine::sampling::SamplingParams;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
+use crate::admission::GraceOver;
 use crate::error::ApiError;
 use crate::job::{run_job, ChoiceOutput, JobError, ModelChoice, Piece, ValidJob};
 use crate::AppState;
@@ -466,8 +467,25 @@ pub enum JobMsg {
 /// A running job: its messages, and the cancel flag that is set when this is dropped (the
 /// client went away) or the request timeout fires.
 pub struct Running {
-    pub rx: mpsc::UnboundedReceiver<JobMsg>,
+    rx: mpsc::UnboundedReceiver<JobMsg>,
+    grace: GraceOver,
     _cancel: CancelOnDrop,
+}
+
+impl Running {
+    /// The job's next message; once a shutdown's grace is over, a final 503 instead (the job
+    /// itself is cancelled when this is dropped), so that a stream ends with a last event and
+    /// `[DONE]` even while the job is stuck in an engine call.
+    pub async fn next(&mut self) -> Option<JobMsg> {
+        let over = || Some(JobMsg::Done(Err(ApiError::shutting_down())));
+        if self.grace.is_over() {
+            return over();
+        }
+        tokio::select! {
+            msg = self.rx.recv() => msg,
+            _ = self.grace.wait() => over(),
+        }
+    }
 }
 
 struct CancelOnDrop {
@@ -489,14 +507,15 @@ pub async fn start(
     arrived: Instant,
 ) -> Result<Running, ApiError> {
     let deadline = arrived + state.config.request_timeout;
-    let slot = match tokio::time::timeout_at(
-        deadline.into(),
-        state.slots.acquire(&state.metrics.queue_depth),
-    )
-    .await
-    {
-        Ok(slot) => slot?,
-        Err(_) => return Err(ApiError::timeout()),
+    let slot = tokio::select! {
+        waited = tokio::time::timeout_at(
+            deadline.into(),
+            state.slots.acquire(&state.metrics.queue_depth),
+        ) => match waited {
+            Ok(slot) => slot?,
+            Err(_) => return Err(ApiError::timeout()),
+        },
+        _ = state.grace_over.wait() => return Err(ApiError::shutting_down()),
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicBool::new(false));
@@ -548,13 +567,14 @@ pub async fn start(
     });
     Ok(Running {
         rx,
+        grace: state.grace_over.clone(),
         _cancel: CancelOnDrop { cancel, timer },
     })
 }
 
 /// Waits for the whole job (the caller's future being dropped cancels it).
 pub async fn finish(mut running: Running) -> Result<Vec<ChoiceOutput>, ApiError> {
-    while let Some(msg) = running.rx.recv().await {
+    while let Some(msg) = running.next().await {
         if let JobMsg::Done(r) = msg {
             return r;
         }
@@ -737,7 +757,7 @@ fn sse(
         let job = job.clone();
         async move {
             let mut running = state?;
-            let out: Vec<String> = match running.rx.recv().await {
+            let out: Vec<String> = match running.next().await {
                 Some(JobMsg::Piece(Piece::Text {
                     choice: i,
                     text,

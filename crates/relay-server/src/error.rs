@@ -89,6 +89,42 @@ impl ApiError {
             format!("no route {path}"),
         )
     }
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("{path} does not take {method} (the Allow header lists what it takes)"),
+        )
+    }
+    /// A `Host` this server does not answer to (DNS rebinding) or a page of another origin.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(code),
+            ..Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+        }
+    }
+    /// The body did not arrive within the body read timeout.
+    pub fn body_timeout(secs: f64) -> Self {
+        Self {
+            code: Some("body_read_timeout"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout_error",
+                format!("the request body did not arrive within {secs} s"),
+            )
+        }
+    }
+    /// The server stopped before the request was done (its shutdown grace ran out).
+    pub fn shutting_down() -> Self {
+        Self {
+            code: Some("shutting_down"),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable_error",
+                "The server is shutting down and its grace for requests in flight ran out; retry on another instance",
+            )
+        }
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -8,29 +8,34 @@
 //! Each request owns a cancel flag that is set when its client goes away or its time is up,
 //! so the relay frees its sequences promptly.
 //!
+//! In front of the handlers: [`conn`] accepts connections (header read deadline, the drain on
+//! shutdown) and [`door`] checks each request (`Host`, `Origin`, API key, body read deadline).
+//!
 //! Not here: continuous batching across requests (each request decodes on its own thread).
 
 pub mod admission;
 pub mod api;
+pub mod conn;
+pub mod door;
 pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod native;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::middleware;
+use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::Router;
 use relay_engine::batching::BatchingEngine;
 use relay_engine::model::ModelPair;
 use relay_engine::relay::RelayPair;
 
+pub use conn::serve_app;
 pub use error::ApiError;
 
 /// Server settings (the `serve` command's flags).
@@ -38,6 +43,11 @@ pub use error::ApiError;
 pub struct ServerConfig {
     /// When set, `/v1/*` and the native endpoints need `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
+    /// `Host` names answered besides localhost names and the bound address; `*` any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) whose pages may call the API besides the server's
+    /// own; `*` any.
+    pub allowed_origins: Vec<String>,
     /// Requests decoding at once.
     pub max_concurrency: usize,
     /// Requests that may wait for a slot; one more is answered 429.
@@ -48,6 +58,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Default `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
+    /// Longest wait for a request's head (and between requests on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Longest wait for a request's body, once its head is in.
+    pub body_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish before they are ended
+    /// with a final message.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +76,11 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(300),
             max_body_bytes: 2 * 1024 * 1024,
             default_max_tokens: 256,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
         }
     }
 }
@@ -72,6 +94,8 @@ pub struct AppState {
     pub slots: admission::Slots,
     /// The continuous batchers in front of in-process engines, by model name.
     pub batchers: Vec<(&'static str, Arc<BatchingEngine>)>,
+    /// Declared when a shutdown's grace runs out.
+    pub grace_over: admission::GraceOver,
 }
 
 impl AppState {
@@ -94,11 +118,13 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             slots,
             batchers,
+            grace_over: admission::GraceOver::default(),
         })
     }
 }
 
-/// All routes, with auth, the body limit and OpenAI-style 404s.
+/// All routes, with auth, the body limit and OpenAI-style 404s and 405s. [`serve_app`] puts
+/// them behind the [`door::Door`].
 pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/v1/models", get(api::list_models))
@@ -108,44 +134,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(native::tokenize))
         .route("/grade", post(native::grade))
         .route("/reward/group", post(native::reward_group))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            door::require_key,
+        ));
     Router::new()
         .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .merge(protected)
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
+        })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves [`router`] until `shutdown` resolves, then drains (see [`conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &state.config.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
-            state.metrics.request("authentication_error");
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(req).await
+    serve_app(listener, router(state.clone()), state, shutdown).await
 }
 
 const PAGE: &str = include_str!("page.html");
@@ -198,8 +210,9 @@ fn batch_metrics(batchers: &[(&'static str, Arc<BatchingEngine>)]) -> String {
     s
 }
 
-/// Binds `host:port`, prints `listening on http://ADDR` to stdout, and serves until Ctrl-C:
-/// the blocking entry point for the CLI (which has no runtime of its own).
+/// Binds `host:port`, prints `listening on http://ADDR` to stdout, and serves until SIGTERM or
+/// SIGINT, then drains within the shutdown grace: the blocking entry point for the CLI (which
+/// has no runtime of its own).
 pub fn run(host: &str, port: u16, state: Arc<AppState>) -> std::io::Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -209,14 +222,16 @@ pub fn run(host: &str, port: u16, state: Arc<AppState>) -> std::io::Result<()> {
         .worker_threads(threads)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
+        let stop = conn::stop_signals(state.clone())?;
         let listener = tokio::net::TcpListener::bind((host, port)).await?;
         println!("listening on http://{}", listener.local_addr()?);
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        serve(listener, state, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-    })
+        serve(listener, state, stop).await
+    });
+    // A job stuck in an engine call (a remote LLM that does not answer) must not hold the
+    // exit: its thread is left behind.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served
 }
