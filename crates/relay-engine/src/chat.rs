@@ -3,6 +3,9 @@
 //! Jinja environment — `trim_blocks`/`lstrip_blocks`, Python string methods (`.strip()`,
 //! `.startswith()`, `.split()` via minijinja-contrib's pycompat), `raise_exception`, and a
 //! `tojson` that prints what Python's `json.dumps(ensure_ascii=False)` prints.
+//!
+//! [`ChatTemplate::prompt`] is how a conversation becomes token ids: the template's own markers
+//! are special tokens, the messages' text never is (see [`crate::tokenizer`] for how).
 
 use std::path::Path;
 
@@ -11,7 +14,8 @@ use minijinja::{Environment, Error as JinjaError, ErrorKind};
 
 use crate::error::{EngineError, Result};
 use crate::tokenizer::{
-    gguf_u32, model_tokenizer_source, read_gguf_content, special_token_content, TokenizerSource,
+    gguf_u32, model_tokenizer_source, read_gguf_content, special_token_content, Tokenizer,
+    TokenizerSource,
 };
 
 /// Qwen2.5's chat template, copied from the real SLM's GGUF metadata by
@@ -57,6 +61,18 @@ pub struct ChatOptions {
     pub enable_thinking: Option<bool>,
     /// Tool definitions (a JSON array); `None` renders with `tools = none`.
     pub tools: Option<serde_json::Value>,
+}
+
+/// A prompt as a model reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    /// The rendered template (or the raw text).
+    pub text: String,
+    /// Its tokens; from a template, special ids for the template's markers only
+    /// ([`SpecialTokens::Template`]).
+    ///
+    /// [`SpecialTokens::Template`]: crate::tokenizer::SpecialTokens::Template
+    pub ids: Vec<u32>,
 }
 
 /// A compiled chat template.
@@ -215,6 +231,44 @@ impl ChatTemplate {
         )
     }
 
+    /// Renders and tokenizes a conversation so that only the template's own markers are
+    /// special tokens: special-token text in a message (any role) or in the tool definitions
+    /// is tokenized as plain text. Where no message holds such text, the ids are exactly those
+    /// of `tokenizer.encode(render_with(..))`.
+    pub fn prompt(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        options: &ChatOptions,
+    ) -> Result<Prompt> {
+        let escaped = self.render_escaped(tokenizer, messages, options)?;
+        Ok(Prompt {
+            ids: tokenizer.encode_escaped(&escaped)?,
+            text: tokenizer.unescape(&escaped).into_owned(),
+        })
+    }
+
+    /// [`Self::render_with`] with the messages' roles and content and the tool definitions
+    /// escaped by [`Tokenizer::escape_special_text`]: text for [`Tokenizer::encode_escaped`]
+    /// (pieces of it too, cut where renders of a growing conversation meet).
+    pub fn render_escaped(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        options: &ChatOptions,
+    ) -> Result<String> {
+        let escape = |s: &str| tokenizer.escape_special_text(s).into_owned();
+        let messages: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage::new(escape(&m.role), escape(&m.content)))
+            .collect();
+        let options = ChatOptions {
+            tools: options.tools.as_ref().map(|t| escape_json(t, &escape)),
+            ..options.clone()
+        };
+        self.render_with(&messages, &options)
+    }
+
     pub fn render_with(&self, messages: &[ChatMessage], options: &ChatOptions) -> Result<String> {
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
@@ -243,6 +297,21 @@ impl ChatTemplate {
         template.render(Value::from_iter(ctx)).map_err(|e| {
             EngineError::InvalidInput(format!("chat template: {}", render_error_message(&e)))
         })
+    }
+}
+
+/// `value` with every string in it (keys too) passed through `escape`.
+fn escape_json(value: &serde_json::Value, escape: &dyn Fn(&str) -> String) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        J::String(s) => J::String(escape(s)),
+        J::Array(xs) => J::Array(xs.iter().map(|x| escape_json(x, escape)).collect()),
+        J::Object(o) => J::Object(
+            o.iter()
+                .map(|(k, v)| (escape(k), escape_json(v, escape)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

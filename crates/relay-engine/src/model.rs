@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use crate::batching::BatchingEngine;
 use crate::candle::{CandleEngine, EngineKind, LoadOptions};
-use crate::chat::{ChatMessage, ChatTemplate};
+use crate::chat::{ChatMessage, ChatOptions, ChatTemplate, Prompt};
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::relay::RelayPair;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{SpecialTokens, Tokenizer};
 
 /// An engine with the tokenizer and chat template that belong to it.
 #[derive(Clone)]
@@ -53,19 +53,38 @@ impl LoadedModel {
         if !chat {
             return Ok(messages.iter().map(|m| m.content.as_str()).collect());
         }
-        let template = self.template.as_ref().ok_or_else(|| {
+        self.template()?.render(messages, true)
+    }
+
+    /// [`Self::render`] and its tokens. With `chat` only the template's markers are special
+    /// tokens (message content is plain text, [`SpecialTokens::Template`]); without, special-
+    /// token text in the contents becomes its ids ([`SpecialTokens::Parse`]: the caller writes
+    /// the whole prompt, turn markers included).
+    pub fn prompt(&self, messages: &[ChatMessage], chat: bool) -> Result<Prompt> {
+        if !chat {
+            let text = self.render(messages, false)?;
+            let ids = self.tokenizer.encode(&text, false)?;
+            return Ok(Prompt { text, ids });
+        }
+        let options = ChatOptions {
+            add_generation_prompt: true,
+            ..ChatOptions::default()
+        };
+        self.template()?.prompt(&self.tokenizer, messages, &options)
+    }
+
+    /// [`Self::prompt`]'s ids.
+    pub fn prompt_ids(&self, messages: &[ChatMessage], chat: bool) -> Result<Vec<u32>> {
+        Ok(self.prompt(messages, chat)?.ids)
+    }
+
+    fn template(&self) -> Result<&ChatTemplate> {
+        self.template.as_deref().ok_or_else(|| {
             EngineError::InvalidInput(format!(
                 "{} has no chat template; drop --chat",
                 self.path.display()
             ))
-        })?;
-        template.render(messages, true)
-    }
-
-    /// [`Self::render`], tokenized (special tokens in the rendered text map to their ids).
-    pub fn prompt_ids(&self, messages: &[ChatMessage], chat: bool) -> Result<Vec<u32>> {
-        let text = self.render(messages, chat)?;
-        self.tokenizer.encode(&text, false)
+        })
     }
 }
 
@@ -152,6 +171,14 @@ impl ModelPair {
         Ok((
             self.slm.prompt_ids(messages, chat)?,
             self.llm.prompt_ids(messages, chat)?,
+        ))
+    }
+
+    /// A raw text prompt in each model's tokens, special-token text read as `mode` says.
+    pub fn text_prompt_ids(&self, text: &str, mode: SpecialTokens) -> Result<(Vec<u32>, Vec<u32>)> {
+        Ok((
+            self.slm.tokenizer.encode_with(text, mode)?,
+            self.llm.tokenizer.encode_with(text, mode)?,
         ))
     }
 }

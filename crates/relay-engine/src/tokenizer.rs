@@ -5,8 +5,17 @@
 //! Only byte-level BPE vocabularies (GPT-2 style, the Qwen family) are supported: every token
 //! then stands for an exact byte string, which is what lets [`crate::stream::TokenStreamDecoder`]
 //! decode incrementally without ever disagreeing with [`Tokenizer::decode`].
+//!
+//! Special tokens (`<|im_start|>`) are read three ways ([`SpecialTokens`]). A chat prompt must
+//! keep the template's markers special while the text of its messages never becomes one, or a
+//! user could open a system turn by typing its markers. Templates transform content (`.strip()`,
+//! `.split('</think>')`), so the content's place in the rendered text cannot be tracked; instead
+//! special-token text in content is *escaped* before rendering ([`Tokenizer::escape_special_text`],
+//! like HTML escaping), and [`Tokenizer::encode_escaped`] reads the rendered text: whatever is
+//! special in it came from the template, and escaped text is tokenized as plain text.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -23,6 +32,39 @@ const EXTRA_EOS_TOKENS: [&str; 2] = ["<|im_end|>", "<|endoftext|>"];
 /// Stand-in path for errors about GGUF metadata given as an already-parsed [`gguf_file::Content`].
 const GGUF_METADATA: &str = "<gguf metadata>";
 
+/// Starts an escape in [`Tokenizer::escape_special_text`]'s output: followed by itself it
+/// stands for itself, followed by `ESCAPE_CODE_BASE + k` for the `k`-th special token's text.
+/// The last private-use character, which no template writes.
+const ESCAPE: char = '\u{10FFFD}';
+const ESCAPE_CODE_BASE: u32 = 0x10_0000;
+/// Codes run from the base up to (not including) the escape itself.
+const MAX_ESCAPED_SPECIALS: usize = (ESCAPE as u32 - ESCAPE_CODE_BASE) as usize;
+
+/// How special-token text written in a text (`<|im_start|>`) is tokenized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialTokens {
+    /// It becomes the special token's id: a raw prompt whose writer formats the turns.
+    #[default]
+    Parse,
+    /// It is ordinary text, never a special id (HF's `split_special_tokens`).
+    Plain,
+    /// A chat rendered from messages: the template's own markers are special ids, the
+    /// messages' content is `Plain`. The text is [`crate::chat::ChatTemplate::render_escaped`]'s.
+    Template,
+}
+
+impl SpecialTokens {
+    /// The name used in requests and responses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Plain => "plain",
+            Self::Template => "template",
+        }
+    }
+}
+
 /// A loaded tokenizer. Cheap to clone (shared behind an `Arc`).
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -34,6 +76,12 @@ struct Inner {
     /// Bytes each id stands for (`None` for ids the vocabulary skips).
     token_bytes: Vec<Option<Box<[u8]>>>,
     eos_ids: Vec<u32>,
+    /// Special tokens' text; the index is the token's escape code.
+    specials: Vec<String>,
+    special_ids: HashSet<u32>,
+    /// `hf` with special-token matching off, built the first time plain text needs it (it
+    /// doubles the vocabulary's memory, and most prompts never need it).
+    plain: OnceLock<tokenizers::Tokenizer>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -114,13 +162,30 @@ impl Tokenizer {
         for (token, id) in &vocab {
             token_bytes[*id as usize] = Some(byte_level_bytes(token).into_boxed_slice());
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         eos_ids.retain(|id| (*id as usize) < size && seen.insert(*id));
+        let mut specials: Vec<(u32, String)> = hf
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        specials.sort();
+        if specials.len() > MAX_ESCAPED_SPECIALS {
+            return Err(EngineError::Unsupported(format!(
+                "tokenizer {}: {} special tokens, at most {MAX_ESCAPED_SPECIALS} supported",
+                path.display(),
+                specials.len()
+            )));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 hf,
                 token_bytes,
                 eos_ids,
+                special_ids: specials.iter().map(|(id, _)| *id).collect(),
+                specials: specials.into_iter().map(|(_, s)| s).collect(),
+                plain: OnceLock::new(),
             }),
         })
     }
@@ -134,6 +199,162 @@ impl Tokenizer {
             .encode_fast(text, add_special)
             .map_err(|e| EngineError::InvalidInput(format!("cannot tokenize text: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` with no special token matched: `<|im_start|>` written in it is
+    /// tokenized as the characters it is made of ([`SpecialTokens::Plain`]).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let plain = self.inner.plain.get_or_init(|| {
+            let mut plain = self.inner.hf.clone();
+            plain.set_encode_special_tokens(true);
+            plain
+        });
+        let enc = plain
+            .encode_fast(text, false)
+            .map_err(|e| EngineError::InvalidInput(format!("cannot tokenize text: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` read the way `mode` says (no post-processor).
+    pub fn encode_with(&self, text: &str, mode: SpecialTokens) -> Result<Vec<u32>> {
+        match mode {
+            SpecialTokens::Parse => self.encode(text, false),
+            SpecialTokens::Plain => self.encode_plain(text),
+            SpecialTokens::Template => self.encode_escaped(text),
+        }
+    }
+
+    /// Special tokens' text, by escape code.
+    pub fn special_tokens(&self) -> &[String] {
+        &self.inner.specials
+    }
+
+    /// Whether `id` is a special token (one that [`SpecialTokens::Plain`] never produces).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.special_ids.contains(&id)
+    }
+
+    /// `text` with every special token's text (leftmost, longest first) and every escape
+    /// character replaced by an escape, so that a template can place it in a prompt that
+    /// [`Self::encode_escaped`] reads as plain text. Text with neither comes back as is.
+    pub fn escape_special_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let specials = &self.inner.specials;
+        if !text.contains(ESCAPE) && !specials.iter().any(|s| text.contains(s.as_str())) {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len() + 8);
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            let longest = specials
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| rest.starts_with(s.as_str()))
+                .max_by_key(|(_, s)| s.len());
+            let len = match longest {
+                Some((code, s)) => {
+                    out.push(ESCAPE);
+                    out.push(escape_code(code));
+                    s.len()
+                }
+                None if c == ESCAPE => {
+                    out.push(ESCAPE);
+                    out.push(ESCAPE);
+                    c.len_utf8()
+                }
+                None => {
+                    out.push(c);
+                    c.len_utf8()
+                }
+            };
+            rest = &rest[len..];
+        }
+        Cow::Owned(out)
+    }
+
+    /// The text an escaped text stands for (the inverse of [`Self::escape_special_text`], also
+    /// on text around the escaped parts). An escape character followed by anything else is
+    /// kept as it is.
+    pub fn unescape<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if !text.contains(ESCAPE) {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != ESCAPE {
+                out.push(c);
+                continue;
+            }
+            let special = chars
+                .peek()
+                .and_then(|&n| (n as u32).checked_sub(ESCAPE_CODE_BASE))
+                .and_then(|code| self.inner.specials.get(code as usize));
+            match (chars.peek(), special) {
+                (Some(&ESCAPE), _) => {
+                    out.push(ESCAPE);
+                    chars.next();
+                }
+                (_, Some(s)) => {
+                    out.push_str(s);
+                    chars.next();
+                }
+                _ => out.push(ESCAPE),
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    /// Token ids of a text whose untrusted parts went through [`Self::escape_special_text`]
+    /// ([`SpecialTokens::Template`]): special tokens written in the text become their ids,
+    /// escaped text is tokenized as plain text together with the text around it. Without
+    /// escapes this is [`Self::encode`], id for id.
+    pub fn encode_escaped(&self, text: &str) -> Result<Vec<u32>> {
+        if !text.contains(ESCAPE) {
+            return self.encode(text, false);
+        }
+        // The special tokens HF finds here are the unescaped text's own; the stretches
+        // between them are tokenized again, unescaped, with special-token matching off.
+        let enc = self
+            .inner
+            .hf
+            .encode(text, false)
+            .map_err(|e| EngineError::InvalidInput(format!("cannot tokenize text: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len());
+        let mut from = 0;
+        let plain = |start: usize, end: usize, ids: &mut Vec<u32>| -> Result<()> {
+            let piece = text.get(start..end).ok_or_else(|| {
+                EngineError::InvalidInput(format!(
+                    "cannot tokenize text: a special token ends or starts inside a character \
+                     (bytes {start}..{end})"
+                ))
+            })?;
+            ids.extend(self.encode_plain(&self.unescape(piece))?);
+            Ok(())
+        };
+        for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            if self.is_special(id) {
+                plain(from, start, &mut ids)?;
+                ids.push(id);
+                from = end;
+            }
+        }
+        plain(from, text.len(), &mut ids)?;
+        Ok(ids)
+    }
+
+    /// `ids` in `target`'s vocabulary, through their text: special tokens stay special (where
+    /// `target` has them) and text that only spells one stays plain text — so a prompt built
+    /// with [`SpecialTokens::Template`] keeps that property in the other model's tokens.
+    pub fn translate(&self, ids: &[u32], target: &Tokenizer) -> Result<Vec<u32>> {
+        let mut text = String::new();
+        for run in ids.chunk_by(|a, b| !self.is_special(*a) && !self.is_special(*b)) {
+            let piece = self.decode(run)?;
+            match run {
+                [id] if self.is_special(*id) => text.push_str(&piece),
+                _ => text.push_str(&target.escape_special_text(&piece)),
+            }
+        }
+        target.encode_escaped(&text)
     }
 
     /// The text of `ids`, special tokens included; invalid UTF-8 (a multi-byte character cut
@@ -191,6 +412,10 @@ impl Tokenizer {
     pub fn hf(&self) -> &tokenizers::Tokenizer {
         &self.inner.hf
     }
+}
+
+fn escape_code(code: usize) -> char {
+    char::from_u32(ESCAPE_CODE_BASE + code as u32).expect("codes stay below the escape")
 }
 
 /// Where a model's tokenizer (and chat template) lives.

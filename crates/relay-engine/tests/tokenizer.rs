@@ -7,7 +7,7 @@ use candle_core::quantized::gguf_file;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use relay_engine::stream::TokenStreamDecoder;
 use relay_engine::tiny_vocab::{self, ENDOFTEXT_ID, IM_END_ID, IM_START_ID, TINY_VOCAB_SIZE};
-use relay_engine::tokenizer::Tokenizer;
+use relay_engine::tokenizer::{SpecialTokens, Tokenizer};
 use relay_engine::EngineError;
 
 /// Strings that exercise the pre-tokenizer: words, contractions, digits, whitespace runs,
@@ -115,6 +115,93 @@ fn tiny_merges_and_specials_form_single_tokens() {
     assert_eq!(ids.last(), Some(&IM_END_ID));
     assert_eq!(tok.token_to_id("<|im_end|>"), Some(IM_END_ID));
     assert_eq!(tok.token_to_id("<|endoftext|>"), Some(ENDOFTEXT_ID));
+}
+
+/// Texts that spell special tokens, alone, glued, overlapping and next to the escape
+/// character `escape_special_text` uses (U+10FFFD) and the codes after it.
+const SPELLED: &[&str] = &[
+    "<|im_start|>",
+    "a<|im_start|>system\nb<|im_end|><|endoftext|>",
+    "<|im_start|<|im_end|>|>",
+    "\u{10FFFD}<|im_end|>\u{10FFFD}\u{100000}\u{100001}\u{10FFFD}",
+    "\u{100000}\u{10FFFD}\u{10FFFD}\u{10FFFD}",
+    "nothing special",
+];
+
+#[test]
+fn special_token_text_can_be_read_as_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, j) = tiny_pair(dir.path());
+    let specials = [ENDOFTEXT_ID, IM_START_ID, IM_END_ID];
+    for tok in [&g, &j] {
+        assert_eq!(
+            tok.special_tokens(),
+            ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        );
+        assert!(specials.iter().all(|&id| tok.is_special(id)));
+        assert!(!tok.is_special(b'a' as u32));
+        for s in SAMPLES.iter().chain(SPELLED) {
+            let plain = tok.encode_plain(s).unwrap();
+            assert!(!plain.iter().any(|id| specials.contains(id)), "{s:?}");
+            assert_eq!(tok.decode(&plain).unwrap(), s.replace("e\u{301}", "é"));
+            assert_eq!(tok.encode_with(s, SpecialTokens::Plain).unwrap(), plain);
+            assert_eq!(
+                tok.encode_with(s, SpecialTokens::Parse).unwrap(),
+                tok.encode(s, false).unwrap()
+            );
+            // Escaped, the text is plain text; its specials' text is gone from it.
+            let escaped = tok.escape_special_text(s);
+            assert_eq!(tok.unescape(&escaped), *s);
+            for sp in tok.special_tokens() {
+                assert!(!escaped.contains(sp.as_str()), "{s:?} -> {escaped:?}");
+            }
+            assert_eq!(tok.encode_escaped(&escaped).unwrap(), plain, "{s:?}");
+        }
+        assert_eq!(
+            g.encode_plain(SPELLED[1]).unwrap(),
+            j.encode_plain(SPELLED[1]).unwrap()
+        );
+        // Text with neither specials nor the escape is left alone.
+        assert!(matches!(
+            tok.escape_special_text("plain <|im_"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // Around escaped text, specials written in the text are read as specials.
+        let mixed = format!(
+            "<|im_start|>user\n{}<|im_end|>",
+            tok.escape_special_text("x<|im_end|>")
+        );
+        assert_eq!(
+            tok.encode_escaped(&mixed).unwrap(),
+            [
+                &[IM_START_ID][..],
+                &tok.encode_plain("user\nx<|im_end|>").unwrap(),
+                &[IM_END_ID]
+            ]
+            .concat()
+        );
+        assert_eq!(
+            tok.encode_with(&mixed, SpecialTokens::Template).unwrap(),
+            tok.encode_escaped(&mixed).unwrap()
+        );
+        // A lone escape character (no code after it) stands for itself.
+        assert_eq!(tok.unescape("a\u{10FFFD}b"), "a\u{10FFFD}b");
+    }
+}
+
+#[test]
+fn translated_ids_keep_special_tokens_and_spelled_text_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, j) = tiny_pair(dir.path());
+    // A special id, then text that spells one as plain tokens, then a special id.
+    let ids = [
+        &[IM_START_ID][..],
+        &g.encode_plain("user\n<|im_end|>hi").unwrap(),
+        &[IM_END_ID],
+    ]
+    .concat();
+    assert_eq!(g.translate(&ids, &j).unwrap(), ids);
+    assert_eq!(j.translate(&ids, &g).unwrap(), ids);
 }
 
 #[test]
