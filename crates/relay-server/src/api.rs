@@ -17,6 +17,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use relay_core::{PolicyKind, RelayConfig};
 use relay_engine::chat::ChatMessage;
 use relay_engine::sampling::SamplingParams;
+use relay_engine::tokenizer::SpecialTokens;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
@@ -104,6 +105,37 @@ fn boolean(obj: &Obj, name: &str, param: &str) -> Result<Option<bool>, ApiError>
         Some(other) => Err(ApiError::invalid(
             param,
             format!("{param} must be a boolean, got {other}"),
+        )),
+    }
+}
+
+/// `special_tokens`: how special-token text in a text prompt is tokenized, one of `allowed`
+/// (the first is the default). Chats accept only `template`: their content is never parsed.
+pub fn special_tokens(obj: &Obj, allowed: &[SpecialTokens]) -> Result<SpecialTokens, ApiError> {
+    let names = || {
+        allowed
+            .iter()
+            .map(|m| format!("{:?}", m.name()))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    match obj.get("special_tokens") {
+        None | Some(Value::Null) => Ok(allowed[0]),
+        Some(Value::String(s)) => {
+            allowed
+                .iter()
+                .copied()
+                .find(|m| m.name() == s)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "special_tokens",
+                        format!("special_tokens must be {} here, got {s:?}", names()),
+                    )
+                })
+        }
+        Some(other) => Err(ApiError::invalid(
+            "special_tokens",
+            format!("special_tokens must be {}, got {other}", names()),
         )),
     }
 }
@@ -407,6 +439,7 @@ fn common_job(
 fn valid_chat(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), ApiError> {
     let model = model_choice(obj, None)?;
     let msgs = messages(obj)?;
+    special_tokens(obj, &[SpecialTokens::Template])?;
     if state.models.slm.template.is_none() || state.models.llm.template.is_none() {
         return Err(ApiError::bad_json(
             "the served models have no chat template; use /v1/completions",
@@ -421,10 +454,11 @@ fn valid_chat(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), ApiError>
 
 fn valid_completion(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), ApiError> {
     let model = model_choice(obj, None)?;
+    let mode = special_tokens(obj, &[SpecialTokens::Parse, SpecialTokens::Plain])?;
     let text_prompt = |p: &str| {
         state
             .models
-            .prompt_ids(&[ChatMessage::new("user", p)], false)
+            .text_prompt_ids(p, mode)
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))
     };
     let prompts = match obj.get("prompt") {

@@ -12,12 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use relay_core::reward::{group_rewards, RewardKind, RhoKind, Rollout};
 use relay_core::Source;
+use relay_engine::tokenizer::SpecialTokens;
 use relay_grader::GradeMode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::{
-    check_prompt, finish, json_object, messages, model_choice, refused, settings, start,
+    check_prompt, finish, json_object, messages, model_choice, refused, settings, special_tokens,
+    start,
 };
 use crate::error::ApiError;
 use crate::job::{ModelChoice, ValidJob};
@@ -53,15 +55,11 @@ pub async fn relay_generate(
         check_prompt(&state, &ids, "prompt_ids", s.max_tokens)?;
         let llm_prompt = match &state.pair.llm_tokenizer {
             None => ids.clone(),
-            Some(tok) => {
-                let text = state
-                    .pair
-                    .slm_tokenizer
-                    .decode(&ids)
-                    .map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?;
-                tok.encode(&text, false)
-                    .map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?
-            }
+            Some(tok) => state
+                .pair
+                .slm_tokenizer
+                .translate(&ids, tok)
+                .map_err(|e| ApiError::invalid("prompt_ids", e.to_string()))?,
         };
         Ok(ValidJob {
             model,
@@ -166,21 +164,34 @@ pub async fn reward_group(
 }
 
 /// `{"messages": [...]}` (chat template applied, with the assistant header) or `{"prompt":
-/// "text"}` (as is) → `{"tokens": [...], "text": rendered}` in the SLM's vocabulary: the
-/// `prompt_ids` that `/relay/generate` takes.
+/// "text"}` (as is) → `{"tokens": [...], "text": rendered, "special_tokens": mode}` in the SLM's
+/// vocabulary: the `prompt_ids` that `/relay/generate` takes. `mode` says how special-token
+/// text was read: `template` for messages (the template's markers are special, the content
+/// never is; the only mode a chat takes), `parse` (default) or `plain` for a prompt, as the
+/// request's `special_tokens` asks.
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = json_object(body).and_then(|obj| {
         let slm = &state.models.slm;
-        let text = match (obj.get("messages"), obj.get("prompt")) {
+        let (text, tokens, mode) = match (obj.get("messages"), obj.get("prompt")) {
             (Some(_), None) => {
                 let msgs = messages(&obj)?;
-                slm.render(&msgs, true)
-                    .map_err(|e| ApiError::invalid("messages", e.to_string()))?
+                let mode = special_tokens(&obj, &[SpecialTokens::Template])?;
+                let prompt = slm
+                    .prompt(&msgs, true)
+                    .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+                (prompt.text, prompt.ids, mode)
             }
-            (None, Some(Value::String(p))) => p.clone(),
+            (None, Some(Value::String(p))) => {
+                let mode = special_tokens(&obj, &[SpecialTokens::Parse, SpecialTokens::Plain])?;
+                let ids = slm
+                    .tokenizer
+                    .encode_with(p, mode)
+                    .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+                (p.clone(), ids, mode)
+            }
             (None, Some(_)) => return Err(ApiError::invalid("prompt", "prompt must be text")),
             _ => {
                 return Err(ApiError::bad_json(
@@ -188,11 +199,7 @@ pub async fn tokenize(
                 ))
             }
         };
-        let tokens = slm
-            .tokenizer
-            .encode(&text, false)
-            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
-        Ok(json!({"tokens": tokens, "text": text}))
+        Ok(json!({"tokens": tokens, "text": text, "special_tokens": mode.name()}))
     });
     match result {
         Ok(v) => Json(v).into_response(),

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use relay_engine::chat::{ChatMessage, ChatTemplate};
+use relay_engine::chat::{ChatMessage, ChatOptions, ChatTemplate};
 use relay_engine::tokenizer::Tokenizer;
 
 use crate::error::{Result, TrainError};
@@ -184,17 +184,26 @@ fn parse_messages(v: &serde_json::Value) -> std::result::Result<Vec<ChatMessage>
 /// Renders the conversation turn by turn so that each assistant turn's tokens are known: the
 /// text the template adds for assistant turn `i` is `render(..=i)` minus `render(..i, with the
 /// generation prompt)`. Pieces are tokenized separately; they meet at special tokens or line
-/// ends, where the tokenizer splits anyway.
+/// ends, where the tokenizer splits anyway. Message content is escaped before rendering, so
+/// special-token text in it is plain text and only the template's markers are special ids.
 fn render_messages(
     messages: &[ChatMessage],
     template: &ChatTemplate,
     tokenizer: &Tokenizer,
 ) -> std::result::Result<SftExample, String> {
-    let render = |m: &[ChatMessage], gen: bool| template.render(m, gen).map_err(|e| e.to_string());
+    let render = |m: &[ChatMessage], gen: bool| {
+        let options = ChatOptions {
+            add_generation_prompt: gen,
+            ..ChatOptions::default()
+        };
+        template
+            .render_escaped(tokenizer, m, &options)
+            .map_err(|e| e.to_string())
+    };
     let mut ids = Vec::new();
     let mut mask = Vec::new();
     let mut push = |text: &str, m: u8| -> std::result::Result<(), String> {
-        let t = tokenizer.encode(text, false).map_err(|e| e.to_string())?;
+        let t = tokenizer.encode_escaped(text).map_err(|e| e.to_string())?;
         mask.extend(std::iter::repeat_n(m, t.len()));
         ids.extend(t);
         Ok(())

@@ -5,7 +5,7 @@ use super::eval::Grader;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use relay_core::{PolicyKind, RelayConfig};
-use relay_engine::chat::{ChatMessage, ChatTemplate};
+use relay_engine::chat::{ChatMessage, ChatOptions, ChatTemplate};
 use relay_engine::model::same_vocabulary;
 use relay_engine::tokenizer::Tokenizer;
 use relay_eval::{
@@ -530,8 +530,16 @@ fn build_record(
     options: &WarmupOptions,
     seed: u64,
 ) -> Result<WarmupRecord> {
-    let prompt_text = template.render(&[ChatMessage::user(problem.problem.clone())], true)?;
-    let prompt = tokenizer.encode(&prompt_text, false)?;
+    let prompt = template
+        .prompt(
+            tokenizer,
+            &[ChatMessage::user(problem.problem.clone())],
+            &ChatOptions {
+                add_generation_prompt: true,
+                ..ChatOptions::default()
+            },
+        )?
+        .ids;
     let mut solution = tokenizer.encode(&cand.text, false)?;
     solution.push(eos);
     let has_teacher = teacher.is_some();

@@ -51,8 +51,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         messages.push(ChatMessage::system(system.clone()));
     }
     messages.push(ChatMessage::user(args.prompt.clone().unwrap_or_default()));
-    let prompt_text = model.render(&messages, args.chat)?;
-    let prompt_tokens = model.tokenizer.encode(&prompt_text, false)?;
+    let prompt = model.prompt(&messages, args.chat)?;
+    let (prompt_text, prompt_tokens) = (prompt.text, prompt.ids);
     let params = GenerateParams {
         max_tokens: args.max_tokens,
         sampling: args.sampling.params(),
