@@ -32,6 +32,8 @@ demo: setup models
 	@scripts/demo.sh "$(BIN)" "$(GSM8K)" "$(DEMO_N)"
 
 # Includes the remote-engine and server fault tests against a real llama-server (built first; ~8 min once).
+# Tests of the real SLM's tokenizer (`make models`) and of ../shared's benchmarks fail without
+# them unless RELAYLLM_ALLOW_SKIP_REAL_MODEL_TESTS=1 / RELAYLLM_ALLOW_SKIP_SHARED_DATA_TESTS=1.
 test:
 	scripts/build-llama-cpp.sh
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -1,12 +1,89 @@
 //! Test support shared by this crate's tests and the crates above it: a real llama.cpp
 //! server as a child process (the remote-engine integration tests run against it), the tiny
-//! model pair the CLI and server tests use, and a stand-in `python -m pip` for the fetch
-//! commands. Not used by the library itself.
+//! model pair the CLI and server tests use, a stand-in `python -m pip` for the fetch
+//! commands, and the one place that decides whether a test may skip for want of the real
+//! model or the shared benchmarks (it may not, unless a flag says so). Not used by the
+//! library itself.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Lets tests that need the real SLM skip where it is missing (`=1`); unset or `0`, they fail.
+pub const ALLOW_SKIP_REAL_MODEL_TESTS: &str = "RELAYLLM_ALLOW_SKIP_REAL_MODEL_TESTS";
+/// Lets tests that need `../shared/data/benchmarks` skip where it is missing (`=1`).
+pub const ALLOW_SKIP_SHARED_DATA_TESTS: &str = "RELAYLLM_ALLOW_SKIP_SHARED_DATA_TESTS";
+
+/// A test switch: `1` is on; unset, empty or `0` is off. Anything else panics, so that
+/// `=true` or `=yes` cannot quietly mean off.
+pub fn test_flag(name: &str) -> bool {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => false,
+        Ok(v) if v.is_empty() || v == "0" => false,
+        Ok(v) if v == "1" => true,
+        other => panic!("{name} must be 1 (on) or 0 (off), got {other:?}"),
+    }
+}
+
+/// What a test does when `what` is missing: fails naming it and `allow_flag`, unless that
+/// flag is 1; then it says loudly that it skips, and the caller returns.
+pub fn missing(what: &str, allow_flag: &str) {
+    assert!(
+        test_flag(allow_flag),
+        "{what} is missing; set {allow_flag}=1 to let this test skip"
+    );
+    say_skipped(&format!("{what} is missing ({allow_flag}=1)"));
+}
+
+/// What a test of an optional tool does when `what` is missing: skips loudly, unless
+/// `require_flag` is 1 (CI, which installs it), then fails.
+pub fn optional_missing(what: &str, require_flag: &str) {
+    assert!(
+        !test_flag(require_flag),
+        "{what} is missing and {require_flag}=1 requires it"
+    );
+    say_skipped(&format!("{what} is missing ({require_flag} is not 1)"));
+}
+
+/// Straight to stderr, past libtest's capture of `eprintln!`, so that a passing test's skip
+/// shows (under nextest, `.config/nextest.toml` shows these tests' output).
+fn say_skipped(why: &str) {
+    let line = format!("\n*** SKIPPED: {why} ***\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+/// The real SLM's GGUF (`$RELAYLLM_SLM_GGUF`, else `fetch models`' file in the models folder,
+/// else /tmp/models/slm.gguf); `None` where it is missing and [`missing`] lets the test skip.
+pub fn real_slm_gguf() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("RELAYLLM_SLM_GGUF").map(PathBuf::from),
+        Some(crate::fetch::default_models_dir().join(crate::fetch::real_slm().file_name)),
+        Some(PathBuf::from("/tmp/models/slm.gguf")),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| p.is_file());
+    if found.is_none() {
+        missing(
+            "the real SLM (`relayllm fetch models`, or RELAYLLM_SLM_GGUF)",
+            ALLOW_SKIP_REAL_MODEL_TESTS,
+        );
+    }
+    found
+}
+
+/// `../shared/data/benchmarks` beside the repository; `None` where it is missing and
+/// [`missing`] lets the test skip.
+pub fn shared_benchmarks_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    missing(
+        &format!("the shared benchmarks ({})", dir.display()),
+        ALLOW_SKIP_SHARED_DATA_TESTS,
+    );
+    None
+}
 
 /// Largest absolute difference between two equally long vectors (logits, log-probs).
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -164,4 +241,52 @@ done
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         .expect("make it executable");
     path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each test uses variables of its own, so tests running beside it see none of them.
+    #[test]
+    fn flags_are_exactly_one_or_zero() {
+        let name = "RELAYLLM_TESTING_FLAG_UNDER_TEST";
+        std::env::remove_var(name);
+        assert!(!test_flag(name));
+        for (value, on) in [("0", false), ("", false), ("1", true)] {
+            std::env::set_var(name, value);
+            assert_eq!(test_flag(name), on, "{value:?}");
+        }
+        for value in ["true", "yes", "01", " 1"] {
+            std::env::set_var(name, value);
+            assert!(
+                std::panic::catch_unwind(|| test_flag(name)).is_err(),
+                "{value:?}"
+            );
+        }
+        std::env::remove_var(name);
+    }
+
+    #[test]
+    fn a_missing_resource_fails_unless_allowed_and_required_ones_fail() {
+        let allow = "RELAYLLM_TESTING_ALLOW_UNDER_TEST";
+        let require = "RELAYLLM_TESTING_REQUIRE_UNDER_TEST";
+        for value in [None, Some("0")] {
+            match value {
+                Some(v) => std::env::set_var(allow, v),
+                None => std::env::remove_var(allow),
+            }
+            assert!(std::panic::catch_unwind(|| missing("a thing", allow)).is_err());
+        }
+        std::env::set_var(allow, "1");
+        missing("a thing", allow);
+        std::env::remove_var(require);
+        optional_missing("a tool", require);
+        std::env::set_var(require, "0");
+        optional_missing("a tool", require);
+        std::env::set_var(require, "1");
+        assert!(std::panic::catch_unwind(|| optional_missing("a tool", require)).is_err());
+        std::env::remove_var(allow);
+        std::env::remove_var(require);
+    }
 }

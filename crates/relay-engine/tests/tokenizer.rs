@@ -1,11 +1,12 @@
 //! Tokenizer and incremental detokenization: GGUF- and JSON-built tokenizers agree, round
 //! trips are exact, streamed text equals `decode`, and model paths resolve to the right source.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use relay_engine::stream::TokenStreamDecoder;
+use relay_engine::testing::{real_slm_gguf, shared_benchmarks_dir};
 use relay_engine::tiny_vocab::{self, ENDOFTEXT_ID, IM_END_ID, IM_START_ID, TINY_VOCAB_SIZE};
 use relay_engine::tokenizer::{SpecialTokens, Tokenizer};
 use relay_engine::EngineError;
@@ -372,38 +373,9 @@ fn bad_tokenizer_inputs_are_clear_errors() {
     ));
 }
 
-/// The real SLM's GGUF if it is on this machine (`RELAYLLM_SLM_GGUF`, a `*0.5b*.gguf` in the
-/// repo's git-ignored `models/`, or /tmp/models/slm.gguf); tests that need it pass vacuously
-/// otherwise.
-fn real_slm() -> Option<PathBuf> {
-    let in_models_dir =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-            .ok()
-            .and_then(|entries| {
-                entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-                    let name = p
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .to_lowercase();
-                    name.contains("0.5b") && name.ends_with(".gguf")
-                })
-            });
-    let candidates = [
-        std::env::var_os("RELAYLLM_SLM_GGUF").map(PathBuf::from),
-        in_models_dir,
-        Some(PathBuf::from("/tmp/models/slm.gguf")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("real SLM not present; skipping");
-    }
-    found
-}
-
 #[test]
 fn real_qwen_tokenizer_from_gguf_matches_known_ids() {
-    let Some(path) = real_slm() else { return };
+    let Some(path) = real_slm_gguf() else { return };
     let tok = Tokenizer::load_for_model(&path).unwrap();
     // Ids from Qwen2.5's tokenizer.json.
     assert_eq!(
@@ -421,6 +393,9 @@ fn real_qwen_tokenizer_from_gguf_matches_known_ids() {
     );
     assert_eq!(tok.eos_ids(), &[151645, 151643]);
     assert_eq!(tok.token_to_id("<tool_call>"), Some(151657));
+    // Written markers are special in a raw prompt, plain text when asked.
+    let plain = tok.encode_plain("<|im_start|>user\n").unwrap();
+    assert!(!plain.contains(&151644) && plain.len() > 3, "{plain:?}");
     // llama.cpp's "unused" [PAD…] tokens stay plain text.
     assert!(tok.encode("[PAD151665]", false).unwrap().len() > 1);
     for s in SAMPLES {
@@ -477,7 +452,7 @@ fn qwen_tokenizer_json_from_gguf(content: &gguf_file::Content) -> serde_json::Va
 
 #[test]
 fn real_qwen_gguf_tokenizer_equals_hf_pipeline_on_benchmark_text() {
-    let Some(path) = real_slm() else { return };
+    let Some(path) = real_slm_gguf() else { return };
     let content = gguf_file::Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
     let from_gguf = Tokenizer::from_gguf(&content).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -490,11 +465,10 @@ fn real_qwen_gguf_tokenizer_equals_hf_pipeline_on_benchmark_text() {
     let from_json = Tokenizer::from_file(&json).unwrap();
 
     let mut texts: Vec<String> = SAMPLES.iter().map(|s| s.to_string()).collect();
-    let benchmarks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
+    let benchmarks = shared_benchmarks_dir();
     for name in ["gsm8k.jsonl", "math500.jsonl", "olympiadbench.jsonl"] {
-        let Ok(data) = std::fs::read_to_string(benchmarks.join(name)) else {
-            continue;
-        };
+        let Some(dir) = &benchmarks else { break };
+        let data = std::fs::read_to_string(dir.join(name)).unwrap();
         for line in data.lines().take(150) {
             let row: serde_json::Value = serde_json::from_str(line).unwrap();
             texts.push(row["problem"].as_str().unwrap().to_string());

@@ -103,13 +103,11 @@ fn error_message_has_path_and_line() {
 }
 
 #[test]
-fn shared_benchmarks_load_when_present() {
-    // The shared benchmark files sit beside the repository (../shared); skipped elsewhere.
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
-    if !dir.exists() {
+fn shared_benchmarks_load() {
+    // The shared benchmark files sit beside the repository (../shared).
+    let Some(dir) = relay_engine::testing::shared_benchmarks_dir() else {
         return;
-    }
+    };
     for (name, n) in [
         ("gsm8k.jsonl", 1319),
         ("math500.jsonl", 500),
