@@ -47,11 +47,16 @@ fn load(path: &Path) -> (LoadedModel, Arc<CandleEngine>) {
 }
 
 async fn start(config: ServerConfig) -> Server {
+    start_with(config, |pair| pair).await
+}
+
+/// [`start`], with the pair changed by `wrap` (an engine put in front of one model).
+async fn start_with(config: ServerConfig, wrap: impl FnOnce(ModelPair) -> ModelPair) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (slm_path, llm_path) = write_tiny_pair(dir.path(), 512);
     let (slm_model, slm) = load(&slm_path);
     let (llm_model, llm) = load(&llm_path);
-    let state = AppState::new(ModelPair::new(slm_model, llm_model), config);
+    let state = AppState::new(wrap(ModelPair::new(slm_model, llm_model)), config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(relay_server::serve(listener, state, std::future::pending()));
@@ -707,9 +712,136 @@ async fn the_verl_and_trl_adapters_return_what_the_frameworks_expect() {
     s.wait_idle().await;
 }
 
+/// Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`):
+/// commands go to its fd 3, replies come from its fd 4, each a JSON message ending in a NUL.
+/// A shell hands it our stdin and stdout as those descriptors. Blocking: run it off the
+/// runtime, under a timeout.
+struct Chromium {
+    child: std::process::Child,
+    commands: std::process::ChildStdin,
+    replies: std::io::BufReader<std::process::ChildStdout>,
+    next_id: u64,
+}
+
+impl Chromium {
+    fn launch(binary: &str, profile: &Path, log: &Path) -> Self {
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>&2"#)
+            .arg(binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--window-size=1000,800",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            commands: child.stdin.take().unwrap(),
+            replies: std::io::BufReader::new(child.stdout.take().unwrap()),
+            child,
+            next_id: 0,
+        }
+    }
+
+    /// Sends one command (to a page when `session` is given) and returns its result; events
+    /// that arrive meanwhile are dropped. Panics on a protocol error or a closed browser.
+    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        use std::io::{BufRead, Write};
+        self.next_id += 1;
+        let mut msg = json!({"id": self.next_id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.commands.write_all(&bytes).unwrap();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.replies.read_until(0, &mut buf).unwrap();
+            assert!(n > 0, "Chromium closed the DevTools pipe during {method}");
+            buf.pop_if(|b| *b == 0);
+            let reply: Value = serde_json::from_slice(&buf).unwrap();
+            if reply["id"] != self.next_id {
+                continue;
+            }
+            assert!(reply["error"].is_null(), "{method}: {reply}");
+            return reply["result"].clone();
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, session: &str, expression: &str) -> Value {
+        let r = self.call(
+            Some(session),
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true}),
+        );
+        r["result"]["value"].clone()
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An engine whose decode steps take at least `delay`: a stream that lasts, as under load.
+struct SlowSteps {
+    inner: Arc<dyn relay_engine::Engine>,
+    delay: Duration,
+}
+
+impl relay_engine::Engine for SlowSteps {
+    fn info(&self) -> &relay_engine::ModelInfo {
+        self.inner.info()
+    }
+    fn create_sequence(&self) -> relay_engine::Result<relay_engine::SeqId> {
+        self.inner.create_sequence()
+    }
+    fn prefill(&self, seq: relay_engine::SeqId, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
+        self.inner.prefill(seq, tokens)
+    }
+    fn step(&self, batch: &[(relay_engine::SeqId, u32)]) -> relay_engine::Result<Vec<Vec<f32>>> {
+        std::thread::sleep(self.delay);
+        self.inner.step(batch)
+    }
+    fn seq_len(&self, seq: relay_engine::SeqId) -> relay_engine::Result<usize> {
+        self.inner.seq_len(seq)
+    }
+    fn truncate(&self, seq: relay_engine::SeqId, len: usize) -> relay_engine::Result<()> {
+        self.inner.truncate(seq, len)
+    }
+    fn fork(&self, seq: relay_engine::SeqId) -> relay_engine::Result<relay_engine::SeqId> {
+        self.inner.fork(seq)
+    }
+    fn free(&self, seq: relay_engine::SeqId) -> relay_engine::Result<()> {
+        self.inner.free(seq)
+    }
+    fn score(&self, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
+        self.inner.score(tokens)
+    }
+}
+
+/// How long the page test waits for the streamed answer to end.
+const PAGE_DEADLINE: Duration = Duration::from_secs(120);
+
 /// The page in headless Chromium: it submits a prompt on load (`?auto=1`), the answer streams
 /// in with the LLM's spans highlighted; the screenshot is kept in target/test-output/page.png.
-/// Skipped where Chromium is missing, unless RELAYLLM_REQUIRE_BROWSER_TESTS=1.
+/// The SLM steps slowly, so the stream lasts seconds: the test waits, over the DevTools
+/// protocol, for the mark the page sets when the stream has ended (`data-done`), for at most
+/// `PAGE_DEADLINE`. Skipped where Chromium is missing, unless RELAYLLM_REQUIRE_BROWSER_TESTS=1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_llm_spans_in_chromium() {
     let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -722,59 +854,95 @@ async fn the_page_shows_llm_spans_in_chromium() {
         );
         return;
     };
-    let s = start(ServerConfig::default()).await;
+    let s = start_with(ServerConfig::default(), |mut pair| {
+        pair.slm.engine = Arc::new(SlowSteps {
+            inner: pair.slm.engine.clone(),
+            delay: Duration::from_millis(100),
+        });
+        pair
+    })
+    .await;
     let page = format!(
         "{}/?auto=1&max_tokens=40&policy=confidence&threshold=1&prompt=What%20is%202%2B2%3F",
         s.url
     );
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-output");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let run = |extra: &[String]| {
-        let mut c = tokio::process::Command::new(chromium);
-        c.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-        ]);
-        c.arg(format!("--user-data-dir={}", profile.path().display()));
-        c.args(["--virtual-time-budget=20000", "--window-size=1000,800"]);
-        c.args(extra).arg(&page);
-        c.kill_on_drop(true);
-        c.output()
+    let shown = tokio::task::spawn_blocking(move || show_page(chromium, &page, &out_dir));
+    // The page's own deadline is checked between polls; this one catches a browser that
+    // stops answering altogether.
+    let dom = match tokio::time::timeout(PAGE_DEADLINE + Duration::from_secs(30), shown).await {
+        Ok(Ok(dom)) => dom,
+        Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!("Chromium stopped answering for over {PAGE_DEADLINE:?}"),
     };
-    // Headless Chromium dumps the DOM once its virtual clock runs out, and that clock does not
-    // wait for a streamed body still arriving (only for fetches without a response yet): a
-    // dump can catch the answer mid-stream. Each try is a full page load and request; take the
-    // first that finished.
-    let mut dom = String::new();
-    for _ in 0..16 {
-        let out = run(&["--dump-dom".to_string()]).await.unwrap();
-        dom = String::from_utf8_lossy(&out.stdout).to_string();
-        if dom.contains("data-done=\"1\"") {
-            break;
-        }
-    }
     assert!(
         dom.contains("class=\"llm\""),
         "an LLM span is highlighted: {dom}"
     );
-    assert!(
-        dom.contains("data-done=\"1\"") && dom.contains("call ratio"),
-        "the stats show: {dom}"
+    assert!(dom.contains("call ratio"), "the stats show: {dom}");
+    s.wait_idle().await;
+}
+
+/// Opens `page`, waits for the mark it sets when its stream has ended (`data-done`), saves a
+/// screenshot to `out_dir/page.png` and returns the DOM. Panics past [`PAGE_DEADLINE`], with
+/// what the page shows then.
+fn show_page(chromium: &str, page: &str, out_dir: &Path) -> String {
+    std::fs::create_dir_all(out_dir).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let log = out_dir.join("chromium.log");
+    let mut browser = Chromium::launch(chromium, profile.path(), &log);
+    let started = std::time::Instant::now();
+    let target = browser.call(None, "Target.createTarget", json!({"url": page}));
+    let attached = browser.call(
+        None,
+        "Target.attachToTarget",
+        json!({"targetId": target["targetId"], "flatten": true}),
     );
-    let shot = out_dir.join("page.png");
-    let _ = std::fs::remove_file(&shot);
-    run(&[format!("--screenshot={}", shot.display())])
-        .await
+    let session = attached["sessionId"].as_str().unwrap().to_string();
+    let stats = "document.getElementById('stats')";
+    let mut polls = 0;
+    loop {
+        let done = browser.eval(
+            &session,
+            &format!("{stats} && {stats}.dataset.done === '1'"),
+        );
+        if done == json!(true) {
+            break;
+        }
+        let shown = browser.eval(&session, &format!("{stats} && {stats}.textContent"));
+        assert!(
+            !shown.as_str().unwrap_or_default().starts_with("error"),
+            "the page shows an error: {shown}"
+        );
+        assert!(
+            started.elapsed() < PAGE_DEADLINE,
+            "the page's stream did not end within {PAGE_DEADLINE:?} ({polls} polls); it shows \
+             {shown}; Chromium's log: {}",
+            log.display()
+        );
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        polls > 0,
+        "the stream had ended at the first look: nothing waited"
+    );
+    let dom = browser.eval(&session, "document.documentElement.outerHTML");
+    let shot = browser.call(
+        Some(&session),
+        "Page.captureScreenshot",
+        json!({"format": "png"}),
+    );
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
         .unwrap();
     assert!(
-        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
-        "screenshot written"
+        png.len() > 1000 && png.starts_with(b"\x89PNG"),
+        "a screenshot"
     );
+    std::fs::write(out_dir.join("page.png"), png).unwrap();
+    dom.as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
