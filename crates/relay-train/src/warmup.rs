@@ -292,7 +292,14 @@ pub fn solution_logprobs(
     ids.extend_from_slice(prompt);
     ids.extend_from_slice(solution);
     let all = engine.score(&ids)?;
-    Ok(all[prompt.len() - 1..].to_vec())
+    match all.get(prompt.len() - 1..) {
+        Some(tail) if tail.len() == solution.len() => Ok(tail.to_vec()),
+        _ => Err(EngineError::InvalidInput(format!(
+            "engine contract broken: score gave {} log-probs for {} tokens",
+            all.len(),
+            ids.len()
+        ))),
+    }
 }
 
 /// An informed [`Placement`] with the engines whose log-probs it reads.
