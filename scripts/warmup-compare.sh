@@ -5,6 +5,7 @@
 # slice of the training pool (GSM8K train 7000-7039), greedy and at t = 0.7.
 #
 #   scripts/warmup-compare.sh data PLACEMENT    # random | unsure | gap (gap reads the LLM)
+#   scripts/warmup-compare.sh data-self PLACEMENT   # the same from the SLM's own solutions
 #   scripts/warmup-compare.sh sft PLACEMENT     # LoRA SFT on 160 of its examples, export q8_0
 #   scripts/warmup-compare.sh eval PLACEMENT [greedy|t07]   # tag policy, greedy and/or t=0.7
 #   scripts/warmup-compare.sh stock             # the stock SLM alone on the same slice, greedy
@@ -28,6 +29,16 @@ data)
   $bin data warmup --problems "$train" --solutions "$train" --model slm $llm --placement "$p" \
     --offset 1000 --limit 200 --calls 0-2 --n-dist uniform:8-32 --max-len 400 --seed 0 \
     --threads "$threads" --no-progress --out $out/"$p".jsonl
+  ;;
+data-self)
+  # The paper's way: solutions sampled from the SLM itself (2 per problem at t = 0.7, the
+  # correct ones kept), so SFT teaches the command and not a new style. Resumes its samples
+  # from runs/warm/self-PLACEMENT.samples/.
+  p=${2:?placement}
+  $bin data warmup --problems "$train" --sample-from slm --samples 2 --temperature 0.7 \
+    --max-tokens 400 --concurrency 8 --model slm --placement "$p" --offset 1000 --limit 200 \
+    --calls 0-2 --n-dist uniform:8-32 --max-len 600 --seed 0 --threads "$threads" \
+    --no-progress --out $out/self-"$p".jsonl
   ;;
 sft)
   p=${2:?placement}
