@@ -11,7 +11,8 @@
 //! In front of the handlers: [`conn`] accepts connections (header read deadline, the drain on
 //! shutdown) and [`door`] checks each request (`Host`, `Origin`, API key, body read deadline).
 //!
-//! Not here: continuous batching across requests (each request decodes on its own thread).
+//! Continuous batching: each request decodes on its own thread, and the in-process engines sit
+//! behind a [`BatchingEngine`] that runs the decode steps of all running requests as one batch.
 
 pub mod admission;
 pub mod api;
