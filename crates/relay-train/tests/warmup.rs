@@ -10,8 +10,8 @@ use relay_engine::tiny_vocab::IM_END_ID;
 use relay_engine::tokenizer::Tokenizer;
 use relay_engine::{CandleEngine, LoadOptions};
 use relay_train::warmup::{
-    build_example, solution_logprobs, CallCount, EngineTeacher, NDist, Teacher, WarmupOptions,
-    Writer,
+    build_example, solution_logprobs, Built, CallCount, EngineTeacher, NDist, Teacher,
+    WarmupOptions, Writer,
 };
 
 fn tiny() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
@@ -219,6 +219,19 @@ fn teacher_tokens_are_the_llms_greedy_continuation_of_the_tag_free_view() {
     assert!(served_any > 0);
 }
 
+/// Where each command went, in solution tokens: the SLM and LLM tokens before it.
+fn command_sites(b: &Built) -> Vec<usize> {
+    b.calls
+        .iter()
+        .map(|c| {
+            b.writers[..c.at]
+                .iter()
+                .filter(|w| **w != Writer::Tag)
+                .count()
+        })
+        .collect()
+}
+
 #[test]
 fn informed_sites_become_the_commands_best_first_without_overlap() {
     let (_d, slm, _) = tiny();
@@ -252,18 +265,7 @@ fn informed_sites_become_the_commands_best_first_without_overlap() {
     .unwrap();
     let text = tok.decode(&b.response).unwrap();
     assert_eq!(parsed_calls(&text, 7), vec![5, 5]);
-    // Where each command went, in solution tokens: the SLM/LLM tokens before it.
-    let starts: Vec<usize> = b
-        .calls
-        .iter()
-        .map(|c| {
-            b.writers[..c.at]
-                .iter()
-                .filter(|w| **w != Writer::Tag)
-                .count()
-        })
-        .collect();
-    assert_eq!(starts, vec![3, 12]);
+    assert_eq!(command_sites(&b), vec![3, 12]);
     // No teacher: the solution's tokens come back in order, commands aside.
     let kept: Vec<u32> = b
         .response
@@ -307,16 +309,7 @@ fn informed_sites_become_the_commands_best_first_without_overlap() {
             seed,
         )
         .unwrap();
-        let starts: Vec<usize> = b
-            .calls
-            .iter()
-            .map(|c| {
-                b.writers[..c.at]
-                    .iter()
-                    .filter(|w| **w != Writer::Tag)
-                    .count()
-            })
-            .collect();
+        let starts = command_sites(&b);
         assert_eq!(starts, [3, 12][..starts.len()], "seed {seed}");
         seen[starts.len()] += 1;
     }

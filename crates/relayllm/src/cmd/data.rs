@@ -365,27 +365,17 @@ fn warmup(args: WarmupArgs) -> Result<()> {
         .or_else(|| tokenizer.eos_ids().first().copied())
         .with_context(|| format!("{} has no end-of-turn token", model_path.display()))?;
 
-    let teacher_model = match &args.teacher {
-        Some(t) => {
-            let m = args.models.load(t)?;
-            if !same_vocabulary(&m.tokenizer, &tokenizer) {
-                bail!("--teacher {t} has another vocabulary than {model_arg}: token ids cannot pass between them");
-            }
-            Some(m)
+    // A model whose token ids must mean what --model's do (`flag` names it in the error).
+    let load_same_vocabulary = |flag: &str, name: &Option<String>| -> Result<Option<_>> {
+        let Some(name) = name else { return Ok(None) };
+        let m = args.models.load(name)?;
+        if !same_vocabulary(&m.tokenizer, &tokenizer) {
+            bail!("{flag} {name} has another vocabulary than {model_arg}: token ids cannot pass between them");
         }
-        None => None,
+        Ok(Some(m))
     };
-
-    let gap_llm = match &args.llm {
-        Some(l) => {
-            let m = args.models.load(l)?;
-            if !same_vocabulary(&m.tokenizer, &tokenizer) {
-                bail!("--llm {l} has another vocabulary than {model_arg}: its log-probs are over other tokens");
-            }
-            Some(m)
-        }
-        None => None,
-    };
+    let teacher_model = load_same_vocabulary("--teacher", &args.teacher)?;
+    let gap_llm = load_same_vocabulary("--llm", &args.llm)?;
     if args.placement.needs_llm() && gap_llm.is_none() && teacher_model.is_none() {
         bail!(
             "--placement {} compares the LLM's log-probs with the SLM's: give the LLM as --llm or --teacher",
