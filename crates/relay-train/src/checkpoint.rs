@@ -5,12 +5,18 @@
 //! A save writes a temporary file in the same folder, fsyncs it, renames it into place and
 //! fsyncs the folder: a crash leaves either the old set of checkpoints or the new one, never a
 //! half-written file under a checkpoint name. [`latest`] only ever reads complete files.
+//!
+//! [`save_adapter`] writes the same file without the optimizer moments, its weights in f16 if
+//! asked: what `export` needs and nothing more, small enough to commit (a rank-16 LoRA of the
+//! 0.5B is 35 MB in f32 with no moments, 106 MB with them, 18 MB in f16). [`load`] hands every
+//! weight back in f32, whatever it was stored in. Such a file cannot be resumed from: the
+//! optimizer says so by name when its moments are missing.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -75,6 +81,26 @@ pub fn save(
         })?;
     write_atomic(&path, &bytes)?;
     Ok(path)
+}
+
+/// Writes the weights of the checkpoint at `src` (a file, or a folder's newest) alone, stored as
+/// `dtype` (f32 or f16), as `checkpoint-<step>.safetensors` in `out_dir` with the same meta;
+/// returns the new file's path.
+pub fn save_adapter(src: &Path, out_dir: &Path, dtype: DType) -> Result<PathBuf> {
+    if !matches!(dtype, DType::F32 | DType::F16) {
+        return Err(TrainError::InvalidInput(format!(
+            "adapter weights are stored as f32 or f16, not {dtype:?}"
+        )));
+    }
+    let src = resolve(src)?;
+    let ckpt = load(&src)?;
+    let mut params: Vec<(String, Tensor)> = ckpt
+        .params
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+        .collect::<Result<_>>()?;
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    save(out_dir, &ckpt.meta, &params, &[])
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder (fsync, rename, fsync
@@ -144,7 +170,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     for (name, t) in tensors {
         match name.strip_prefix("param.") {
             Some(p) => {
-                params.insert(p.to_string(), t);
+                // Adapters saved by [`save_adapter`] may be f16; training and export read f32.
+                params.insert(
+                    p.to_string(),
+                    t.to_dtype(DType::F32).map_err(|e| bad(e.to_string()))?,
+                );
             }
             None => {
                 optimizer.insert(name, t);
@@ -253,6 +283,36 @@ mod tests {
         prune(dir.path(), 2).unwrap();
         let steps: Vec<u64> = list(dir.path()).unwrap().iter().map(|x| x.0).collect();
         assert_eq!(steps, vec![4, 10]);
+    }
+
+    #[test]
+    fn an_adapter_keeps_the_weights_in_f16_and_drops_the_moments() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Tensor::new(&[1f32, 0.1, -3.25, 1e-3], &Device::Cpu).unwrap();
+        save(
+            dir.path(),
+            &meta(7),
+            &[("a.lora_a".into(), w.clone())],
+            &[("adam.m.a.lora_a".into(), w.clone())],
+        )
+        .unwrap();
+        let out = dir.path().join("adapter");
+        let p = save_adapter(dir.path(), &out, DType::F16).unwrap();
+        assert_eq!(p, out.join(file_name(7)));
+        let c = load(&p).unwrap();
+        assert_eq!(c.meta, meta(7));
+        assert!(c.optimizer.is_empty(), "{:?}", c.optimizer.keys());
+        let got = c.params["a.lora_a"].to_vec1::<f32>().unwrap();
+        // The nearest f16s (IEEE binary16) of 0.1 and 1e-3; 1 and -3.25 are exact.
+        assert_eq!(got, vec![1.0, 0.099975586, -3.25, 0.0010004044]);
+        assert_ne!(got, w.to_vec1::<f32>().unwrap(), "0.1 is not an f16");
+        // 2 bytes a weight, not 4 + 4 + 4.
+        let stored = std::fs::metadata(&p).unwrap().len();
+        let full = std::fs::metadata(dir.path().join(file_name(7)))
+            .unwrap()
+            .len();
+        assert!(stored < full, "{stored} >= {full}");
+        assert!(save_adapter(dir.path(), &out, DType::BF16).is_err());
     }
 
     #[test]

@@ -104,6 +104,77 @@ fn train_sft_then_export_then_generate() {
             .unwrap());
         assert_eq!(text.trim_end(), a, "{q}");
     }
+    // The trained weights alone, in f16: smaller than the checkpoint (no Adam moments), and
+    // merged into the same base they answer the same.
+    let adapter = dir.path().join("adapter");
+    ok(bin()
+        .args(["export", "--format", "adapter", "--adapter"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&adapter)
+        .output()
+        .unwrap());
+    let size = |d: &std::path::Path| -> u64 {
+        let files: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        std::fs::metadata(files.last().unwrap()).unwrap().len()
+    };
+    assert!(
+        size(&adapter) * 4 < size(&out),
+        "{} vs {}",
+        size(&adapter),
+        size(&out)
+    );
+    let from_adapter = dir.path().join("from-adapter.gguf");
+    ok(bin()
+        .args(["export", "--model"])
+        .arg(&slm)
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--out")
+        .arg(&from_adapter)
+        .output()
+        .unwrap());
+    for (q, a) in QA {
+        let text = ok(bin()
+            .args(["generate", "--model"])
+            .arg(&from_adapter)
+            .args(["--prompt", q, "--chat", "--system", "Be brief."])
+            .args(["--max-tokens", "20"])
+            .output()
+            .unwrap());
+        assert_eq!(text.trim_end(), a, "{q}");
+    }
+    // Merging needs the base, and q8_0 is not an adapter's storage.
+    let no_base = bin()
+        .args(["export", "--adapter"])
+        .arg(&out)
+        .arg("--out")
+        .arg(dir.path().join("x.gguf"))
+        .output()
+        .unwrap();
+    assert!(!no_base.status.success());
+    assert!(String::from_utf8_lossy(&no_base.stderr).contains("--model"));
+    let q8 = bin()
+        .args([
+            "export",
+            "--format",
+            "adapter",
+            "--dtype",
+            "q8_0",
+            "--adapter",
+        ])
+        .arg(&out)
+        .arg("--out")
+        .arg(dir.path().join("q8"))
+        .output()
+        .unwrap();
+    assert!(!q8.status.success());
+    assert!(String::from_utf8_lossy(&q8.stderr).contains("f16 or f32"));
+
     // The safetensors form loads too.
     let hf = dir.path().join("merged-hf");
     ok(bin()
