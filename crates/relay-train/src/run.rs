@@ -37,10 +37,11 @@ pub fn restore(
     model: &TrainModel,
     opt: &mut AdamW,
 ) -> Result<(u64, u64, Option<u64>)> {
-    let Some(path) = existing.filter(|_| resume) else {
+    let Some(newest) = existing.filter(|_| resume) else {
         return Ok((0, 0, None));
     };
-    let c = checkpoint::load(path)?;
+    let (path, c) = newest_readable(newest)?;
+    let path = path.as_path();
     if &c.meta.config != pinned {
         return Err(TrainError::Resume {
             path: path.to_path_buf(),
@@ -53,6 +54,48 @@ pub fn restore(
     model.set_trainable(&c.params)?;
     opt.load_state(&c.optimizer, c.meta.step)?;
     Ok((c.meta.step, c.meta.position, Some(c.meta.step)))
+}
+
+/// The newest checkpoint that loads, from `newest` back through the older ones in its folder.
+/// Saves are atomic, so a checkpoint that does not load was damaged afterwards (a disk error,
+/// a truncated copy). When an older one loads, the damaged newer ones are renamed to
+/// `<name>.corrupt` (kept for inspection, never read again) and the run goes on from the older
+/// one with a warning. When none loads, nothing is renamed and the error names each one tried.
+fn newest_readable(newest: &Path) -> Result<(PathBuf, checkpoint::Checkpoint)> {
+    let dir = newest.parent().unwrap_or(Path::new("."));
+    let mut tried: Vec<(PathBuf, TrainError)> = Vec::new();
+    let mut candidates: Vec<PathBuf> = checkpoint::list(dir)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| p.as_path() <= newest)
+        .collect();
+    if candidates.last().map(PathBuf::as_path) != Some(newest) {
+        candidates.push(newest.to_path_buf());
+    }
+    for path in candidates.into_iter().rev() {
+        match checkpoint::load(&path) {
+            Ok(c) => {
+                for (bad, why) in &tried {
+                    let aside = bad.with_extension("safetensors.corrupt");
+                    std::fs::rename(bad, &aside)?;
+                    tracing::warn!(
+                        "checkpoint {} does not load ({why}); renamed to {} and resuming from {}",
+                        bad.display(),
+                        aside.display(),
+                        path.display()
+                    );
+                }
+                return Ok((path, c));
+            }
+            Err(e @ TrainError::Checkpoint { .. }) => tried.push((path, e)),
+            Err(e) => return Err(e),
+        }
+    }
+    let reasons: Vec<String> = tried.iter().map(|(_, e)| e.to_string()).collect();
+    Err(TrainError::Resume {
+        path: dir.to_path_buf(),
+        reason: format!("no checkpoint there loads: {}", reasons.join("; ")),
+    })
 }
 
 /// Saves the trainable weights and optimizer state atomically, then keeps only the newest

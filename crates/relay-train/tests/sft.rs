@@ -342,6 +342,80 @@ fn resumed_run_equals_an_uninterrupted_one() {
 }
 
 #[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_gguf(dir.path(), Arch::Qwen3);
+    let data = dir.path().join("chat.jsonl");
+    write_messages_data(&data);
+    // 6 steps, a checkpoint every 2 (the newest two kept).
+    let cfg = SftConfig {
+        grad_accum: 2,
+        save_every: 2,
+        ..config(model_path, data, 3)
+    };
+    let straight = dir.path().join("straight");
+    let a = train(&cfg, &straight, false, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(a.steps, 6);
+
+    // Stopped after step 5: checkpoints 2 and 4. Then the newest is damaged (cut in half).
+    let run = dir.path().join("run");
+    let stop_at_5 = |r: &relay_train::sft::StepReport| {
+        if r.step == 5 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    train(&cfg, &run, false, stop_at_5).unwrap();
+    let four = run.join(checkpoint::file_name(4));
+    let two = run.join(checkpoint::file_name(2));
+    let bytes = std::fs::read(&four).unwrap();
+    std::fs::write(&four, &bytes[..bytes.len() / 2]).unwrap();
+
+    // Both damaged: the error names both, and nothing is renamed.
+    let two_bytes = std::fs::read(&two).unwrap();
+    std::fs::write(&two, &two_bytes[..100]).unwrap();
+    let err = train(&cfg, &run, true, |_| ControlFlow::Continue(())).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("00000004") && msg.contains("00000002"),
+        "{msg}"
+    );
+    assert!(four.exists() && two.exists());
+    std::fs::write(&two, &two_bytes).unwrap();
+
+    // Only the newest damaged: the run goes on from step 2, the damaged file is set aside,
+    // and the result is the uninterrupted run's.
+    let b = train(&cfg, &run, true, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(b.resumed_from, Some(2));
+    assert_eq!(b.steps, 6);
+    assert!(run.join("checkpoint-00000004.safetensors.corrupt").exists());
+    let (ca, cb) = (
+        checkpoint::load(&a.checkpoint).unwrap(),
+        checkpoint::load(&b.checkpoint).unwrap(),
+    );
+    assert_eq!(ca.meta, cb.meta);
+    for (name, ta) in &ca.params {
+        assert_eq!(
+            ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            cb.params[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            "{name}"
+        );
+    }
+
+    // An adapter written for export holds no optimizer moments: resuming from it is refused,
+    // naming what is missing.
+    let slim = dir.path().join("slim");
+    checkpoint::save_adapter(&straight, &slim, candle_core::DType::F32).unwrap();
+    let err = train(&cfg, &slim, true, |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(err.to_string().contains("optimizer state"), "{err}");
+}
+
+#[test]
 fn bad_data_lines_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let model_path = tiny_gguf(dir.path(), Arch::Qwen2);
