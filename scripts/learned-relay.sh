@@ -22,9 +22,8 @@
 # 7000-7039; GSM8K test is never used). The GRPO LoRA is rank 4 (GRPO_RANK): reinforcement
 # learning's updates carry little information per step, low ranks match full fine-tuning there,
 # and a rank-4 checkpoint with its Adam moments (26 MB) is small enough to commit between
-# sessions, which a run of hundreds of steps on two cores needs. Its LR (GRPO_LR, 1e-4) is
-# twice section 4's rank-16 run's: with α = 2r a rank-4 update moves the weights about half as
-# far at the same LR.
+# sessions, which a run of hundreds of steps on two cores needs. Its LR (GRPO_LR, 5e-5) is
+# section 4's. Both are pinned by the run: --resume refuses other values.
 set -eu
 stage=${1:?stage: warmup, init, grpo, stash, report or filter}
 bin=${BIN:-target/release/relayllm}
@@ -69,7 +68,7 @@ grpo)
   $bin train grpo --slm $init --llm llm --data "$pool" --out "$out" --group 8 \
     --prompts-per-step 2 --steps "${GRPO_STEPS:-300}" --max-tokens 320 --temperature 1.0 \
     --reward difficulty --rho requested --kl-coef 0.01 --clip-low 0.2 --clip-high 0.3 \
-    --lora-rank "${GRPO_RANK:-4}" --lr "${GRPO_LR:-1e-4}" --save-every 1 --threads "$threads" \
+    --lora-rank "${GRPO_RANK:-4}" --lr "${GRPO_LR:-5e-5}" --save-every 1 --threads "$threads" \
     --seed 0 $resume
   ;;
 stash)
