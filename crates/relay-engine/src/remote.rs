@@ -42,7 +42,7 @@ pub struct RemoteConfig {
     pub model: Option<String>,
     /// Limit for one HTTP request (connect + response).
     pub timeout: Duration,
-    /// Extra attempts after a connection error, timeout or 5xx.
+    /// Extra attempts after a connection error, timeout, 429 or 5xx.
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one.
     pub backoff: Duration,
