@@ -139,7 +139,7 @@ impl BatchingEngine {
             Ok(_) => items
                 .iter()
                 .map(|_| {
-                    Err(EngineError::InvalidInput(
+                    Err(EngineError::Internal(
                         "engine contract broken: step returned the wrong count".into(),
                     ))
                 })
@@ -149,7 +149,7 @@ impl BatchingEngine {
                 .map(|&item| {
                     self.inner.step(&[item]).and_then(|mut v| {
                         v.pop().ok_or_else(|| {
-                            EngineError::InvalidInput("engine contract broken: empty step".into())
+                            EngineError::Internal("engine contract broken: empty step".into())
                         })
                     })
                 })

@@ -29,6 +29,31 @@ pub enum EngineError {
     Io(#[from] std::io::Error),
     #[error("relay protocol: {0}")]
     Relay(#[from] relay_core::RelayError),
+    /// A remote model server refused or failed a request: `status` is the HTTP status it
+    /// answered with, `None` when it answered without an error status but with something
+    /// that cannot be used (not JSON, no log-probs).
+    #[error("{url}: {}{message}", .status.map(|s| format!("HTTP {s}: ")).unwrap_or_default())]
+    Upstream {
+        url: String,
+        status: Option<u16>,
+        message: String,
+    },
+    /// A remote model server could not be reached (refused, reset, no such host), or the
+    /// connection broke before its answer was in.
+    #[error("{url}: cannot reach the server: {message}")]
+    Unreachable { url: String, message: String },
+    /// A remote model server did not answer within the time allowed.
+    #[error("{url}: timed out after {after:?}")]
+    Timeout {
+        url: String,
+        after: std::time::Duration,
+    },
+    /// A remote model server does not report its vocabulary size, and none was configured.
+    #[error("{url} does not report its vocabulary size; pass a tokenizer (--tokenizer) or set vocab_size")]
+    VocabSizeUnknown { url: String },
+    /// A bug of ours: an engine or the relay broke a contract (not the caller's input).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
@@ -48,6 +73,11 @@ impl EngineError {
             Self::LlamaCpp(_) => "llama_cpp",
             Self::Io(_) => "io",
             Self::Relay(_) => "relay",
+            Self::Upstream { .. } => "upstream",
+            Self::Unreachable { .. } => "upstream_unreachable",
+            Self::Timeout { .. } => "upstream_timeout",
+            Self::VocabSizeUnknown { .. } => "vocab_size_unknown",
+            Self::Internal(_) => "internal",
         }
     }
 }

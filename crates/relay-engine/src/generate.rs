@@ -131,7 +131,7 @@ fn run(
             break FinishReason::Length;
         }
         logits = engine.step(&[(seq, token)])?.pop().ok_or_else(|| {
-            EngineError::InvalidInput("engine returned no logits for a one-sequence step".into())
+            EngineError::Internal("engine returned no logits for a one-sequence step".into())
         })?;
         cached += 1;
     };

@@ -338,7 +338,7 @@ fn drive(
 }
 
 fn engine_bug(what: &str) -> EngineError {
-    EngineError::InvalidInput(format!("engine contract broken: {what}"))
+    EngineError::Internal(format!("engine contract broken: {what}"))
 }
 
 /// Token ids for the LLM from a delta: whole tokens pass as ids where the LLM can read them,

@@ -16,8 +16,10 @@
 //!   greedy): the cheap path for an LLM call of `n` tokens.
 //!
 //! Transport is blocking (`ureq`, plain `http://`): the engine API is synchronous and the relay
-//! calls it from a worker thread. Connection errors, timeouts and 5xx are retried with
-//! exponential backoff; a 4xx is the caller's fault and is not retried.
+//! calls it from a worker thread. Connection errors, timeouts, 429 and 5xx are retried with
+//! exponential backoff; another 4xx is a refusal that asking again will not change. What fails
+//! says whose fault it is: the server's answer is `EngineError::Upstream` (with its status), no
+//! answer is `Unreachable` or `Timeout`; only what the caller passed is `InvalidInput`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +42,7 @@ pub struct RemoteConfig {
     pub model: Option<String>,
     /// Limit for one HTTP request (connect + response).
     pub timeout: Duration,
-    /// Extra attempts after a connection error, timeout or 5xx.
+    /// Extra attempts after a connection error, timeout, 429 or 5xx.
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one.
     pub backoff: Duration,
@@ -164,13 +166,16 @@ impl RemoteEngine {
             .map(|m| m["meta"].clone())
             .unwrap_or(Value::Null);
         let as_usize = |v: &Value| v.as_u64().filter(|&n| n > 0).map(|n| n as usize);
-        engine.info.vocab_size = match engine.config.vocab_size.or_else(|| as_usize(&meta["n_vocab"])) {
+        engine.info.vocab_size = match engine
+            .config
+            .vocab_size
+            .or_else(|| as_usize(&meta["n_vocab"]))
+        {
             Some(n) => n,
             None => {
-                return Err(EngineError::InvalidInput(format!(
-                    "{} does not report its vocabulary size; pass a tokenizer (--tokenizer) or set vocab_size",
-                    engine.root
-                )))
+                return Err(EngineError::VocabSizeUnknown {
+                    url: engine.root.clone(),
+                })
             }
         };
         if let Some(n) = engine
@@ -368,11 +373,13 @@ impl RemoteEngine {
         Ok(())
     }
 
+    /// The server answered, but with something that cannot be used.
     fn malformed(&self, reason: &str) -> EngineError {
-        EngineError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("malformed response from {}: {reason}", self.root),
-        ))
+        EngineError::Upstream {
+            url: self.root.clone(),
+            status: None,
+            message: format!("malformed response: {reason}"),
+        }
     }
 
     /// One JSON request with retries on connection errors, timeouts and 5xx.
@@ -421,54 +428,98 @@ impl RemoteEngine {
             Some(b) => req.send_json(b),
             None => req.call(),
         };
-        let io = |kind, msg: String| EngineError::Io(std::io::Error::new(kind, msg));
         match sent {
             Ok(resp) => {
                 let text = resp.into_string().map_err(|e| {
-                    Failure::Retryable(io(
-                        std::io::ErrorKind::Other,
-                        format!("{url}: reading the response: {e}"),
-                    ))
+                    Failure::Retryable(if is_timeout(&e) {
+                        EngineError::Timeout {
+                            url: url.to_string(),
+                            after: timeout,
+                        }
+                    } else {
+                        EngineError::Unreachable {
+                            url: url.to_string(),
+                            message: format!("reading the response: {e}"),
+                        }
+                    })
                 })?;
                 serde_json::from_str(&text).map_err(|e| {
                     let head: String = text.chars().take(200).collect();
-                    Failure::Final(self.malformed(&format!("{url}: not JSON ({e}): {head}")))
+                    Failure::Final(self.malformed(&format!("not JSON ({e}): {head}")))
                 })
             }
             Err(ureq::Error::Status(code, resp)) => {
-                let detail: String = resp
+                let message: String = resp
                     .into_string()
                     .unwrap_or_default()
                     .chars()
                     .take(500)
                     .collect();
-                let msg = format!("{url}: HTTP {code}: {detail}");
+                let error = EngineError::Upstream {
+                    url: url.to_string(),
+                    status: Some(code),
+                    message,
+                };
+                // A 4xx is a refusal that asking again will not change; 429 and 5xx may pass.
                 if code >= 500 || code == 429 {
-                    Err(Failure::Retryable(io(std::io::ErrorKind::Other, msg)))
+                    Err(Failure::Retryable(error))
                 } else {
-                    Err(Failure::Final(EngineError::InvalidInput(msg)))
+                    Err(Failure::Final(error))
                 }
             }
             Err(ureq::Error::Transport(t)) => {
-                let text = t.to_string();
-                let timed_out = text.contains("timed out")
-                    || text.contains("Timeout")
-                    || text.contains("timeout");
-                let kind = if timed_out {
-                    std::io::ErrorKind::TimedOut
+                let url = url.to_string();
+                let error = if transport_timed_out(&t) {
+                    EngineError::Timeout {
+                        url,
+                        after: timeout,
+                    }
                 } else {
-                    std::io::ErrorKind::ConnectionRefused
+                    EngineError::Unreachable {
+                        url,
+                        message: transport_text(&t),
+                    }
                 };
-                // ureq's transport message already names the URL.
-                let msg = if timed_out {
-                    format!("timed out after {timeout:?}: {text}")
-                } else {
-                    text
-                };
-                Err(Failure::Retryable(io(kind, msg)))
+                Err(Failure::Retryable(error))
             }
         }
     }
+}
+
+/// Whether an I/O error is a timeout: ureq sets read and write timeouts on its sockets, which
+/// some platforms report as `WouldBlock`.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// Whether a transport error is a timeout: ureq carries the `io::Error` (connect or read) in
+/// the error's source chain.
+fn transport_timed_out(t: &ureq::Transport) -> bool {
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(is_timeout) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A transport error's text without its URL (the error variant holds that).
+fn transport_text(t: &ureq::Transport) -> String {
+    let mut text = t.kind().to_string();
+    if let Some(m) = t.message() {
+        text.push_str(": ");
+        text.push_str(m);
+    }
+    if let Some(source) = std::error::Error::source(t) {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+    }
+    text
 }
 
 enum Failure {

@@ -568,7 +568,16 @@ fn a_persistent_5xx_fails_after_the_retries_and_leaves_the_sequence() {
     let e = RemoteEngine::connect(stub_config(&s.url)).unwrap();
     let seq = e.create_sequence().unwrap();
     let err = e.prefill(seq, &[1, 2]).unwrap_err();
-    assert!(matches!(err, EngineError::Io(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            EngineError::Upstream {
+                status: Some(500),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains("HTTP 500") && err.to_string().contains("boom"),
         "{err}"
@@ -594,7 +603,7 @@ fn a_4xx_is_not_retried() {
     let seq = e.create_sequence().unwrap();
     let err = e.prefill(seq, &[1]).unwrap_err();
     assert!(
-        matches!(&err, EngineError::InvalidInput(m) if m.contains("400") && m.contains("bad prompt")),
+        matches!(&err, EngineError::Upstream { status: Some(400), message, .. } if message.contains("bad prompt")),
         "{err:?}"
     );
     assert_eq!(s.requests.load(Ordering::SeqCst), 2);
@@ -640,15 +649,68 @@ fn a_server_that_never_answers_times_out() {
         "{:?}",
         start.elapsed()
     );
-    match &err {
-        EngineError::Io(io) => assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{err}"),
-        other => panic!("{other:?}"),
-    }
+    assert!(
+        matches!(&err, EngineError::Timeout { after, .. } if *after == Duration::from_millis(500)),
+        "{err:?}"
+    );
     assert_eq!(
         s.requests.load(Ordering::SeqCst),
         3,
         "models + 1 try + 1 retry"
     );
+}
+
+/// Whose fault a failure is shows in its type, never only in its text: a server that refuses
+/// (401: not retried), one that fails (500) or is overloaded (503: both retried), and one that
+/// never answers.
+#[test]
+fn refused_failed_and_silent_servers_give_typed_errors_with_their_status() {
+    for (status, tries) in [(401, 1), (500, 3), (503, 3)] {
+        let s = stub(Box::new(move |_, path| {
+            Some(if path == "/v1/models" {
+                (200, MODELS.into())
+            } else {
+                (status, r#"{"error":{"message":"nope"}}"#.into())
+            })
+        }));
+        let e = RemoteEngine::connect(stub_config(&s.url)).unwrap();
+        let seq = e.create_sequence().unwrap();
+        let err = e.prefill(seq, &[1]).unwrap_err();
+        match &err {
+            EngineError::Upstream {
+                url,
+                status: Some(got),
+                message,
+            } => {
+                assert_eq!(*got, status, "{err}");
+                assert_eq!(*url, format!("{}/v1/completions", s.url));
+                assert!(message.contains("nope"), "{err}");
+                assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
+            }
+            other => panic!("HTTP {status}: {other:?}"),
+        }
+        assert_eq!(err.label(), "upstream");
+        assert_eq!(
+            s.requests.load(Ordering::SeqCst),
+            1 + tries,
+            "HTTP {status}"
+        );
+    }
+
+    let silent = stub(Box::new(|_, path| {
+        (path == "/v1/models").then(|| (200, MODELS.into()))
+    }));
+    let mut c = stub_config(&silent.url);
+    c.retries = 0;
+    let e = RemoteEngine::connect(c).unwrap();
+    let seq = e.create_sequence().unwrap();
+    let err = e.prefill(seq, &[1]).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Timeout { url, after }
+            if *url == format!("{}/v1/completions", silent.url) && *after == Duration::from_millis(500)),
+        "{err:?}"
+    );
+    assert_eq!(err.label(), "upstream_timeout");
 }
 
 #[test]
@@ -662,6 +724,7 @@ fn connection_refused_and_bad_urls_fail_at_connect() {
     c.retries = 0;
     let err = RemoteEngine::connect(c).unwrap_err();
     assert!(err.to_string().contains(&port.to_string()), "{err}");
+    assert!(matches!(err, EngineError::Unreachable { .. }), "{err:?}");
     assert!(matches!(
         RemoteEngine::connect(RemoteConfig::new("ftp://x")),
         Err(EngineError::InvalidInput(_))
@@ -678,7 +741,10 @@ fn vocab_size_must_come_from_the_server_or_the_caller() {
         Some((200, r#"{"data":[{"id":"m"}]}"#.into()))
     }));
     let err = RemoteEngine::connect(stub_config(&s.url)).unwrap_err();
-    assert!(err.to_string().contains("vocabulary size"), "{err}");
+    assert!(
+        matches!(&err, EngineError::VocabSizeUnknown { url } if *url == s.url),
+        "{err:?}"
+    );
     let mut c = stub_config(&s.url);
     c.vocab_size = Some(10);
     let e = RemoteEngine::connect(c).unwrap();

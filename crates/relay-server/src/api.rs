@@ -593,6 +593,8 @@ pub async fn start(
                 Err(ApiError::internal("cancelled"))
             }
             Err(JobError::Engine(e)) => {
+                // The full text (with an upstream's URL) goes to the log; the client gets less.
+                tracing::warn!(error = %e, kind = e.label(), "request failed in an engine");
                 st.metrics.request("engine_error");
                 Err(ApiError::from(e))
             }

@@ -125,6 +125,14 @@ impl ApiError {
             )
         }
     }
+    /// The model server behind this one (a remote SLM or LLM) refused or failed: 502, or 503
+    /// where it is overloaded, unreachable or too slow (another try may pass).
+    pub fn upstream(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(code),
+            ..Self::new(status, "upstream_error", message)
+        }
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
@@ -144,11 +152,165 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whose fault an engine error is decides its status: the client's input 400, the model server
+/// behind this one 502/503 (its URL stays in the log, not in the answer), anything else ours.
 impl From<relay_engine::EngineError> for ApiError {
     fn from(e: relay_engine::EngineError) -> Self {
+        use relay_engine::EngineError as E;
+        const BEHIND: &str = "the model server behind this one";
         match e {
-            relay_engine::EngineError::InvalidInput(m) => ApiError::bad_json(m),
+            E::InvalidInput(m) => ApiError::bad_json(m),
+            E::Upstream {
+                status: Some(s),
+                message,
+                ..
+            } => {
+                let (status, code) = match s {
+                    429 | 503 => (StatusCode::SERVICE_UNAVAILABLE, "upstream_overloaded"),
+                    _ => (StatusCode::BAD_GATEWAY, "upstream_failed"),
+                };
+                ApiError::upstream(
+                    status,
+                    code,
+                    format!("{BEHIND} answered HTTP {s}: {message}"),
+                )
+            }
+            E::Upstream {
+                status: None,
+                message,
+                ..
+            } => ApiError::upstream(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                format!("{BEHIND} sent an answer that cannot be used: {message}"),
+            ),
+            E::Unreachable { message, .. } => ApiError::upstream(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unreachable",
+                format!("{BEHIND} cannot be reached: {message}"),
+            ),
+            E::Timeout { after, .. } => ApiError::upstream(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_timeout",
+                format!("{BEHIND} did not answer within {after:?}"),
+            ),
             other => ApiError::internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_engine::EngineError as E;
+    use std::time::Duration;
+
+    fn upstream(status: Option<u16>) -> E {
+        E::Upstream {
+            url: "http://10.0.0.7:8080/v1/completions".into(),
+            status,
+            message: r#"{"error":"no"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn engine_errors_answer_with_whose_fault_they_are() {
+        let url = "http://10.0.0.7:8080/v1/completions".to_string();
+        let cases = [
+            (
+                E::InvalidInput("the prompt is empty".into()),
+                400,
+                "invalid_request_error",
+                None,
+            ),
+            (
+                upstream(Some(401)),
+                502,
+                "upstream_error",
+                Some("upstream_failed"),
+            ),
+            (
+                upstream(Some(400)),
+                502,
+                "upstream_error",
+                Some("upstream_failed"),
+            ),
+            (
+                upstream(Some(500)),
+                502,
+                "upstream_error",
+                Some("upstream_failed"),
+            ),
+            (
+                upstream(Some(429)),
+                503,
+                "upstream_error",
+                Some("upstream_overloaded"),
+            ),
+            (
+                upstream(Some(503)),
+                503,
+                "upstream_error",
+                Some("upstream_overloaded"),
+            ),
+            (
+                upstream(None),
+                502,
+                "upstream_error",
+                Some("upstream_failed"),
+            ),
+            (
+                E::Unreachable {
+                    url: url.clone(),
+                    message: "Connection Failed".into(),
+                },
+                503,
+                "upstream_error",
+                Some("upstream_unreachable"),
+            ),
+            (
+                E::Timeout {
+                    url: url.clone(),
+                    after: Duration::from_secs(5),
+                },
+                503,
+                "upstream_error",
+                Some("upstream_timeout"),
+            ),
+            (
+                E::Internal("engine contract broken: empty step".into()),
+                500,
+                "server_error",
+                None,
+            ),
+            (
+                E::VocabSizeUnknown { url: url.clone() },
+                500,
+                "server_error",
+                None,
+            ),
+        ];
+        for (error, status, kind, code) in cases {
+            let label = error.label();
+            let api = ApiError::from(error);
+            assert_eq!(
+                (api.status.as_u16(), api.kind, api.code),
+                (status, kind, code),
+                "{label}: {}",
+                api.message
+            );
+        }
+    }
+
+    #[test]
+    fn an_upstream_answer_names_its_status_but_not_its_url() {
+        let api = ApiError::from(upstream(Some(401)));
+        assert!(api.message.contains("HTTP 401"), "{}", api.message);
+        assert!(api.message.contains(r#"{"error":"no"}"#), "{}", api.message);
+        assert!(!api.message.contains("10.0.0.7"), "{}", api.message);
+        let body = api.body();
+        assert_eq!(body["error"]["type"], "upstream_error");
+        assert_eq!(body["error"]["code"], "upstream_failed");
+        assert!(body["error"]["param"].is_null());
     }
 }

@@ -527,6 +527,80 @@ async fn bad_requests_are_answered_not_crashed() {
     );
 }
 
+/// A model server that lists one model of the tiny vocabulary, then answers every other
+/// request with `status` (a key it no longer takes, say). Returns its URL.
+fn refusing_model_server(status: u16) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let _ = reader.read_exact(&mut vec![0; length]);
+            let (code, body) = if request_line.starts_with("GET /v1/models ") {
+                let meta = json!({"n_vocab": tiny_vocab::TINY_VOCAB_SIZE, "n_ctx": 512});
+                (
+                    200,
+                    json!({"data": [{"id": "remote", "meta": meta}]}).to_string(),
+                )
+            } else {
+                (
+                    status,
+                    json!({"error": {"message": "invalid api key"}}).to_string(),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// A remote model whose server refuses us is that server's failure, not the client's: 502 with
+/// the upstream status in the message, never 400 (the client's request was fine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_model_that_refuses_is_a_bad_gateway_not_a_bad_request() {
+    use relay_engine::remote::{RemoteConfig, RemoteEngine};
+    let mut config = RemoteConfig::new(refusing_model_server(401));
+    config.retries = 0;
+    config.eos_token_ids = vec![tiny_vocab::IM_END_ID];
+    let remote = tokio::task::spawn_blocking(move || RemoteEngine::connect(config).unwrap())
+        .await
+        .unwrap();
+    // The SLM is remote: the relay cannot go on without it (a failing LLM only ends its call).
+    let s = start_with(ServerConfig::default(), move |mut pair| {
+        pair.slm.engine = Arc::new(remote);
+        pair
+    })
+    .await;
+    for model in ["slm", "relay"] {
+        let (st, b) = post(&s, "/v1/chat/completions", chat(json!({"model": model}))).await;
+        assert_error(st, &b, 502, None);
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("HTTP 401") && message.contains("invalid api key"),
+            "{b}"
+        );
+        assert_eq!(b["error"]["type"], "upstream_error", "{b}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_and_full_queue() {
     let s = start(ServerConfig {

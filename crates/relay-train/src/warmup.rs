@@ -294,7 +294,7 @@ pub fn solution_logprobs(
     let all = engine.score(&ids)?;
     match all.get(prompt.len() - 1..) {
         Some(tail) if tail.len() == solution.len() => Ok(tail.to_vec()),
-        _ => Err(EngineError::InvalidInput(format!(
+        _ => Err(EngineError::Internal(format!(
             "engine contract broken: score gave {} log-probs for {} tokens",
             all.len(),
             ids.len()
@@ -578,7 +578,7 @@ impl<'a> EngineTeacher<'a> {
                 .engine
                 .step(&[(seq, t)])?
                 .pop()
-                .ok_or_else(|| EngineError::InvalidInput("engine returned no logits".into()))?;
+                .ok_or_else(|| EngineError::Internal("engine returned no logits".into()))?;
             self.cached.push(t);
         }
         Ok(out)

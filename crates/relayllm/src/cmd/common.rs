@@ -124,7 +124,7 @@ impl ModelArgs {
         config.vocab_size = None;
         config.eos_token_ids = tokenizer.eos_ids().to_vec();
         let engine = match RemoteEngine::connect(config.clone()) {
-            Err(relay_engine::EngineError::InvalidInput(m)) if m.contains("vocabulary size") => {
+            Err(relay_engine::EngineError::VocabSizeUnknown { .. }) => {
                 config.vocab_size = Some(tokenizer.vocab_size());
                 RemoteEngine::connect(config)
             }
