@@ -661,6 +661,18 @@ fn request_id(prefix: &str) -> String {
 
 // ---------------------------------------------------------------- handlers
 
+/// Runs CPU-bound request work (JSON parsing, tokenizing) on the blocking pool, so a large
+/// body never stalls the async runtime's threads; a panic in it is our bug, a 500.
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(ApiError::internal(format!(
+            "request validation failed: {e}"
+        )))
+    })
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Chat,
@@ -687,10 +699,16 @@ async fn respond(
     kind: Kind,
 ) -> Response {
     let arrived = Instant::now();
-    let valid = json_object(body).and_then(|obj| match kind {
-        Kind::Chat => valid_chat(&state, &obj),
-        Kind::Completion => valid_completion(&state, &obj),
-    });
+    // Parsing and tokenizing a body of megabytes takes a CPU for a second: off the async
+    // runtime, whose few threads also serve every other connection and stream.
+    let st = state.clone();
+    let valid = off_runtime(move || {
+        json_object(body).and_then(|obj| match kind {
+            Kind::Chat => valid_chat(&st, &obj),
+            Kind::Completion => valid_completion(&st, &obj),
+        })
+    })
+    .await;
     let (job, stream) = match valid {
         Ok(v) => v,
         Err(e) => return refused(&state, e),

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::{
-    check_prompt, finish, json_object, messages, model_choice, refused, settings, special_tokens,
-    start,
+    check_prompt, finish, json_object, messages, model_choice, off_runtime, refused, settings,
+    special_tokens, start,
 };
 use crate::error::ApiError;
 use crate::job::{ModelChoice, ValidJob};
@@ -30,7 +30,10 @@ pub async fn relay_generate(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let arrived = Instant::now();
-    let valid = json_object(body).and_then(|obj| {
+    let st = state.clone();
+    let valid = off_runtime(move || {
+        let state = st;
+        let obj = json_object(body)?;
         let model = model_choice(&obj, Some(ModelChoice::Relay))?;
         let ids: Vec<u32> = match obj.get("prompt_ids") {
             Some(Value::Array(a)) => a
@@ -70,7 +73,8 @@ pub async fn relay_generate(
             stop: Vec::new(),
             n: 1,
         })
-    });
+    })
+    .await;
     let job = match valid {
         Ok(j) => j,
         Err(e) => return refused(&state, e),
@@ -173,8 +177,10 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = json_object(body).and_then(|obj| {
-        let slm = &state.models.slm;
+    let st = state.clone();
+    let result = off_runtime(move || {
+        let obj = json_object(body)?;
+        let slm = &st.models.slm;
         let (text, tokens, mode) = match (obj.get("messages"), obj.get("prompt")) {
             (Some(_), None) => {
                 let msgs = messages(&obj)?;
@@ -200,7 +206,8 @@ pub async fn tokenize(
             }
         };
         Ok(json!({"tokens": tokens, "text": text, "special_tokens": mode.name()}))
-    });
+    })
+    .await;
     match result {
         Ok(v) => Json(v).into_response(),
         Err(e) => refused(&state, e),

@@ -319,3 +319,68 @@ async fn bearer_is_case_insensitive_and_errors_are_json() {
         200
     );
 }
+
+/// One raw HTTP/1.1 exchange (`Connection: close`); returns the whole answer.
+fn raw_exchange(addr: &str, method: &str, path: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A body of megabytes is parsed and tokenized on the blocking pool: on a server whose async
+/// runtime has a single thread, `/health` is answered while a 1.8 MB chat is still being read
+/// into tokens, not after it. (Before, the tokenizer ran on that thread and `/health` waited.)
+#[test]
+fn a_huge_body_is_tokenized_without_stalling_other_connections() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(start(ServerConfig::default()));
+    let text = "lorem ipsum dolor sit amet ".repeat(68_000);
+    let big = json!({"model": "slm", "messages": [{"role": "user", "content": text}]}).to_string();
+    assert!(big.len() > 1_800_000 && big.len() < 2 * 1024 * 1024);
+    let (done, order) = std::sync::mpsc::channel();
+    let (sent, body_sent) = std::sync::mpsc::channel();
+    let addr = s.addr.clone();
+    let done_big = done.clone();
+    let huge = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            big.len()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(big.as_bytes()).unwrap();
+        sent.send(()).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        done_big
+            .send(("huge", String::from_utf8_lossy(&got).into_owned()))
+            .unwrap();
+    });
+    body_sent.recv().unwrap();
+    // Long enough for the server to have read the body and begun on it.
+    std::thread::sleep(Duration::from_millis(50));
+    let health = raw_exchange(&s.addr, "GET", "/health", b"");
+    done.send(("health", health)).unwrap();
+    let (first, answer) = order.recv().unwrap();
+    assert_eq!(
+        first, "health",
+        "the huge request was answered first: {answer:.200}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+    let (_, huge_answer) = order.recv().unwrap();
+    // Too long for the tiny model's context: refused, as a client error.
+    assert!(huge_answer.starts_with("HTTP/1.1 4"), "{huge_answer:.300}");
+    huge.join().unwrap();
+    drop(rt);
+}
