@@ -53,9 +53,10 @@ pub async fn relay_generate(
         };
         let s = settings(&state, &obj)?;
         check_prompt(&state, &ids, "prompt_ids", s.max_tokens)?;
-        let llm_prompt = match &state.pair.llm_tokenizer {
+        let served = state.served.current();
+        let llm_prompt = match &served.pair.llm_tokenizer {
             None => ids.clone(),
-            Some(tok) => state
+            Some(tok) => served
                 .pair
                 .slm_tokenizer
                 .translate(&ids, tok)
@@ -79,6 +80,7 @@ pub async fn relay_generate(
         Ok(r) => r,
         Err(e) => return refused(&state, e),
     };
+    let versions = running.versions;
     let choice = match finish(running).await {
         Ok(mut c) => c.remove(0),
         Err(e) => return e.into_response(),
@@ -97,6 +99,7 @@ pub async fn relay_generate(
         "text": out.text,
         "finish_reason": choice.finish_reason,
         "trace": out.trace,
+        "weights_versions": versions,
     }))
     .into_response()
 }
@@ -174,7 +177,8 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = json_object(body).and_then(|obj| {
-        let slm = &state.models.slm;
+        let served = state.served.current();
+        let slm = &served.models.slm;
         let (text, tokens, mode) = match (obj.get("messages"), obj.get("prompt")) {
             (Some(_), None) => {
                 let msgs = messages(&obj)?;
