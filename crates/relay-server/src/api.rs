@@ -174,14 +174,13 @@ pub struct Settings {
 }
 
 pub fn settings(state: &AppState, obj: &Obj) -> Result<Settings, ApiError> {
-    let ctx = state
-        .served
-        .current()
+    let served = state.served.current();
+    let ctx = served
         .pair
         .slm
         .info()
         .context_length
-        .min(state.served.current().pair.llm.info().context_length) as u64;
+        .min(served.pair.llm.info().context_length) as u64;
     let max_tokens = match int(
         obj,
         "max_completion_tokens",

@@ -219,6 +219,18 @@ async fn a_synced_slm_answers_as_the_new_weights_do() {
         metrics.contains("relay_weights_version{model=\"slm\"} 2"),
         "{metrics}"
     );
+    // The LLM's weights sync the same way, with a version of their own.
+    let (status, v) = post(
+        &url,
+        "/admin/weights",
+        json!({"model": "llm", "path": llm}),
+        None,
+    )
+    .await;
+    assert_eq!((status, v["version"].clone()), (200, json!(1)), "{v}");
+    let (after3, versions) = rollout(&url).await;
+    assert_eq!(versions, json!({"slm": 2, "llm": 1}));
+    assert_eq!(after3, after2, "the same LLM weights, reloaded");
     // OpenAI endpoints say which weights wrote the answer too.
     let (status, v) = post(
         &url,
@@ -230,7 +242,7 @@ async fn a_synced_slm_answers_as_the_new_weights_do() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(
         v["usage"]["weights_versions"],
-        json!({"slm": 2, "llm": 0}),
+        json!({"slm": 2, "llm": 1}),
         "{v}"
     );
 }
@@ -442,4 +454,49 @@ async fn a_request_in_flight_finishes_on_the_weights_it_started_with() {
     let (finished, versions) = in_flight.await.unwrap();
     assert_eq!(finished, before, "finished on the old weights");
     assert_eq!(versions, json!({"slm": 0, "llm": 0}));
+}
+
+/// `sync_weights` of `integrations/python` (what a trainer calls before each rollout batch)
+/// against a server that allows it and one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_helper_syncs_and_reports_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
+    let step1 = write_slm_gguf(&dir.path().join("step1.gguf"), &slm_config(7));
+    let pair = || ModelPair::new(load(&slm, &slm), load(&llm, &llm));
+    let on = serve(pair(), syncing()).await;
+    let off = serve(pair(), ServerConfig::default()).await;
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from relayllm_adapters import RelayError, sync_weights
+on, off, path = sys.argv[2:5]
+print(json.dumps(sync_weights(on, path)))
+try:
+    sync_weights(off, path)
+    print("no error")
+except RelayError as e:
+    print(e)
+"#;
+    let adapters = concat!(env!("CARGO_MANIFEST_DIR"), "/../../integrations/python");
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, adapters, &on, &off, step1.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let answer: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(answer["version"], 1, "{stdout}");
+    let refusal = lines.next().unwrap();
+    assert!(
+        refusal.contains("HTTP 403") && refusal.contains("--allow-weight-sync"),
+        "{refusal}"
+    );
+    assert_eq!(rollout(&on).await.1, json!({"slm": 1, "llm": 0}));
 }
