@@ -15,6 +15,9 @@ pub enum EngineError {
     InvalidInput(String),
     #[error("unsupported model: {0}")]
     Unsupported(String),
+    /// Weights offered in place of a loaded model's do not fit it (another shape or vocabulary).
+    #[error("incompatible weights: {0}")]
+    Incompatible(String),
     #[error("malformed model file {path}: {reason}")]
     Malformed {
         path: std::path::PathBuf,
@@ -68,6 +71,7 @@ impl EngineError {
             Self::ContextOverflow { .. } => "context_overflow",
             Self::InvalidInput(_) => "invalid_input",
             Self::Unsupported(_) => "unsupported",
+            Self::Incompatible(_) => "incompatible",
             Self::Malformed { .. } => "malformed",
             Self::Candle(_) => "candle",
             Self::LlamaCpp(_) => "llama_cpp",

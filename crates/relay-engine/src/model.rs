@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batching::BatchingEngine;
-use crate::candle::{CandleEngine, EngineKind, LoadOptions};
+use crate::candle::{CandleEngine, EngineKind, LoadOptions, ModelConfig};
 use crate::chat::{ChatMessage, ChatOptions, ChatTemplate, Prompt};
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
@@ -44,6 +44,52 @@ impl LoadedModel {
             engine,
             tokenizer: Arc::new(tokenizer),
             template,
+        })
+    }
+
+    /// This model with new weights from `path` (a `.gguf` file or a safetensors folder, as
+    /// `relayllm export` or `save_pretrained` write it), for a weight sync. Refused with
+    /// [`EngineError::Incompatible`], before the weights are read, unless their shape is
+    /// `shape` (this model's, read when it was loaded: the file may since have been
+    /// overwritten); a tokenizer shipped with them must have this model's vocabulary. The
+    /// tokenizer and chat template stay this model's own, so prompts mean the same ids before
+    /// and after, and a folder of weights alone (`model.save_pretrained` without the
+    /// tokenizer) is enough.
+    pub fn with_weights_from(
+        &self,
+        path: &Path,
+        opts: LoadOptions,
+        shape: &ModelConfig,
+    ) -> Result<Self> {
+        let offered = crate::candle::read_model_config(path, &opts)?;
+        let differences = shape.shape_differences(&offered);
+        if !differences.is_empty() {
+            return Err(EngineError::Incompatible(format!(
+                "{} does not fit the model it would replace ({}; served vs offered): {}",
+                path.display(),
+                self.path.display(),
+                differences.join(", ")
+            )));
+        }
+        match Tokenizer::load_for_model(path) {
+            Ok(t) if !same_vocabulary(&t, &self.tokenizer) => {
+                return Err(EngineError::Incompatible(format!(
+                    "{}'s tokenizer has another vocabulary ({} tokens) than the served model's \
+                     ({} tokens, or the same count with other ids)",
+                    path.display(),
+                    t.vocab_size(),
+                    self.tokenizer.vocab_size()
+                )))
+            }
+            Ok(_) | Err(EngineError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let engine = load_engine(path, opts)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            engine,
+            tokenizer: self.tokenizer.clone(),
+            template: self.template.clone(),
         })
     }
 

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use crate::admission::GraceOver;
 use crate::error::ApiError;
 use crate::job::{run_job, ChoiceOutput, JobError, ModelChoice, Piece, ValidJob};
+use crate::weights::WeightsVersions;
 use crate::AppState;
 
 type Obj = Map<String, Value>;
@@ -33,11 +34,22 @@ const MAX_N: u64 = 8;
 /// Most stop strings, as OpenAI allows.
 const MAX_STOPS: usize = 4;
 
+/// The served names; `slm` and `llm` say which weights they run (`weights_version`, 0 as
+/// started, +1 per weight sync), `relay` both (`weights_versions`).
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let _ = &state;
+    let versions = state.served.current().versions;
     let data: Vec<Value> = ModelChoice::ALL
         .iter()
-        .map(|m| json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "relayllm"}))
+        .map(|m| {
+            let mut entry =
+                json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "relayllm"});
+            match m {
+                ModelChoice::Relay => entry["weights_versions"] = json!(versions),
+                ModelChoice::Slm => entry["weights_version"] = json!(versions.slm),
+                ModelChoice::Llm => entry["weights_version"] = json!(versions.llm),
+            }
+            entry
+        })
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
@@ -162,12 +174,13 @@ pub struct Settings {
 }
 
 pub fn settings(state: &AppState, obj: &Obj) -> Result<Settings, ApiError> {
-    let ctx = state
+    let served = state.served.current();
+    let ctx = served
         .pair
         .slm
         .info()
         .context_length
-        .min(state.pair.llm.info().context_length) as u64;
+        .min(served.pair.llm.info().context_length) as u64;
     let max_tokens = match int(
         obj,
         "max_completion_tokens",
@@ -383,24 +396,25 @@ pub fn check_prompt(
     if ids.is_empty() {
         return Err(ApiError::invalid(param, "the prompt is empty"));
     }
-    let vocab = state
+    let served = state.served.current();
+    let vocab = served
         .pair
         .slm
         .info()
         .vocab_size
-        .min(state.pair.llm.info().vocab_size);
+        .min(served.pair.llm.info().vocab_size);
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid(
             param,
             format!("token id {bad} is outside the vocabulary (size {vocab})"),
         ));
     }
-    let ctx = state
+    let ctx = served
         .pair
         .slm
         .info()
         .context_length
-        .min(state.pair.llm.info().context_length);
+        .min(served.pair.llm.info().context_length);
     if ids.len() + max_tokens > ctx {
         return Err(ApiError::invalid(
             param,
@@ -440,12 +454,13 @@ fn valid_chat(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), ApiError>
     let model = model_choice(obj, None)?;
     let msgs = messages(obj)?;
     special_tokens(obj, &[SpecialTokens::Template])?;
-    if state.models.slm.template.is_none() || state.models.llm.template.is_none() {
+    let served = state.served.current();
+    if served.models.slm.template.is_none() || served.models.llm.template.is_none() {
         return Err(ApiError::bad_json(
             "the served models have no chat template; use /v1/completions",
         ));
     }
-    let prompts = state
+    let prompts = served
         .models
         .prompt_ids(&msgs, true)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
@@ -455,8 +470,9 @@ fn valid_chat(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), ApiError>
 fn valid_completion(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), ApiError> {
     let model = model_choice(obj, None)?;
     let mode = special_tokens(obj, &[SpecialTokens::Parse, SpecialTokens::Plain])?;
+    let served = state.served.current();
     let text_prompt = |p: &str| {
-        state
+        served
             .models
             .text_prompt_ids(p, mode)
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))
@@ -471,7 +487,7 @@ fn valid_completion(state: &AppState, obj: &Obj) -> Result<(ValidJob, bool), Api
                 .iter()
                 .map(|v| v.as_u64().unwrap_or(u64::MAX).min(u32::MAX as u64) as u32)
                 .collect();
-            if state.pair.llm_tokenizer.is_some() {
+            if served.pair.llm_tokenizer.is_some() {
                 return Err(ApiError::invalid(
                     "prompt",
                     "token-id prompts need models that share a tokenizer",
@@ -501,6 +517,8 @@ pub enum JobMsg {
 /// A running job: its messages, and the cancel flag that is set when this is dropped (the
 /// client went away) or the request timeout fires.
 pub struct Running {
+    /// The weights the job runs on (those in service when it started).
+    pub versions: WeightsVersions,
     rx: mpsc::UnboundedReceiver<JobMsg>,
     grace: GraceOver,
     _cancel: CancelOnDrop,
@@ -564,11 +582,14 @@ pub async fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     let st = state.clone();
     let flag = cancel.clone();
+    // The job holds this pair to its end, whatever a weight sync swaps in meanwhile.
+    let served = state.served.current();
+    let versions = served.versions;
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         st.metrics.running.fetch_add(1, Ordering::Relaxed);
         let mut first = true;
-        let result = run_job(&st.pair, &job, &flag, |piece| {
+        let result = run_job(&served.pair, &job, &flag, |piece| {
             if first && matches!(piece, Piece::Text { .. }) {
                 first = false;
                 st.metrics.first_token(arrived.elapsed().as_secs_f64());
@@ -602,6 +623,7 @@ pub async fn start(
         let _ = tx.send(JobMsg::Done(result));
     });
     Ok(Running {
+        versions,
         rx,
         grace: state.grace_over.clone(),
         _cancel: CancelOnDrop { cancel, timer },
@@ -624,7 +646,8 @@ pub fn refused(state: &AppState, e: ApiError) -> Response {
     e.into_response()
 }
 
-pub fn usage(job: &ValidJob, choices: &[ChoiceOutput]) -> Value {
+/// Token counts, split per model, and the weights that wrote them.
+pub fn usage(job: &ValidJob, choices: &[ChoiceOutput], versions: WeightsVersions) -> Value {
     let (mut slm, mut llm, mut total) = (0, 0, 0);
     for c in choices {
         slm += c.trace().tokens.slm;
@@ -633,7 +656,7 @@ pub fn usage(job: &ValidJob, choices: &[ChoiceOutput]) -> Value {
     }
     let prompt = job.slm_prompt.len();
     json!({"prompt_tokens": prompt, "completion_tokens": total, "total_tokens": prompt + total,
-           "slm_tokens": slm, "llm_tokens": llm})
+           "slm_tokens": slm, "llm_tokens": llm, "weights_versions": versions})
 }
 
 fn segments(c: &ChoiceOutput) -> Value {
@@ -729,6 +752,7 @@ async fn respond(
     if stream {
         return sse(running, job, id, created, model, kind).into_response();
     }
+    let versions = running.versions;
     let choices = match finish(running).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -750,7 +774,7 @@ async fn respond(
     };
     Json(
         json!({"id": id, "object": object, "created": created, "model": model, "choices": list,
-        "usage": usage(&job, &choices), "trace": choices[0].trace()}),
+        "usage": usage(&job, &choices, versions), "trace": choices[0].trace()}),
     )
     .into_response()
 }
@@ -864,7 +888,7 @@ fn sse(
                             ch["trace"] = serde_json::to_value(c.trace()).unwrap_or(Value::Null);
                             let extra = (i == last).then(|| {
                                 (
-                                    usage(&job, &choices),
+                                    usage(&job, &choices, running.versions),
                                     serde_json::to_value(choices[0].trace()).unwrap_or(Value::Null),
                                 )
                             });

@@ -13,6 +13,9 @@
 //!
 //! Continuous batching: each request decodes on its own thread, and the in-process engines sit
 //! behind a [`BatchingEngine`] that runs the decode steps of all running requests as one batch.
+//!
+//! The pair is swappable ([`weights`]): with `--allow-weight-sync` a trainer can load new SLM
+//! weights between rollout batches; each job holds the pair it started on.
 
 pub mod admission;
 pub mod api;
@@ -22,6 +25,7 @@ pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod native;
+pub mod weights;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +36,8 @@ use axum::middleware;
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::Router;
-use relay_engine::batching::BatchingEngine;
+use relay_engine::batching::{BatchStats, DEFAULT_JOIN_WINDOW};
 use relay_engine::model::ModelPair;
-use relay_engine::relay::RelayPair;
 
 pub use conn::serve_app;
 pub use error::ApiError;
@@ -66,6 +69,9 @@ pub struct ServerConfig {
     /// On shutdown, how long requests in flight may take to finish before they are ended
     /// with a final message.
     pub shutdown_grace: Duration,
+    /// `Some`: `POST /admin/weights` may load new weights from server-local paths, with these
+    /// options (`--allow-weight-sync`); `None` (the default): it answers 403.
+    pub weight_sync: Option<relay_engine::LoadOptions>,
 }
 
 impl Default for ServerConfig {
@@ -82,19 +88,18 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
+            weight_sync: None,
         }
     }
 }
 
 /// What every handler shares.
 pub struct AppState {
-    pub models: ModelPair,
-    pub pair: RelayPair,
+    /// The pair requests run on (with its batchers); swapped whole by a weight sync.
+    pub served: weights::ServedModels,
     pub config: ServerConfig,
     pub metrics: metrics::Metrics,
     pub slots: admission::Slots,
-    /// The continuous batchers in front of in-process engines, by model name.
-    pub batchers: Vec<(&'static str, Arc<BatchingEngine>)>,
     /// Declared when a shutdown's grace runs out.
     pub grace_over: admission::GraceOver,
 }
@@ -104,21 +109,15 @@ impl AppState {
     /// [`BatchingEngine`] in front, so the decode steps of all running requests (SLM steps, and
     /// LLM steps of calls that coincide) run as one batch. Remote engines are left alone: the
     /// server behind them batches its own requests.
-    pub fn new(mut models: ModelPair, config: ServerConfig) -> Arc<Self> {
-        let batchers = if config.max_concurrency > 1 {
-            models.batch_local_engines(relay_engine::batching::DEFAULT_JOIN_WINDOW)
-        } else {
-            Vec::new()
-        };
-        let pair = models.relay_pair();
+    pub fn new(models: ModelPair, config: ServerConfig) -> Arc<Self> {
+        let window = (config.max_concurrency > 1).then_some(DEFAULT_JOIN_WINDOW);
+        let served = weights::ServedModels::new(models, window, config.weight_sync.as_ref());
         let slots = admission::Slots::new(config.max_concurrency, config.queue);
         Arc::new(Self {
-            models,
-            pair,
+            served,
             config,
             metrics: metrics::Metrics::default(),
             slots,
-            batchers,
             grace_over: admission::GraceOver::default(),
         })
     }
@@ -135,6 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(native::tokenize))
         .route("/grade", post(native::grade))
         .route("/reward/group", post(native::reward_group))
+        .route("/admin/weights", post(weights::sync_weights))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             door::require_key,
@@ -182,11 +182,13 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render() + &batch_metrics(&state.batchers),
+        state.metrics.render()
+            + &batch_metrics(&state.served.batch_stats())
+            + &weights::metrics_text(state.served.current().versions),
     )
 }
 
-fn batch_metrics(batchers: &[(&'static str, Arc<BatchingEngine>)]) -> String {
+fn batch_metrics(batchers: &[(&'static str, BatchStats)]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     if batchers.is_empty() {
@@ -197,7 +199,7 @@ fn batch_metrics(batchers: &[(&'static str, Arc<BatchingEngine>)]) -> String {
         let _ = writeln!(
             s,
             "relay_decode_batches_total{{model=\"{name}\"}} {}",
-            b.stats().batches
+            b.batches
         );
     }
     s.push_str("# HELP relay_decode_batched_steps_total Sequence steps those batches held (÷ batches = mean batch size).\n# TYPE relay_decode_batched_steps_total counter\n");
@@ -205,7 +207,7 @@ fn batch_metrics(batchers: &[(&'static str, Arc<BatchingEngine>)]) -> String {
         let _ = writeln!(
             s,
             "relay_decode_batched_steps_total{{model=\"{name}\"}} {}",
-            b.stats().steps
+            b.steps
         );
     }
     s

@@ -56,9 +56,10 @@ pub async fn relay_generate(
         };
         let s = settings(&state, &obj)?;
         check_prompt(&state, &ids, "prompt_ids", s.max_tokens)?;
-        let llm_prompt = match &state.pair.llm_tokenizer {
+        let served = state.served.current();
+        let llm_prompt = match &served.pair.llm_tokenizer {
             None => ids.clone(),
-            Some(tok) => state
+            Some(tok) => served
                 .pair
                 .slm_tokenizer
                 .translate(&ids, tok)
@@ -83,6 +84,7 @@ pub async fn relay_generate(
         Ok(r) => r,
         Err(e) => return refused(&state, e),
     };
+    let versions = running.versions;
     let choice = match finish(running).await {
         Ok(mut c) => c.remove(0),
         Err(e) => return e.into_response(),
@@ -101,6 +103,7 @@ pub async fn relay_generate(
         "text": out.text,
         "finish_reason": choice.finish_reason,
         "trace": out.trace,
+        "weights_versions": versions,
     }))
     .into_response()
 }
@@ -180,7 +183,8 @@ pub async fn tokenize(
     let st = state.clone();
     let result = off_runtime(move || {
         let obj = json_object(body)?;
-        let slm = &st.models.slm;
+        let served = st.served.current();
+        let slm = &served.models.slm;
         let (text, tokens, mode) = match (obj.get("messages"), obj.get("prompt")) {
             (Some(_), None) => {
                 let msgs = messages(&obj)?;

@@ -353,3 +353,39 @@ async fn the_api_key_comes_from_the_environment_or_a_file() {
         "an empty key file is refused, not taken as no key"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_sync_is_wired_to_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slm, llm) = write_tiny_pair(dir.path(), 512);
+    let pair = [
+        "--slm",
+        slm.to_str().unwrap(),
+        "--llm",
+        llm.to_str().unwrap(),
+    ];
+    let sync = |url: String| {
+        let slm = slm.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/admin/weights"))
+                .json(&json!({"model": "slm", "path": slm}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let server = ServeChild::start(&pair, &[]);
+    let (status, v) = sync(server.url.clone()).await;
+    assert_eq!(status, 403, "off without the flag: {v}");
+    drop(server);
+
+    let mut args = pair.to_vec();
+    args.push("--allow-weight-sync");
+    let server = ServeChild::start(&args, &[]);
+    let (status, v) = sync(server.url.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["version"], 1, "{v}");
+}

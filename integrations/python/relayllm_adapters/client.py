@@ -72,6 +72,15 @@ class RelayClient:
             body["relay"] = relay
         return self._post("/relay/generate", body)
 
+    def sync_weights(self, path: str, model: str = "slm") -> dict[str, Any]:
+        """Has the server load new weights for ``model`` from ``path`` (absolute, on the
+        server's machine: a ``save_pretrained`` folder or a ``.gguf``) and serve them to the
+        requests that start after this returns. ``{"model", "version", "path", "load_s"}``;
+        rollouts report the versions they ran on in ``weights_versions``. Needs
+        ``relayllm serve --allow-weight-sync``; weights of another shape are refused (HTTP
+        422, the old ones stay) with a :class:`RelayError`."""
+        return self._post("/admin/weights", {"model": model, "path": path})
+
     def grade(self, gold: str, pred: str, mode: str = "mathruler") -> bool:
         return bool(self._post("/grade", {"gold": gold, "pred": pred, "mode": mode})["correct"])
 
@@ -81,3 +90,16 @@ class RelayClient:
         """``rollouts``: ``[{"correct", "calls": [{"requested_n", "served"}], "response_tokens"}]``
         → ``{"scenario", "rewards"}``."""
         return self._post("/reward/group", {"rollouts": rollouts, "reward": reward, "rho": rho})
+
+
+def sync_weights(
+    base_url: str,
+    path: str,
+    model: str = "slm",
+    api_key: Optional[str] = None,
+    timeout: float = 600.0,
+) -> dict[str, Any]:
+    """``RelayClient(base_url, api_key).sync_weights(path, model)``: push a trainer's current
+    policy (saved to ``path``) to ``relayllm serve`` before a rollout batch. The path is read
+    by the server, so it must be absolute and visible there (same machine, shared disk)."""
+    return RelayClient(base_url, api_key, timeout).sync_weights(path, model)

@@ -167,6 +167,20 @@ pub(crate) fn read_gguf_header(path: &Path, opts: &LoadOptions) -> Result<GgufHe
     })
 }
 
+/// A model's shape as its header says (a GGUF's metadata, a folder's `config.json`), read
+/// without its weights, and with `opts.max_context` applied as a load would: what a weight
+/// sync compares before it loads anything.
+pub fn read_model_config(path: &Path, opts: &LoadOptions) -> Result<ModelConfig> {
+    if !path.exists() {
+        return Err(EngineError::NotFound(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        return Ok(safetensors_header(path, opts)?.0.cfg);
+    }
+    let (_file, content) = open_gguf(path)?;
+    Ok(gguf_header(&content, path, opts)?.cfg)
+}
+
 pub(crate) fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let (mut file, content) = open_gguf(path)?;
     let header = gguf_header(&content, path, opts)?;

@@ -16,7 +16,7 @@ mod rows;
 
 #[allow(unused_imports)]
 pub(crate) use load::read_gguf_header;
-pub use load::{load_dense, DenseWeights};
+pub use load::{load_dense, read_model_config, DenseWeights};
 pub use model::{Arch, ModelConfig};
 
 use std::collections::HashMap;

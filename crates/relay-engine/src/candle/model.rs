@@ -46,6 +46,41 @@ pub struct ModelConfig {
     pub context_length: usize,
 }
 
+impl ModelConfig {
+    /// How `other`'s shape differs from this one's, one `what: this vs other` line per field
+    /// (empty when the two are interchangeable: same architecture and tensor shapes, same
+    /// context). rope_theta and rms_norm_eps are not shapes and are not compared.
+    pub fn shape_differences(&self, other: &ModelConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.arch != other.arch {
+            out.push(format!(
+                "architecture: {} vs {}",
+                self.arch.name(),
+                other.arch.name()
+            ));
+        }
+        for (what, a, b) in [
+            ("vocab_size", self.vocab_size, other.vocab_size),
+            ("hidden_size", self.hidden_size, other.hidden_size),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                other.intermediate_size,
+            ),
+            ("num_layers", self.num_layers, other.num_layers),
+            ("num_heads", self.num_heads, other.num_heads),
+            ("num_kv_heads", self.num_kv_heads, other.num_kv_heads),
+            ("head_dim", self.head_dim, other.head_dim),
+            ("context_length", self.context_length, other.context_length),
+        ] {
+            if a != b {
+                out.push(format!("{what}: {a} vs {b}"));
+            }
+        }
+        out
+    }
+}
+
 /// A weight matrix: candle's `QMatMul` (dense, or quantized types candle runs fast) or our
 /// own Q8 kernel for the rest (see [`super::q8`]).
 pub(crate) enum Weight {

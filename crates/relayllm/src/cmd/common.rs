@@ -54,6 +54,15 @@ impl ModelArgs {
         )
     }
 
+    /// How local models are loaded (`--threads`, `--engine`).
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions {
+            threads: self.threads,
+            engine: self.engine.parse().map_err(anyhow::Error::msg)?,
+            ..LoadOptions::default()
+        })
+    }
+
     /// A model path (GGUF, safetensors folder, `slm`/`llm`) or an `http://` URL of an
     /// OpenAI-compatible server; a URL needs `--tokenizer` (see [`Self::load_pair`] otherwise).
     pub fn load(&self, arg: &str) -> Result<LoadedModel> {
@@ -67,12 +76,7 @@ impl ModelArgs {
             return self.load_remote(arg, Arc::new(tokenizer), template);
         }
         let path = resolve_local_model(arg, self.models_dir.as_deref())?;
-        let opts = LoadOptions {
-            threads: self.threads,
-            engine: self.engine.parse().map_err(anyhow::Error::msg)?,
-            ..LoadOptions::default()
-        };
-        LoadedModel::load(&path, opts)
+        LoadedModel::load(&path, self.load_options()?)
             .with_context(|| format!("loading {} on the {} engine", path.display(), self.engine))
     }
 

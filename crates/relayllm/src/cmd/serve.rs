@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// below your supervisor's kill timeout (docker stop: 10 s, Kubernetes: 30 s).
     #[arg(long, value_name = "SECS", default_value_t = 25)]
     pub shutdown_grace: u64,
+    /// Let clients replace the served weights: `POST /admin/weights {"model": "slm", "path":
+    /// "/abs/path"}` loads a .gguf or safetensors folder of the same shape and vocabulary from
+    /// this machine and swaps it in (requests in flight finish on the old weights). For a
+    /// trainer that keeps the rollouts on its current policy. Off: the route answers 403.
+    #[arg(long)]
+    pub allow_weight_sync: bool,
     #[command(flatten)]
     pub models: ModelArgs,
 }
@@ -93,6 +99,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         max_body_bytes: args.max_body_bytes,
         default_max_tokens: args.default_max_tokens,
+        weight_sync: if args.allow_weight_sync {
+            Some(args.models.load_options()?)
+        } else {
+            None
+        },
     };
     let state = relay_server::AppState::new(pair, config);
     relay_server::run(&args.host, args.port, state).context("serving")
