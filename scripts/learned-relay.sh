@@ -80,7 +80,7 @@ stash)
   cp "$newest" $kept/grpo.new/
   for f in "$out"/*; do
     case $f in
-    *.safetensors) ;;
+    *.safetensors | *.png) ;;
     */rollouts.jsonl) gzip -c "$f" > $kept/grpo.new/rollouts.jsonl.gz ;;
     *) [ -f "$f" ] && cp "$f" $kept/grpo.new/ ;;
     esac
