@@ -2,8 +2,9 @@
 //! server as a child process (the remote-engine integration tests run against it), the tiny
 //! model pair the CLI and server tests use, a stand-in `python -m pip` for the fetch
 //! commands, and the one place that decides whether a test may skip for want of the real
-//! model or the shared benchmarks (it may not, unless a flag says so). Not used by the
-//! library itself.
+//! model or the shared benchmarks (it may not, unless a flag says so), and [`StepHook`], the
+//! one wrapper tests put around a real engine to slow, hold or break its decode steps. Not
+//! used by the library itself.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -288,5 +289,67 @@ mod tests {
         assert!(std::panic::catch_unwind(|| optional_missing("a tool", require)).is_err());
         std::env::remove_var(allow);
         std::env::remove_var(require);
+    }
+}
+
+/// What a [`StepHook`] does in place of `step`: it gets the wrapped engine and the batch, and
+/// may call the engine's own `step` (after a delay, a latch) or not (a broken contract).
+pub type StepFn = dyn Fn(&dyn crate::Engine, &[(crate::SeqId, u32)]) -> crate::Result<Vec<Vec<f32>>>
+    + Send
+    + Sync;
+
+/// A real engine whose decode step goes through a test's hook; every other call passes
+/// straight through. How tests make a stream last, hold a request mid-answer, or fail where
+/// decoding happens, without a hand-written copy of the whole `Engine` trait each time.
+pub struct StepHook {
+    inner: std::sync::Arc<dyn crate::Engine>,
+    hook: Box<StepFn>,
+}
+
+impl StepHook {
+    pub fn new(
+        inner: std::sync::Arc<dyn crate::Engine>,
+        hook: impl Fn(&dyn crate::Engine, &[(crate::SeqId, u32)]) -> crate::Result<Vec<Vec<f32>>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        Self {
+            inner,
+            hook: Box::new(hook),
+        }
+    }
+}
+
+impl crate::Engine for StepHook {
+    fn info(&self) -> &crate::ModelInfo {
+        self.inner.info()
+    }
+    fn create_sequence(&self) -> crate::Result<crate::SeqId> {
+        self.inner.create_sequence()
+    }
+    fn prefill(&self, seq: crate::SeqId, tokens: &[u32]) -> crate::Result<Vec<f32>> {
+        self.inner.prefill(seq, tokens)
+    }
+    fn step(&self, batch: &[(crate::SeqId, u32)]) -> crate::Result<Vec<Vec<f32>>> {
+        (self.hook)(&*self.inner, batch)
+    }
+    fn seq_len(&self, seq: crate::SeqId) -> crate::Result<usize> {
+        self.inner.seq_len(seq)
+    }
+    fn truncate(&self, seq: crate::SeqId, len: usize) -> crate::Result<()> {
+        self.inner.truncate(seq, len)
+    }
+    fn fork(&self, seq: crate::SeqId) -> crate::Result<crate::SeqId> {
+        self.inner.fork(seq)
+    }
+    fn free(&self, seq: crate::SeqId) -> crate::Result<()> {
+        self.inner.free(seq)
+    }
+    fn score(&self, tokens: &[u32]) -> crate::Result<Vec<f32>> {
+        self.inner.score(tokens)
+    }
+    fn continues_in_one_go(&self) -> bool {
+        self.inner.continues_in_one_go()
     }
 }

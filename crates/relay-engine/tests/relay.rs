@@ -11,6 +11,7 @@ use relay_core::{PolicyKind, RelayConfig, Source, StopReason};
 use relay_engine::candle::{CandleEngine, LoadOptions};
 use relay_engine::relay::{relay, LlmRetry, RelayEvent, RelayPair, RelayRequest};
 use relay_engine::sampling::{argmax, SamplingParams};
+use relay_engine::testing::StepHook;
 use relay_engine::tiny::{write_gguf, TinyConfig};
 use relay_engine::tokenizer::Tokenizer;
 use relay_engine::{tiny_vocab, Engine, ModelInfo, SeqId};
@@ -717,48 +718,12 @@ fn read_ahead_changes_where_the_llm_reads_and_nothing_else() {
     assert_eq!(t.llm.num_sequences(), 0);
 }
 
-/// An SLM whose `step` answers no logits: it breaks the engine contract.
-struct SilentStepSlm {
-    inner: Arc<CandleEngine>,
-}
-
-impl Engine for SilentStepSlm {
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-    fn create_sequence(&self) -> relay_engine::Result<SeqId> {
-        self.inner.create_sequence()
-    }
-    fn prefill(&self, seq: SeqId, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
-        self.inner.prefill(seq, tokens)
-    }
-    fn step(&self, _batch: &[(SeqId, u32)]) -> relay_engine::Result<Vec<Vec<f32>>> {
-        Ok(Vec::new())
-    }
-    fn seq_len(&self, seq: SeqId) -> relay_engine::Result<usize> {
-        self.inner.seq_len(seq)
-    }
-    fn truncate(&self, seq: SeqId, len: usize) -> relay_engine::Result<()> {
-        self.inner.truncate(seq, len)
-    }
-    fn fork(&self, seq: SeqId) -> relay_engine::Result<SeqId> {
-        self.inner.fork(seq)
-    }
-    fn free(&self, seq: SeqId) -> relay_engine::Result<()> {
-        self.inner.free(seq)
-    }
-    fn score(&self, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
-        self.inner.score(tokens)
-    }
-}
-
 /// A broken engine contract is our bug (a server answers 500), not the caller's bad input.
 #[test]
 fn an_engine_that_breaks_its_contract_is_an_internal_error() {
     let t = tiny_pair();
-    let slm = Arc::new(SilentStepSlm {
-        inner: t.slm.clone(),
-    });
+    // An SLM whose `step` answers no logits: it breaks the engine contract.
+    let slm = Arc::new(StepHook::new(t.slm.clone(), |_, _| Ok(Vec::new())));
     let err = relay(
         &pair(&t, slm, t.llm.clone()),
         &request(&t, PolicyKind::SlmOnly, 8),

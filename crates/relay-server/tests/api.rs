@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use relay_engine::chat::ChatTemplate;
 use relay_engine::model::{LoadedModel, ModelPair};
-use relay_engine::testing::{optional_missing, write_tiny_pair};
+use relay_engine::testing::{optional_missing, write_tiny_pair, StepHook};
 use relay_engine::tiny_vocab;
 use relay_engine::tokenizer::Tokenizer;
 use relay_engine::{CandleEngine, LoadOptions};
@@ -871,43 +871,6 @@ impl Drop for Chromium {
     }
 }
 
-/// An engine whose decode steps take at least `delay`: a stream that lasts, as under load.
-struct SlowSteps {
-    inner: Arc<dyn relay_engine::Engine>,
-    delay: Duration,
-}
-
-impl relay_engine::Engine for SlowSteps {
-    fn info(&self) -> &relay_engine::ModelInfo {
-        self.inner.info()
-    }
-    fn create_sequence(&self) -> relay_engine::Result<relay_engine::SeqId> {
-        self.inner.create_sequence()
-    }
-    fn prefill(&self, seq: relay_engine::SeqId, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
-        self.inner.prefill(seq, tokens)
-    }
-    fn step(&self, batch: &[(relay_engine::SeqId, u32)]) -> relay_engine::Result<Vec<Vec<f32>>> {
-        std::thread::sleep(self.delay);
-        self.inner.step(batch)
-    }
-    fn seq_len(&self, seq: relay_engine::SeqId) -> relay_engine::Result<usize> {
-        self.inner.seq_len(seq)
-    }
-    fn truncate(&self, seq: relay_engine::SeqId, len: usize) -> relay_engine::Result<()> {
-        self.inner.truncate(seq, len)
-    }
-    fn fork(&self, seq: relay_engine::SeqId) -> relay_engine::Result<relay_engine::SeqId> {
-        self.inner.fork(seq)
-    }
-    fn free(&self, seq: relay_engine::SeqId) -> relay_engine::Result<()> {
-        self.inner.free(seq)
-    }
-    fn score(&self, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
-        self.inner.score(tokens)
-    }
-}
-
 /// How long the page test waits for the streamed answer to end.
 const PAGE_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -929,10 +892,11 @@ async fn the_page_shows_llm_spans_in_chromium() {
         return;
     };
     let s = start_with(ServerConfig::default(), |mut pair| {
-        pair.slm.engine = Arc::new(SlowSteps {
-            inner: pair.slm.engine.clone(),
-            delay: Duration::from_millis(100),
-        });
+        // Decode steps of at least 100 ms: a stream that lasts, as under load.
+        pair.slm.engine = Arc::new(StepHook::new(pair.slm.engine.clone(), |inner, batch| {
+            std::thread::sleep(Duration::from_millis(100));
+            inner.step(batch)
+        }));
         pair
     })
     .await;

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use relay_engine::chat::ChatTemplate;
 use relay_engine::model::{LoadedModel, ModelPair};
-use relay_engine::testing::write_tiny_pair;
+use relay_engine::testing::{write_tiny_pair, StepHook};
 use relay_engine::tiny::{write_gguf, write_safetensors, TinyConfig};
 use relay_engine::tiny_vocab;
 use relay_engine::tokenizer::Tokenizer;
-use relay_engine::{CandleEngine, Engine, LoadOptions, ModelInfo, SeqId};
+use relay_engine::{CandleEngine, LoadOptions};
 use relay_server::{AppState, ServerConfig};
 use serde_json::{json, Value};
 
@@ -342,10 +342,10 @@ async fn weight_sync_is_off_unless_allowed_and_needs_the_key() {
     assert_eq!(v["version"], 1);
 }
 
-/// An engine whose decode steps wait while the gate is shut, and say that one is waiting: a
-/// request held mid-answer for as long as the test likes, without timing.
+/// A latch for decode steps: while shut, a step waits (and says that one is waiting), so a
+/// request is held mid-answer for as long as the test likes, without timing.
+#[derive(Default)]
 struct Gate {
-    inner: Arc<dyn Engine>,
     state: Mutex<GateState>,
     changed: Condvar,
 }
@@ -368,19 +368,8 @@ impl Gate {
             s = self.changed.wait(s).unwrap();
         }
     }
-}
-
-impl Engine for Gate {
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-    fn create_sequence(&self) -> relay_engine::Result<SeqId> {
-        self.inner.create_sequence()
-    }
-    fn prefill(&self, seq: SeqId, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
-        self.inner.prefill(seq, tokens)
-    }
-    fn step(&self, batch: &[(SeqId, u32)]) -> relay_engine::Result<Vec<Vec<f32>>> {
+    /// Where a step passes: at once when open, else once the gate opens again.
+    fn pass(&self) {
         let mut s = self.state.lock().unwrap();
         if s.shut {
             s.held += 1;
@@ -390,23 +379,6 @@ impl Engine for Gate {
             }
             s.held -= 1;
         }
-        drop(s);
-        self.inner.step(batch)
-    }
-    fn seq_len(&self, seq: SeqId) -> relay_engine::Result<usize> {
-        self.inner.seq_len(seq)
-    }
-    fn truncate(&self, seq: SeqId, len: usize) -> relay_engine::Result<()> {
-        self.inner.truncate(seq, len)
-    }
-    fn fork(&self, seq: SeqId) -> relay_engine::Result<SeqId> {
-        self.inner.fork(seq)
-    }
-    fn free(&self, seq: SeqId) -> relay_engine::Result<()> {
-        self.inner.free(seq)
-    }
-    fn score(&self, tokens: &[u32]) -> relay_engine::Result<Vec<f32>> {
-        self.inner.score(tokens)
     }
 }
 
@@ -416,15 +388,15 @@ async fn a_request_in_flight_finishes_on_the_weights_it_started_with() {
     let (slm, llm) = write_tiny_pair(dir.path(), 512);
     let step1 = write_slm_gguf(&dir.path().join("step1.gguf"), &slm_config(7));
     let old = load(&slm, &slm);
-    let gate = Arc::new(Gate {
-        inner: old.engine.clone(),
-        state: Mutex::new(GateState::default()),
-        changed: Condvar::new(),
-    });
-    let gated = LoadedModel {
-        engine: gate.clone(),
-        ..old
-    };
+    let gate = Arc::new(Gate::default());
+    let engine = Arc::new(StepHook::new(old.engine.clone(), {
+        let gate = gate.clone();
+        move |inner, batch| {
+            gate.pass();
+            inner.step(batch)
+        }
+    }));
+    let gated = LoadedModel { engine, ..old };
     let url = serve(ModelPair::new(gated, load(&llm, &llm)), syncing()).await;
     let (before, _) = rollout(&url).await;
 
